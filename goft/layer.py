@@ -1,0 +1,215 @@
+"""Givens adapter layers for ``nn.Linear`` and transformers' ``Conv1D`` (peft tuner layers)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .config import GivensConfig
+from .givens import angles_from_raw, compute_dtype, givens_blocks, rotate_rows, rotate_weight
+
+
+def _in_features(base_layer: nn.Module) -> int:
+    if isinstance(base_layer, Conv1D):  # weight stored as (in, out); DeepSpeed ZeRO-3 keeps the true shape aside
+        return int(getattr(base_layer.weight, "ds_shape", base_layer.weight.shape)[0])
+    if isinstance(base_layer, nn.Linear):
+        return int(base_layer.in_features)
+    raise TypeError(
+        f"Givens adapters support torch.nn.Linear and transformers Conv1D layers, got {type(base_layer).__name__}."
+    )
+
+
+class GivensLayer(BaseTunerLayer):
+    """Holds the adapters of one layer. Per adapter, exactly one of:
+
+    * ``givens_angles[name]``: ``d − 1`` raw angles ``a`` with ``θ = π tanh(a)`` (strict, exactly orthogonal);
+    * ``givens_blocks[name]``: ``(d − 1, 2, 2)`` free blocks (quasi, qGOFT);
+
+    and optionally ``givens_scale[name]``: the GOFT* per-input scale ``s`` (``d``).
+    """
+
+    adapter_layer_names: tuple[str, ...] = ("givens_angles", "givens_blocks", "givens_scale")
+    other_param_names: tuple[str, ...] = ("givens_penalty_weight",)
+
+    def __init__(self, base_layer: nn.Module, **kwargs) -> None:
+        self.base_layer = base_layer
+        self.givens_angles = nn.ParameterDict({})
+        self.givens_blocks = nn.ParameterDict({})
+        self.givens_scale = nn.ParameterDict({})
+        self.givens_penalty_weight: dict[str, float] = {}
+        self._disable_adapters = False
+        self.merged_adapters = []
+        base = self.get_base_layer()
+        self.in_features = _in_features(base)
+        self.fan_in_fan_out = isinstance(base, Conv1D)
+        self.kwargs = kwargs
+
+    @property
+    def _available_adapters(self) -> set[str]:
+        return {*self.givens_angles, *self.givens_blocks}
+
+    def update_layer(self, adapter_name: str, config: GivensConfig, inference_mode: bool = False, **kwargs) -> None:
+        d = self.in_features
+        if d < 2:
+            raise ValueError(f"A Givens adapter needs a layer with at least 2 input features, this one has {d}.")
+        if config.quasi:
+            self.givens_blocks[adapter_name] = nn.Parameter(torch.empty(d - 1, 2, 2))
+        else:
+            self.givens_angles[adapter_name] = nn.Parameter(torch.empty(d - 1))
+        if config.scaling:
+            self.givens_scale[adapter_name] = nn.Parameter(torch.empty(d))
+        self.givens_penalty_weight[adapter_name] = float(config.orthogonality_penalty_weight) if config.quasi else 0.0
+        self.reset_givens_parameters(adapter_name, config.init_weights)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
+        self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    @torch.no_grad()
+    def reset_givens_parameters(self, adapter_name: str, init_weights: bool) -> None:
+        """Identity at init (``a = 0``, ``M = I``, ``s = 1``), or a random non-identity adapter."""
+        if adapter_name in self.givens_angles:
+            angles = self.givens_angles[adapter_name]
+            if init_weights:
+                angles.zero_()
+            else:
+                angles.normal_(std=0.2)
+        if adapter_name in self.givens_blocks:
+            blocks = self.givens_blocks[adapter_name]
+            if init_weights:
+                blocks.copy_(torch.eye(2).expand_as(blocks))
+            else:
+                theta = angles_from_raw(0.2 * torch.randn(blocks.shape[0]))
+                blocks.copy_(givens_blocks(theta) + 0.05 * torch.randn(blocks.shape))
+        if adapter_name in self.givens_scale:
+            scale = self.givens_scale[adapter_name]
+            if init_weights:
+                scale.fill_(1.0)
+            else:
+                scale.normal_(mean=1.0, std=0.1)
+
+    def is_orthogonal(self, adapter_name: str) -> bool:
+        return adapter_name in self.givens_angles and adapter_name not in self.givens_scale
+
+    def rotation_blocks(self, adapter_name: str) -> tuple[torch.Tensor, bool]:
+        """The adapter's 2×2 blocks and whether they are exact rotations."""
+        if adapter_name in self.givens_angles:
+            return givens_blocks(angles_from_raw(self.givens_angles[adapter_name])), True
+        return self.givens_blocks[adapter_name], False
+
+    def rotate_inputs(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """``diag(s) Rᵀ x`` for column inputs, i.e. ``(x R) ⊙ s`` for the rows of ``x`` (GOFT Eq. 3, §5.5)."""
+        blocks, orthogonal = self.rotation_blocks(adapter_name)
+        out = rotate_rows(x, blocks, orthogonal)
+        if adapter_name in self.givens_scale:
+            scale = self.givens_scale[adapter_name]
+            out = (out.to(scale.dtype) * scale).to(x.dtype)
+        return out
+
+    # ---- merging ----------------------------------------------------------------------------------------------
+
+    def _weight_as_nd(self) -> torch.Tensor:
+        weight = self.get_base_layer().weight
+        if not weight.dtype.is_floating_point or type(weight) not in (torch.Tensor, nn.Parameter):
+            raise NotImplementedError(
+                f"Merging a Givens adapter into a {type(weight).__name__} ({weight.dtype}) base weight is not "
+                "supported; merge into a full-precision copy of the base model instead."
+            )
+        return weight.data.t() if self.fan_in_fan_out else weight.data
+
+    def _write_weight_nd(self, weight_nd: torch.Tensor) -> None:
+        weight = self.get_base_layer().weight
+        new = weight_nd.t() if self.fan_in_fan_out else weight_nd
+        weight.data = new.to(weight.dtype).contiguous()
+
+    @torch.no_grad()
+    def merged_weight(self, weight_nd: torch.Tensor, adapter_name: str, inverse: bool = False) -> torch.Tensor:
+        """``W diag(s) Rᵀ`` (merge) or its exact inverse ``W (Rᵀ)⁻¹ diag(s)⁻¹`` (unmerge), for ``W`` of shape (n, d)."""
+        work = compute_dtype(weight_nd.dtype)
+        blocks, orthogonal = self.rotation_blocks(adapter_name)
+        blocks = blocks.to(device=weight_nd.device, dtype=work)
+        scale = self.givens_scale[adapter_name].to(weight_nd.device, work) if adapter_name in self.givens_scale else None
+        weight = weight_nd.to(work)
+        if not inverse:
+            return rotate_weight(weight * scale if scale is not None else weight, blocks, orthogonal)
+        weight = rotate_weight(weight, blocks, orthogonal, inverse=True)
+        if scale is not None:
+            if bool((scale == 0).any()):
+                raise ValueError(f"Cannot unmerge adapter '{adapter_name}': its GOFT* scale has zero entries.")
+            weight = weight / scale
+        return weight
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """Merge active adapters into the base weight: ``W ← W diag(s) Rᵀ`` (``W_c ← R diag(s) W_c`` for Conv1D)."""
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        for name in adapter_names:
+            if name not in self._available_adapters:
+                continue
+            new = self.merged_weight(self._weight_as_nd(), name)
+            if safe_merge and not bool(torch.isfinite(new).all()):
+                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken.")
+            self._write_weight_nd(new)
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Undo merges in reverse order; strict adapters use the exact transpose ``W ← W R``."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.")
+            return
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            if name in self._available_adapters:
+                self._write_weight_nd(self.merged_weight(self._weight_as_nd(), name, inverse=True))
+
+
+class Linear(nn.Module, GivensLayer):
+    """A Givens-adapted ``nn.Linear`` or ``Conv1D``: the adapter rotates the layer's input."""
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, config: GivensConfig, **kwargs) -> None:
+        super().__init__()
+        GivensLayer.__init__(self, base_layer, **kwargs)
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, config)
+
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        adapter_names = kwargs.pop("adapter_names", None)
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+        elif adapter_names is not None:
+            x = self._mixed_batch_inputs(x, adapter_names)
+        elif not self.merged:
+            # merging a, then b gives W Raᵀ Rbᵀ, so the last active adapter touches the input first
+            for name in reversed(self.active_adapters):
+                if name in self._available_adapters:
+                    x = self.rotate_inputs(x, name)
+        return self.base_layer(x, *args, **kwargs)
+
+    def _mixed_batch_inputs(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
+        """Per-sample adapters for inference (``adapter_names``; ``"__base__"`` means no adapter)."""
+        if len(adapter_names) != len(x):
+            raise ValueError(
+                f"Length of `adapter_names` ({len(adapter_names)}) must equal the batch size ({len(x)})."
+            )
+        if self.merged:
+            raise ValueError("Cannot pass `adapter_names` while adapters are merged; call `unmerge_adapter` first.")
+        out = x.clone()
+        for name in set(adapter_names):
+            if name == "__base__" or name not in self._available_adapters:
+                continue
+            rows = [i for i, n in enumerate(adapter_names) if n == name]
+            out[rows] = self.rotate_inputs(x[rows], name)
+        return out
+
+    def __repr__(self) -> str:
+        return "givens." + super().__repr__()
+
+
+def dispatch_default(target: nn.Module, adapter_name: str, config: GivensConfig, **kwargs) -> Optional[nn.Module]:
+    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+    if isinstance(base, (nn.Linear, Conv1D)):
+        return Linear(target, adapter_name, config=config, **kwargs)
+    return None
