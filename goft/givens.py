@@ -188,7 +188,7 @@ def _transposed(f: Factors) -> Factors:
 
 def _apply_low(x2d: torch.Tensor, f: Factors, lay: Layout) -> torch.Tensor:
     """Block-diagonal part, out of place; ``x2d`` is ``(T, d)``."""
-    out = torch.empty_like(x2d) if (f.low_full is not None or f.low_tail is not None) else x2d.clone()
+    out = torch.empty_like(x2d)
     tokens = x2d.shape[0]
     if f.low_full is not None:
         full = lay.full_width

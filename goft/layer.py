@@ -47,7 +47,6 @@ class GivensLayer(BaseTunerLayer):
         base = self.get_base_layer()
         self.in_features = _in_features(base)
         self.fan_in_fan_out = isinstance(base, Conv1D)
-        self.kwargs = kwargs
 
     @property
     def _available_adapters(self) -> set[str]:

@@ -1,0 +1,60 @@
+"""Merge a saved Givens (or any peft) adapter into its base model and write a standalone transformers model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .layer import GivensLayer
+
+_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _check_paths(adapter_path: Path, output_dir: Path, overwrite: bool) -> dict:
+    config_file = adapter_path / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{adapter_path} is not an adapter directory: it has no adapter_config.json.")
+    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"Output directory {output_dir} exists and is not empty; choose another or pass overwrite_output_dir."
+        )
+    if output_dir.resolve() == adapter_path.resolve():
+        raise ValueError("The merged model must not be written into the adapter directory it is read from.")
+    return json.loads(config_file.read_text())
+
+
+def merge_adapter_to_model(
+    adapter_path: str | Path,
+    output_dir: str | Path,
+    base_model: str | None = None,
+    dtype: str = "auto",
+    overwrite_output_dir: bool = False,
+) -> Path:
+    """Load ``base_model`` (default: the adapter's ``base_model_name_or_path``), apply and merge the adapter, save.
+
+    The merge is checked: non-finite weights abort it (``safe_merge``) and nothing is written then.
+    """
+    adapter_path, output_dir = Path(adapter_path), Path(output_dir)
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+    adapter_config = _check_paths(adapter_path, output_dir, overwrite_output_dir)
+    base_model = base_model or adapter_config.get("base_model_name_or_path")
+    if not base_model:
+        raise ValueError(f"{adapter_path}/adapter_config.json names no base model; pass base_model explicitly.")
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=_DTYPES[dtype])
+    merged = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload(safe_merge=True)
+    if any(isinstance(m, GivensLayer) for m in merged.modules()):
+        raise RuntimeError("Merging left adapter layers in the model; nothing was written.")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(output_dir)
+    for source in (adapter_path, base_model):
+        try:
+            AutoTokenizer.from_pretrained(str(source)).save_pretrained(output_dir)
+            break
+        except (OSError, ValueError, TypeError):
+            continue
+    return output_dir

@@ -1,0 +1,37 @@
+"""Merge a trained adapter into its base model and save a standalone model that plain transformers loads.
+
+    python recipes/merge.py --adapter_path runs/sft --output_dir runs/sft-merged [--base_model ID] [--dtype bfloat16]
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from transformers import HfArgumentParser
+
+import goft  # noqa: F401  (registers the Givens adapter type with peft)
+from goft.export import merge_adapter_to_model
+
+
+@dataclass
+class MergeArguments:
+    adapter_path: str = field(metadata={"help": "Directory holding adapter_config.json and the adapter weights."})
+    output_dir: str = field(metadata={"help": "Where to write the merged model (must be new or empty)."})
+    base_model: Optional[str] = field(
+        default=None, metadata={"help": "Base model id or path; default: the one recorded in the adapter config."}
+    )
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
+
+
+def make_parser() -> HfArgumentParser:
+    return HfArgumentParser(MergeArguments)
+
+
+def main(args: MergeArguments) -> None:
+    out = merge_adapter_to_model(args.adapter_path, args.output_dir, args.base_model, args.dtype, args.overwrite_output_dir)
+    print(f"Merged model written to {out}")
+
+
+if __name__ == "__main__":
+    (merge_args,) = make_parser().parse_args_into_dataclasses()
+    main(merge_args)
