@@ -15,14 +15,14 @@ def _givens_layers(model: nn.Module):
 
 @torch.no_grad()
 def orthogonality_error(model: nn.Module, adapter_name: str | None = None) -> float:
-    """Largest ``max |Rᵀ R − I|`` over the model's exactly-orthogonal (angle-only) Givens adapters.
+    """Largest ``max |Rᵀ R − I|`` over the model's exactly-orthogonal Givens adapters (angles, no scaling).
 
     Only ``adapter_name`` if given, else every such adapter. 0.0 when there is none.
     """
     worst = 0.0
     for layer in _givens_layers(model):
         for name in layer.givens_angles:
-            if adapter_name is not None and name != adapter_name:
+            if not layer.is_orthogonal(name) or (adapter_name is not None and name != adapter_name):
                 continue
             blocks, _ = layer.rotation_blocks(name)
             worst = max(worst, orthogonality_defect(blocks.to(compute_dtype(blocks.dtype)), layer.in_features))
