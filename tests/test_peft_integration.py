@@ -217,3 +217,6 @@ def test_orthogonality_helpers(tiny_llama):
         assert orthogonality_penalty(model).item() == 0.0
     assert orthogonality_error(model) <= 1e-5  # only angle-only adapters are measured
     assert orthogonality_error(model, adapter_name="quasi") == 0.0
+    model.add_adapter("scaled", GivensConfig(strict=False, scaling=True, init_weights=False))
+    assert orthogonality_error(model, adapter_name="scaled") == 0.0  # GOFT* is not orthogonal: not measured
+    assert orthogonality_error(model, adapter_name="strict") > 0.0
