@@ -1,0 +1,101 @@
+"""Parsing a recipe (defaults < YAML `--config` < CLI flags, unknown keys refused) and running it."""
+
+import enum
+import os
+import sys
+
+import torch
+import yaml
+from trl import TrlParser
+
+from .arguments import AdapterArguments, DataArguments, ModelArguments
+from .errors import RecipeError
+from .hub import redact
+
+
+def has_accelerator() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
+
+
+def use_all_cpu_cores() -> None:
+    """`accelerate launch` pins CPU-only processes to one thread each (OMP_NUM_THREADS=1); share the cores instead."""
+    if has_accelerator() or torch.get_num_threads() > 1:
+        return
+    per_process = (os.cpu_count() or 1) // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    if per_process > 1:
+        torch.set_num_threads(per_process)
+
+
+def make_recipe_parser(training_config_class) -> TrlParser:
+    """A `TrlParser` over goft's dataclasses and TRL's `training_config_class` (SFTConfig, DPOConfig)."""
+    parser = TrlParser((DataArguments, training_config_class, ModelArguments, AdapterArguments))
+    if not has_accelerator():
+        # TRL's configs default to bf16 and refuse to build without a GPU; on a CPU-only machine, train in fp32.
+        parser.set_defaults(use_cpu=True, bf16=False)
+    return parser
+
+
+def _named_keys(argv: list[str]) -> tuple[list[str], str | None]:
+    """Keys given in the YAML file and on the command line, in order, and the YAML file's path."""
+    keys, config_path = [], None
+    if "--config" in argv:
+        config_path = argv[argv.index("--config") + 1]
+        with open(config_path) as handle:
+            keys += [k for k in (yaml.safe_load(handle) or {}) if k != "env"]
+    for token in argv:
+        if token.startswith("--") and token != "--config":
+            key = token[2:].split("=", 1)[0]
+            key = key[3:] if key.startswith("no_") and key not in keys else key
+            if key not in keys:
+                keys.append(key)
+    return keys, config_path
+
+
+def _plain(value):
+    """YAML-safe form of a parsed value (enums as their value)."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def effective_recipe(argv: list[str], parsed) -> str:
+    """The run's recipe as YAML: every key the user set (file or flag) with the value it ended up with."""
+    keys, _ = _named_keys(argv)
+    recipe = {}
+    for key in keys:
+        for obj in parsed:
+            if hasattr(obj, key):
+                value = getattr(obj, key)
+                recipe[key] = _plain(value)
+                break
+    return yaml.safe_dump(redact(recipe), sort_keys=False)
+
+
+def parse_recipe(parser: TrlParser, argv: list[str] | None = None):
+    """(data, training, model, adapter) arguments and the effective recipe YAML."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv and argv.index("--config") + 1 >= len(argv):
+        raise RecipeError("`--config` needs the path of a YAML recipe.")
+    try:
+        parsed = parser.parse_args_and_config(args=argv)
+    except FileNotFoundError as error:
+        raise RecipeError(f"The recipe file {error.filename!r} does not exist.") from None
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
+    return (*parsed, effective_recipe(argv, parsed))
+
+
+def run_recipe(make_parser, main, argv: list[str] | None = None) -> None:
+    """Parse and run; a `RecipeError` becomes one clear line on stderr and exit status 2."""
+    use_all_cpu_cores()
+    try:
+        main(*parse_recipe(make_parser(), argv))
+    except RecipeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,5 @@
+"""The one exception type the recipes turn into a short message and a non-zero exit."""
+
+
+class RecipeError(ValueError):
+    """A recipe was asked for something it cannot do; the message says what and how to fix it."""

