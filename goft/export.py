@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .layer import GivensLayer
+from .training.models import ModelSource, load_causal_lm, load_tokenizer, resolve_model_source
 
-_DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _check_paths(adapter_path: Path, output_dir: Path, overwrite: bool) -> dict:
@@ -40,21 +39,21 @@ def merge_adapter_to_model(
     """
     adapter_path, output_dir = Path(adapter_path), Path(output_dir)
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}.")
+        raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
     adapter_config = _check_paths(adapter_path, output_dir, overwrite_output_dir)
     base_model = base_model or adapter_config.get("base_model_name_or_path")
     if not base_model:
         raise ValueError(f"{adapter_path}/adapter_config.json names no base model; pass base_model explicitly.")
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=_DTYPES[dtype])
+    source = resolve_model_source(base_model)
+    model = load_causal_lm(source, dtype=dtype)
     merged = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload(safe_merge=True)
     if any(isinstance(m, GivensLayer) for m in merged.modules()):
         raise RuntimeError("Merging left adapter layers in the model; nothing was written.")
     output_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(output_dir)
-    for source in (adapter_path, base_model):
-        try:
-            AutoTokenizer.from_pretrained(str(source)).save_pretrained(output_dir)
-            break
-        except (OSError, ValueError, TypeError):
-            continue
+    try:
+        tokenizer = load_tokenizer(ModelSource(**{**vars(source), "adapter_path": str(adapter_path)}))
+        tokenizer.save_pretrained(output_dir)
+    except (OSError, ValueError, TypeError):
+        pass  # a model without a usable tokenizer is still a valid merged model
     return output_dir

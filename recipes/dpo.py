@@ -13,7 +13,6 @@ from goft.training.cli import make_recipe_parser, run_recipe
 from goft.training.data import DPO_COLUMNS
 from goft.training.evaluation import dpo_task_metrics
 from goft.training.recipe import prepare_run, print_summary
-from goft.training.regularized import with_regularizer
 
 
 def make_parser():
@@ -23,11 +22,7 @@ def make_parser():
 def main(data_args, training_args, model_args, adapter_args, recipe_yaml):
     run = prepare_run("dpo", data_args, training_args, model_args, adapter_args, recipe_yaml,
                       required_columns=DPO_COLUMNS, alignment=True)
-    model, tokenizer, peft_config = run.load_model_and_tokenizer()
-    trainer_class = with_regularizer(DPOTrainer) if run.needs_regularizer else DPOTrainer
-    trainer = trainer_class(model=model, args=training_args, train_dataset=run.train_dataset,
-                            eval_dataset=run.eval_dataset, processing_class=tokenizer, peft_config=peft_config)
-    run.use_adapter_as_reference(trainer)
+    trainer = run.make_trainer(DPOTrainer)  # continuing an SFT adapter: the reference is that adapter, frozen
     held_out = run.task_eval_dataset
     if held_out is not None and run.resume_from is None:
         run.record_task_metrics("before", dpo_task_metrics(trainer, held_out))

@@ -12,7 +12,6 @@ from goft.training.cli import make_recipe_parser, run_recipe
 from goft.training.data import SFT_COLUMNS
 from goft.training.evaluation import sft_task_metrics
 from goft.training.recipe import prepare_run, print_summary
-from goft.training.regularized import with_regularizer
 
 
 def make_parser():
@@ -22,10 +21,7 @@ def make_parser():
 def main(data_args, training_args, model_args, adapter_args, recipe_yaml):
     run = prepare_run("sft", data_args, training_args, model_args, adapter_args, recipe_yaml,
                       required_columns=SFT_COLUMNS, alignment=False)
-    model, tokenizer, peft_config = run.load_model_and_tokenizer()
-    trainer_class = with_regularizer(SFTTrainer) if run.needs_regularizer else SFTTrainer
-    trainer = trainer_class(model=model, args=training_args, train_dataset=run.train_dataset,
-                            eval_dataset=run.eval_dataset, processing_class=tokenizer, peft_config=peft_config)
+    trainer = run.make_trainer(SFTTrainer)
     held_out = run.task_eval_dataset
     if held_out is not None and trainer.accelerator.is_main_process:
         run.record_task_metrics("before", sft_task_metrics(trainer, held_out, adapter_enabled=False))

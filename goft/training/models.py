@@ -129,12 +129,12 @@ def _forget_gguf_quantization(model) -> None:
     model.__dict__.pop("quantization_method", None)
 
 
-def load_causal_lm(source: ModelSource, model_args, quantization_config=None, trust_remote_code: bool = False):
+def load_causal_lm(source: ModelSource, *, dtype: str | None = None, revision: str = "main",
+                   attn_implementation: str | None = None, quantization_config=None, trust_remote_code: bool = False):
     """The base model, in the requested dtype / attention / quantization, named by `source.name`."""
-    kwargs = dict(revision=model_args.model_revision, dtype=_torch_dtype(model_args.dtype),
-                  trust_remote_code=trust_remote_code)
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
+    kwargs = dict(revision=revision, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     if source.gguf_file:
@@ -150,10 +150,4 @@ def load_causal_lm(source: ModelSource, model_args, quantization_config=None, tr
 
 def load_base_model(name_or_path: str, dtype: str | None = None, gguf_file: str | None = None):
     """Load a base model by the name a goft adapter records (embedded short names included)."""
-    source = resolve_model_source(name_or_path, gguf_file)
-
-    class _Defaults:  # the model-loading keys of a recipe, at their defaults
-        model_revision, attn_implementation = "main", None
-
-    _Defaults.dtype = dtype
-    return load_causal_lm(source, _Defaults)
+    return load_causal_lm(resolve_model_source(name_or_path, gguf_file), dtype=dtype)

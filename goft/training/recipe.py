@@ -10,8 +10,10 @@ from trl import get_quantization_config
 
 from ..orthogonality import orthogonality_error
 from . import adapters, checkpoints, hub, model_card
+from .chat_templates import use_training_chat_template
 from .data import load_recipe_dataset
 from .errors import RecipeError
+from .regularized import with_regularizer
 from .models import ModelSource, is_adapter_folder, load_causal_lm, load_tokenizer, resolve_model_source
 
 logger = logging.getLogger(__name__)
@@ -64,12 +66,28 @@ class RecipeRun:
         an adapter folder is loaded trainable (peft_config None)."""
         trust = getattr(self.training_args, "trust_remote_code", False)
         tokenizer = load_tokenizer(self.source, self.model_args.model_revision, trust)
+        if getattr(self.training_args, "assistant_only_loss", False):
+            use_training_chat_template(tokenizer)
         set_seed(self.training_args.seed)  # fresh adapters and splits are reproducible
-        model = load_causal_lm(self.source, self.model_args, get_quantization_config(self.model_args), trust)
+        model = load_causal_lm(self.source, dtype=self.model_args.dtype, revision=self.model_args.model_revision,
+                               attn_implementation=self.model_args.attn_implementation,
+                               quantization_config=get_quantization_config(self.model_args), trust_remote_code=trust)
         if self.source.adapter_path:
             model = PeftModel.from_pretrained(model, self.source.adapter_path, is_trainable=True)
             return model, tokenizer, None
         return model, tokenizer, self.adapter_config
+
+    def make_trainer(self, trainer_class):
+        """Load model and tokenizer and build `trainer_class` (a TRL trainer) for this run; a qGOFT adapter gets
+        its penalty added to the loss, and a continued adapter becomes its own frozen reference."""
+        model, tokenizer, peft_config = self.load_model_and_tokenizer()
+        if self.needs_regularizer:
+            trainer_class = with_regularizer(trainer_class)
+        trainer = trainer_class(model=model, args=self.training_args, train_dataset=self.train_dataset,
+                                eval_dataset=self.eval_dataset, processing_class=tokenizer, peft_config=peft_config)
+        if self.stage == "dpo":
+            self.use_adapter_as_reference(trainer)
+        return trainer
 
     def use_adapter_as_reference(self, trainer) -> None:
         """When training continues an adapter, the reference is that adapter as loaded, frozen (not the base)."""
