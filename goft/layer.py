@@ -11,6 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .config import GivensConfig
+from .quantized import keep_standard_layout, quantization_kind, read_weight, write_weight
 from .givens import angles_from_raw, compute_dtype, givens_blocks, rotate_rows, rotate_weight
 
 
@@ -45,6 +46,7 @@ class GivensLayer(BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters = []
         base = self.get_base_layer()
+        keep_standard_layout(base)
         self.in_features = _in_features(base)
         self.fan_in_fan_out = isinstance(base, Conv1D)
 
@@ -111,18 +113,16 @@ class GivensLayer(BaseTunerLayer):
     # ---- merging ----------------------------------------------------------------------------------------------
 
     def _weight_as_nd(self) -> torch.Tensor:
-        weight = self.get_base_layer().weight
-        if not weight.dtype.is_floating_point or type(weight) not in (torch.Tensor, nn.Parameter):
-            raise NotImplementedError(
-                f"Merging a Givens adapter into a {type(weight).__name__} ({weight.dtype}) base weight is not "
-                "supported; merge into a full-precision copy of the base model instead."
-            )
-        return weight.data.t() if self.fan_in_fan_out else weight.data
+        """The base weight as (n, d); bitsandbytes 4-/8-bit weights come back dequantized (float32)."""
+        weight = read_weight(self.get_base_layer())
+        return weight.t() if self.fan_in_fan_out else weight
 
     def _write_weight_nd(self, weight_nd: torch.Tensor) -> None:
-        weight = self.get_base_layer().weight
-        new = weight_nd.t() if self.fan_in_fan_out else weight_nd
-        weight.data = new.to(weight.dtype).contiguous()
+        base = self.get_base_layer()
+        if quantization_kind(base) is not None:
+            warnings.warn("Merging into a quantized base re-quantizes its weight: the merged layer is exact only up "
+                          "to that quantization error.", stacklevel=3)
+        write_weight(base, weight_nd.t() if self.fan_in_fan_out else weight_nd)
 
     @torch.no_grad()
     def merged_weight(self, weight_nd: torch.Tensor, adapter_name: str, inverse: bool = False) -> torch.Tensor:

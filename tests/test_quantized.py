@@ -1,0 +1,140 @@
+"""Givens adapters on bitsandbytes 4-bit and 8-bit bases (bitsandbytes runs on CPU here)."""
+
+import warnings
+
+import pytest
+import torch
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+
+import goft
+from goft.givens import rotate_weight
+from goft.layer import GivensLayer
+from goft.quantized import quantization_kind, read_weight
+
+pytest.importorskip("bitsandbytes")
+
+QUANTIZATIONS = {
+    "nf4": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+                bnb_4bit_quant_storage=torch.float32),
+    "nf4-double": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                       bnb_4bit_compute_dtype=torch.float32),
+    "fp4": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype=torch.float32),
+    "int8": dict(load_in_8bit=True),
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama-128")
+    config = LlamaConfig(vocab_size=97, hidden_size=128, intermediate_size=192, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def load_quantized(model_dir, name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                    quantization_config=BitsAndBytesConfig(**QUANTIZATIONS[name]))
+
+
+def raw_bytes(tensor):
+    """Bitwise content (packed 4-bit storage viewed as floats may hold NaN patterns, which never compare equal)."""
+    return tensor.detach().contiguous().view(torch.uint8).clone()
+
+
+def requantized(layer, weight):
+    """`weight` quantized and dequantized by a fresh layer with `layer`'s quantization settings."""
+    import bitsandbytes as bnb
+
+    old = layer.weight
+    if quantization_kind(layer) == "4bit":
+        data, state = bnb.functional.quantize_4bit(weight.to(old.quant_state.dtype), blocksize=old.blocksize,
+                                                   compress_statistics=old.compress_statistics,
+                                                   quant_type=old.quant_type, quant_storage=old.quant_storage)
+        return bnb.functional.dequantize_4bit(data, state).float()
+    int8, scales, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16))
+    return bnb.functional.int8_vectorwise_dequant(int8, scales).float()
+
+
+def givens_layers(model):
+    return [m for m in model.modules() if isinstance(m, GivensLayer)]
+
+
+@pytest.mark.parametrize("name", list(QUANTIZATIONS))
+def test_training_on_a_quantized_base(model_dir, name):
+    model = get_peft_model(load_quantized(model_dir, name), goft.GivensConfig())
+    layers = givens_layers(model)
+    assert layers and all(quantization_kind(layer.get_base_layer()) for layer in layers)
+    frozen = {n: raw_bytes(p) for n, p in model.named_parameters() if not p.requires_grad}
+    ids = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(3))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    losses = []
+    for _ in range(8):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.05, losses
+    assert goft.orthogonality_error(model) <= 1e-5
+    for n, p in model.named_parameters():
+        if n in frozen:
+            assert torch.equal(raw_bytes(p), frozen[n]), n  # the quantized base (and all else frozen) is untouched
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", list(QUANTIZATIONS))
+def test_merge_into_a_quantized_layer_applies_the_rotation(model_dir, name):
+    model = get_peft_model(load_quantized(model_dir, name), goft.GivensConfig(init_weights=False))
+    layer = model.base_model.model.model.layers[0].self_attn.q_proj
+    base = layer.get_base_layer()
+    x = torch.randn(5, 128, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        adapter_out = layer(x)  # an eval-mode no-grad forward: bitsandbytes would repack 4-bit weights here
+    dequantized = read_weight(base).clone()  # W, as the quantized layer computes with it
+    blocks, _ = layer.rotation_blocks("default")
+    rotated = rotate_weight(dequantized.double(), blocks.detach().double(), True).float()  # W Rᵀ, exactly
+    reference = x @ rotated.t()
+    tolerance = 2e-2 if name == "int8" else 1e-2  # the CPU kernels round activations (bf16 / int8)
+    assert (adapter_out - reference).norm() / reference.norm() < tolerance
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        layer.merge()
+    assert any("re-quantizes" in str(w.message) for w in caught)
+    assert quantization_kind(base) is not None  # still a quantized layer
+    merged = read_weight(base)
+    # the merged weight is exactly W Rᵀ quantized once more with the layer's own settings ...
+    in_fp32 = layer.merged_weight(dequantized, "default")  # the merge's own fp32 W Rᵀ, equal to the exact one:
+    torch.testing.assert_close(in_fp32, rotated, rtol=0, atol=1e-5)
+    expected = requantized(base, in_fp32)
+    torch.testing.assert_close(merged, expected, rtol=0, atol=1e-6)
+    # ... which is far from W: the rotation was not dropped (peft's OFT bnb merge has that bug)
+    quantization_error = (merged - rotated).norm() / rotated.norm()
+    rotation_size = (merged - dequantized).norm() / rotated.norm()
+    assert rotation_size > 2 * quantization_error, (rotation_size, quantization_error)
+    with torch.no_grad():
+        merged_out = layer(x)  # merged: the base alone computes the rotated layer
+    assert (merged_out - reference).norm() / reference.norm() < quantization_error + tolerance + 1e-3
+
+
+@pytest.mark.parametrize("name", ["nf4", "int8"])
+def test_merge_and_unload_on_a_quantized_model(model_dir, name):
+    model = get_peft_model(load_quantized(model_dir, name), goft.GivensConfig(init_weights=False))
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        adapted = model(input_ids=ids).logits
+        with model.disable_adapter():
+            base = model(input_ids=ids).logits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        merged_model = model.merge_and_unload()
+    assert not givens_layers(merged_model)
+    with torch.no_grad():
+        merged = merged_model(input_ids=ids).logits
+    # the merged model follows the adapter, not the base: the residual is quantization error only
+    assert (merged - adapted).norm() < 0.5 * (base - adapted).norm()
