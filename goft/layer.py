@@ -97,9 +97,13 @@ class GivensLayer(BaseTunerLayer):
 
     def rotation_blocks(self, adapter_name: str) -> tuple[torch.Tensor, bool]:
         """The adapter's 2×2 blocks and whether they are exact rotations."""
+        # Built in at least fp32 even when trainers store adapter weights in bf16 (as TRL does for quantized
+        # bases): any angle gives an exact rotation, but cos/sin rounded to bf16 would not be orthogonal.
         if adapter_name in self.givens_angles:
-            return givens_blocks(angles_from_raw(self.givens_angles[adapter_name])), True
-        return self.givens_blocks[adapter_name], False
+            raw = self.givens_angles[adapter_name]
+            return givens_blocks(angles_from_raw(raw.to(compute_dtype(raw.dtype)))), True
+        blocks = self.givens_blocks[adapter_name]
+        return blocks.to(compute_dtype(blocks.dtype)), False
 
     def rotate_inputs(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """``diag(s) Rᵀ x`` for column inputs, i.e. ``(x R) ⊙ s`` for the rows of ``x`` (GOFT Eq. 3, §5.5)."""
@@ -107,7 +111,8 @@ class GivensLayer(BaseTunerLayer):
         out = rotate_rows(x, blocks, orthogonal)
         if adapter_name in self.givens_scale:
             scale = self.givens_scale[adapter_name]
-            out = (out.to(scale.dtype) * scale).to(x.dtype)
+            work = compute_dtype(scale.dtype)
+            out = (out.to(work) * scale.to(work)).to(x.dtype)
         return out
 
     # ---- merging ----------------------------------------------------------------------------------------------

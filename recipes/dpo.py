@@ -23,7 +23,7 @@ def main(data_args, training_args, model_args, adapter_args, recipe_yaml):
     run = prepare_run("dpo", data_args, training_args, model_args, adapter_args, recipe_yaml,
                       required_columns=DPO_COLUMNS, alignment=True)
     trainer = run.make_trainer(DPOTrainer)  # continuing an SFT adapter: the reference is that adapter, frozen
-    held_out = run.task_eval_dataset
+    held_out = run.task_eval_dataset(trainer)
     if held_out is not None and run.resume_from is None:
         run.record_task_metrics("before", dpo_task_metrics(trainer, held_out))
     trainer.train(resume_from_checkpoint=run.resume_from)

@@ -22,7 +22,7 @@ def main(data_args, training_args, model_args, adapter_args, recipe_yaml):
     run = prepare_run("sft", data_args, training_args, model_args, adapter_args, recipe_yaml,
                       required_columns=SFT_COLUMNS, alignment=False)
     trainer = run.make_trainer(SFTTrainer)
-    held_out = run.task_eval_dataset
+    held_out = run.task_eval_dataset(trainer)
     if held_out is not None and trainer.accelerator.is_main_process:
         run.record_task_metrics("before", sft_task_metrics(trainer, held_out, adapter_enabled=False))
     trainer.train(resume_from_checkpoint=run.resume_from)

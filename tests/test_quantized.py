@@ -138,3 +138,50 @@ def test_merge_and_unload_on_a_quantized_model(model_dir, name):
         merged = merged_model(input_ids=ids).logits
     # the merged model follows the adapter, not the base: the residual is quantization error only
     assert (merged - adapted).norm() < 0.5 * (base - adapted).norm()
+
+
+def test_recipe_quantization_defaults():
+    from goft.training.arguments import ModelArguments
+    from goft.training.models import quantization_config
+
+    assert quantization_config(ModelArguments()) is None
+    config = quantization_config(ModelArguments(load_in_4bit=True, dtype="bfloat16", use_bnb_nested_quant=True))
+    assert config.bnb_4bit_compute_dtype == torch.bfloat16
+    assert config.bnb_4bit_quant_storage == torch.bfloat16  # so that ZeRO-3 can shard the 4-bit weights
+    assert config.bnb_4bit_use_double_quant and config.bnb_4bit_quant_type == "nf4"
+    config = quantization_config(ModelArguments(load_in_4bit=True, bnb_4bit_quant_type="fp4",
+                                                bnb_4bit_quant_storage="uint8"))
+    assert config.bnb_4bit_compute_dtype == torch.float32 and config.bnb_4bit_quant_storage == torch.uint8
+    assert quantization_config(ModelArguments(load_in_8bit=True)).load_in_8bit
+
+
+@pytest.mark.parametrize("flag", ["--load_in_4bit", "--load_in_8bit"])
+def test_sft_recipe_on_a_quantized_base(tmp_path, flag):
+    import json
+
+    from .recipe_assets import build_tiny_chat_model, sft_rows, write_jsonl
+    from .test_recipes import assert_falling, check_ok, common_args, launch, train_losses
+
+    model = build_tiny_chat_model(tmp_path / "tiny")
+    data = write_jsonl(sft_rows(), tmp_path / "sft.jsonl")
+    output_dir = tmp_path / "out"
+    check_ok(launch("sft.py", common_args(model, data, output_dir) + [flag, "true"]))
+    assert_falling(train_losses(output_dir))
+    summary = json.loads((output_dir / "goft_run.json").read_text())
+    assert summary["metrics"]["orthogonality_error"] <= 1e-5
+    assert f"{flag[2:]}: true" in (output_dir / "README.md").read_text()
+    assert (output_dir / "adapter_model.safetensors").stat().st_size > 0
+
+
+def test_bf16_adapter_weights_still_give_an_exact_rotation(tiny_llama):
+    # TRL stores adapter weights in bf16 on quantized bases; the rotation is still built in fp32 and stays exact
+    model = get_peft_model(tiny_llama, goft.GivensConfig(init_weights=False))
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.to(torch.bfloat16)
+    assert goft.orthogonality_error(model) <= 1e-5
+    x = torch.randn(3, 72, dtype=torch.bfloat16)
+    layer = givens_layers(model)[0]
+    out = layer.rotate_inputs(x, "default")
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float().norm(dim=-1), x.float().norm(dim=-1), rtol=1e-2, atol=0)

@@ -25,15 +25,20 @@ def recipe_env() -> dict:
     return env
 
 
-def launch(script: str, args: list[str], processes: int = 1, env: dict | None = None, port: int = 29531):
-    """`accelerate launch` a recipe like a user would; returns the finished process (output captured)."""
+def launch(script: str, args: list[str], processes: int = 1, env: dict | None = None, port: int = 29531,
+           config_file: Path | None = None):
+    """`accelerate launch` a recipe like a user would; returns the finished process (output captured).
+
+    Two processes use the CPU multi-process config unless `config_file` names another (e.g. a DeepSpeed one, whose
+    GPU settings are overridden for the CPU)."""
     if processes == 1:
-        launcher = ["-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-                    "--mixed_precision", "no", "--dynamo_backend", "no"]
+        launcher = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    elif config_file is None:
+        launcher = ["--config_file", str(CPU_2PROC), "--main_process_port", str(port)]
     else:
-        launcher = ["-m", "accelerate.commands.launch", "--config_file", str(CPU_2PROC),
+        launcher = ["--config_file", str(config_file), "--num_processes", str(processes), "--mixed_precision", "no",
                     "--main_process_port", str(port)]
-    command = [sys.executable, *launcher, str(REPO / "recipes" / script), *args]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, str(REPO / "recipes" / script), *args]
     return subprocess.run(command, cwd=REPO, env=env or recipe_env(), capture_output=True, text=True, timeout=600)
 
 

@@ -35,6 +35,11 @@ class DataArguments(ScriptArguments):
 class ModelArguments(ModelConfig):
     """TRL's `ModelConfig` plus GGUF files; `model_name_or_path` may also name an embedded model or an adapter folder."""
 
+    bnb_4bit_compute_dtype: str | None = field(
+        default=None,
+        metadata={"help": "Compute dtype of 4-bit layers; default: `dtype` (float32 when that is auto or unset). "
+                  "`bnb_4bit_quant_storage` defaults to it, so that DeepSpeed ZeRO-3 can shard the 4-bit weights."},
+    )
     gguf_file: str | None = field(
         default=None,
         metadata={"help": "GGUF file inside `model_name_or_path` to load (dequantized) instead of safetensors."},

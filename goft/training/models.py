@@ -8,7 +8,7 @@ from pathlib import Path
 
 import huggingface_hub
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from .errors import RecipeError
 
@@ -117,6 +117,25 @@ def _torch_dtype(name: str | None):
     if not hasattr(torch, name) or not isinstance(getattr(torch, name), torch.dtype):
         raise RecipeError(f"Unknown `dtype` {name!r}: use auto, float32, bfloat16 or float16.")
     return getattr(torch, name)
+
+
+def quantization_config(model_args):
+    """A `BitsAndBytesConfig` for `load_in_4bit` / `load_in_8bit`, or None; 4-bit weights are stored in the
+    compute dtype unless told otherwise, so that ZeRO-3 can shard them like any other parameter."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as error:  # an ImportError, or a broken native library
+        raise RecipeError(f"`load_in_4bit` / `load_in_8bit` need a working bitsandbytes: {error}") from None
+    if model_args.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    default = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
+    compute = _torch_dtype(model_args.bnb_4bit_compute_dtype or default)
+    storage = _torch_dtype(model_args.bnb_4bit_quant_storage) if model_args.bnb_4bit_quant_storage else compute
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=model_args.bnb_4bit_quant_type,
+                              bnb_4bit_use_double_quant=model_args.use_bnb_nested_quant,
+                              bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=storage)
 
 
 def _forget_gguf_quantization(model) -> None:

@@ -6,15 +6,15 @@ from dataclasses import dataclass, field
 
 from peft import PeftConfig, PeftModel
 from transformers.trainer_utils import set_seed
-from trl import get_quantization_config
 
 from ..orthogonality import orthogonality_error
 from . import adapters, checkpoints, hub, model_card
 from .chat_templates import use_training_chat_template
 from .data import load_recipe_dataset
 from .errors import RecipeError
+from .models import (ModelSource, is_adapter_folder, load_causal_lm, load_tokenizer, quantization_config,
+                     resolve_model_source)
 from .regularized import with_regularizer
-from .models import ModelSource, is_adapter_folder, load_causal_lm, load_tokenizer, resolve_model_source
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +52,17 @@ class RecipeRun:
     def eval_dataset(self):
         return self.test_dataset if self.training_args.eval_strategy != "no" else None
 
-    @property
-    def task_eval_dataset(self):
+    def task_eval_dataset(self, trainer):
+        """The held-out examples for before/after task metrics, or None when they are off or cannot run."""
         n = min(self.data_args.task_eval_samples, len(self.test_dataset))
-        return self.test_dataset.select(range(n)) if n > 0 else None
+        if n <= 0:
+            return None
+        if trainer.is_deepspeed_enabled:
+            # DeepSpeed builds its engine when training starts: evaluating first would leave it unbuilt, and ZeRO-3
+            # generation needs every rank. Evaluate the saved adapter after the run instead.
+            logger.warning("task_eval_samples is ignored under DeepSpeed; evaluate the saved adapter afterwards.")
+            return None
+        return self.test_dataset.select(range(n))
 
     @property
     def needs_regularizer(self) -> bool:
@@ -71,7 +78,7 @@ class RecipeRun:
         set_seed(self.training_args.seed)  # fresh adapters and splits are reproducible
         model = load_causal_lm(self.source, dtype=self.model_args.dtype, revision=self.model_args.model_revision,
                                attn_implementation=self.model_args.attn_implementation,
-                               quantization_config=get_quantization_config(self.model_args), trust_remote_code=trust)
+                               quantization_config=quantization_config(self.model_args), trust_remote_code=trust)
         if self.source.adapter_path:
             model = PeftModel.from_pretrained(model, self.source.adapter_path, is_trainable=True)
             return model, tokenizer, None
@@ -161,6 +168,7 @@ def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, 
     resume_from = checkpoints.resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint,
                                                 data_args.overwrite_output_dir)
     dataset = load_recipe_dataset(data_args, required_columns, seed=training_args.seed)
+    quantization_config(model_args)  # refuses 4-/8-bit without a working bitsandbytes, before anything loads
     source = resolve_model_source(name, model_args.gguf_file)
     if not adapter_folder:
         adapter_config.base_model_name_or_path = source.name

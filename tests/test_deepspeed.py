@@ -1,0 +1,87 @@
+"""SFT and DPO under DeepSpeed ZeRO-2 / ZeRO-3 with two CPU processes (gloo), against single-process runs.
+
+The first DeepSpeed launch on a machine compiles a communication op (~80 s); torch caches it in
+~/.cache/torch_extensions, so later runs reuse it.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .test_recipes import REPO, assets, check_ok, launch, recipe_env  # noqa: F401  (assets is a fixture)
+
+pytest.importorskip("deepspeed")
+
+CONFIGS = {name: REPO / "accelerate_configs" / f"{name}.yaml" for name in ("zero2", "zero3")}
+# Same seed, same data: two processes with 4 examples each see exactly the 8 examples that one process sees in
+# a batch of 8, so the adapters agree up to float summation order.
+ADAPTER_TOLERANCE = 1e-5
+
+
+def args(model, data, output_dir, per_device: int) -> list[str]:
+    return ["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(output_dir),
+            "--max_steps", "4", "--per_device_train_batch_size", str(per_device), "--learning_rate", "2e-2",
+            "--logging_steps", "1", "--save_steps", "2", "--max_length", "64", "--report_to", "none", "--seed", "11"]
+
+
+@pytest.fixture(scope="module")
+def single_process_runs(assets):  # noqa: F811
+    runs = {}
+    for script, data in (("sft.py", assets["sft"]), ("dpo.py", assets["dpo"])):
+        output_dir = assets["root"] / f"single-{script[:3]}"
+        check_ok(launch(script, args(assets["model"], data, output_dir, per_device=8)))
+        runs[script] = output_dir
+    return runs
+
+
+def assert_same_adapter(saved, reference) -> None:
+    assert saved.keys() == reference.keys()
+    for name, tensor in reference.items():
+        assert saved[name].shape == tensor.shape and saved[name].numel() > 0, name  # complete, not sharded/empty
+        torch.testing.assert_close(saved[name], tensor, rtol=0, atol=ADAPTER_TOLERANCE)
+
+
+@pytest.mark.parametrize("script", ["sft.py", "dpo.py"])
+@pytest.mark.parametrize("zero", list(CONFIGS))
+def test_zero_matches_a_single_process_run(assets, single_process_runs, zero, script):  # noqa: F811
+    data = assets["sft"] if script == "sft.py" else assets["dpo"]
+    output_dir = assets["root"] / f"{zero}-{script[:3]}"
+    port = 29550 + 2 * list(CONFIGS).index(zero) + (script == "dpo.py")
+    result = launch(script, args(assets["model"], data, output_dir, per_device=4), processes=2,
+                    config_file=CONFIGS[zero], port=port)
+    check_ok(result)
+    reference = single_process_runs[script]
+    assert_same_adapter(load_file(output_dir / "adapter_model.safetensors"),
+                        load_file(reference / "adapter_model.safetensors"))
+    # the saved adapter loads in a fresh process without DeepSpeed and gives the single-process run's logits
+    script_text = f"""
+import goft, torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
+def logits(adapter):
+    with torch.no_grad():
+        return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({str(assets['model'])!r}), adapter)(ids).logits
+print((logits({str(output_dir)!r}) - logits({str(reference)!r})).abs().max().item())
+"""
+    env = recipe_env()
+    loaded = subprocess.run([sys.executable, "-c", script_text], env=env, capture_output=True, text=True)
+    check_ok(loaded)
+    assert float(loaded.stdout.split()[-1]) < 1e-4
+
+
+def test_zero3_dpo_from_an_sft_adapter(assets):  # noqa: F811
+    sft_dir = assets["root"] / "zero3-sft-for-dpo"
+    check_ok(launch("sft.py", args(assets["model"], assets["sft"], sft_dir, per_device=4), processes=2,
+                    config_file=CONFIGS["zero3"], port=29560))
+    output_dir = assets["root"] / "zero3-dpo-from-sft"
+    check_ok(launch("dpo.py", args(sft_dir, assets["dpo"], output_dir, per_device=4), processes=2,
+                    config_file=CONFIGS["zero3"], port=29561))
+    last = output_dir / "checkpoint-4" / "trainer_state.json"
+    first_loss = next(e["loss"] for e in json.loads(last.read_text())["log_history"] if "loss" in e)
+    assert abs(first_loss - 0.6931) < 1e-3  # reference = the SFT policy: the first DPO loss is log 2
+    assert load_file(output_dir / "adapter_model.safetensors").keys() == load_file(sft_dir / "adapter_model.safetensors").keys()
