@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.utils.integrations import gather_params_ctx
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -152,10 +153,11 @@ class GivensLayer(BaseTunerLayer):
         for name in adapter_names:
             if name not in self._available_adapters:
                 continue
-            new = self.merged_weight(self._weight_as_nd(), name)
-            if safe_merge and not bool(torch.isfinite(new).all()):
-                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken.")
-            self._write_weight_nd(new)
+            with self._gathered(name):
+                new = self.merged_weight(self._weight_as_nd(), name)
+                if safe_merge and not bool(torch.isfinite(new).all()):
+                    raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken.")
+                self._write_weight_nd(new)
             self.merged_adapters.append(name)
 
     def unmerge(self) -> None:
@@ -166,7 +168,16 @@ class GivensLayer(BaseTunerLayer):
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if name in self._available_adapters:
-                self._write_weight_nd(self.merged_weight(self._weight_as_nd(), name, inverse=True))
+                with self._gathered(name):
+                    self._write_weight_nd(self.merged_weight(self._weight_as_nd(), name, inverse=True))
+
+    def adapter_parameters(self, adapter_name: str) -> list[nn.Parameter]:
+        return [params[adapter_name] for params in (self.givens_angles, self.givens_blocks, self.givens_scale)
+                if adapter_name in params]
+
+    def _gathered(self, adapter_name: str):
+        """Under DeepSpeed ZeRO-3, the full base weight and adapter tensors (rank 0 writes the merged weight back)."""
+        return gather_params_ctx([self.get_base_layer().weight, *self.adapter_parameters(adapter_name)])
 
 
 class Linear(nn.Module, GivensLayer):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from peft.utils.integrations import gather_params_ctx
 from torch import nn
 
 from .givens import compute_dtype, orthogonality_defect
@@ -24,8 +25,10 @@ def orthogonality_error(model: nn.Module, adapter_name: str | None = None) -> fl
         for name in layer.givens_angles:
             if not layer.is_orthogonal(name) or (adapter_name is not None and name != adapter_name):
                 continue
-            blocks, _ = layer.rotation_blocks(name)
-            worst = max(worst, orthogonality_defect(blocks.to(compute_dtype(blocks.dtype)), layer.in_features))
+            with gather_params_ctx(layer.adapter_parameters(name), modifier_rank=None):  # full tensors under ZeRO-3
+                blocks, _ = layer.rotation_blocks(name)
+                defect = orthogonality_defect(blocks.detach().to(compute_dtype(blocks.dtype)), layer.in_features)
+            worst = max(worst, defect)
     return worst
 
 

@@ -16,7 +16,8 @@ from .test_recipes import REPO, assets, check_ok, launch, recipe_env  # noqa: F4
 
 pytest.importorskip("deepspeed")
 
-CONFIGS = {name: REPO / "accelerate_configs" / f"{name}.yaml" for name in ("zero2", "zero3")}
+CONFIGS = {name: REPO / "accelerate_configs" / f"{name}.yaml" for name in ("zero2", "zero3", "zero3_offload")}
+CASES = [("zero2", "sft.py"), ("zero2", "dpo.py"), ("zero3", "sft.py"), ("zero3", "dpo.py"), ("zero3_offload", "sft.py")]
 # Same seed, same data: two processes with 4 examples each see exactly the 8 examples that one process sees in
 # a batch of 8, so the adapters agree up to float summation order.
 ADAPTER_TOLERANCE = 1e-5
@@ -45,12 +46,11 @@ def assert_same_adapter(saved, reference) -> None:
         torch.testing.assert_close(saved[name], tensor, rtol=0, atol=ADAPTER_TOLERANCE)
 
 
-@pytest.mark.parametrize("script", ["sft.py", "dpo.py"])
-@pytest.mark.parametrize("zero", list(CONFIGS))
+@pytest.mark.parametrize("zero, script", CASES)
 def test_zero_matches_a_single_process_run(assets, single_process_runs, zero, script):  # noqa: F811
     data = assets["sft"] if script == "sft.py" else assets["dpo"]
     output_dir = assets["root"] / f"{zero}-{script[:3]}"
-    port = 29550 + 2 * list(CONFIGS).index(zero) + (script == "dpo.py")
+    port = 29550 + CASES.index((zero, script))
     result = launch(script, args(assets["model"], data, output_dir, per_device=4), processes=2,
                     config_file=CONFIGS[zero], port=port)
     check_ok(result)
@@ -85,3 +85,14 @@ def test_zero3_dpo_from_an_sft_adapter(assets):  # noqa: F811
     first_loss = next(e["loss"] for e in json.loads(last.read_text())["log_history"] if "loss" in e)
     assert abs(first_loss - 0.6931) < 1e-3  # reference = the SFT policy: the first DPO loss is log 2
     assert load_file(output_dir / "adapter_model.safetensors").keys() == load_file(sft_dir / "adapter_model.safetensors").keys()
+
+
+def test_merge_into_a_zero3_partitioned_model(assets):  # noqa: F811
+    """Merging gathers each partitioned weight, rotates it and partitions it again (ranks 0 and 1 over gloo)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(REPO / "accelerate_configs" / "cpu_2proc.yaml"), "--main_process_port", "29565",
+               str(REPO / "tests" / "scripts" / "zero3_merge.py"), str(assets["model"])]
+    result = subprocess.run(command, cwd=REPO, env=recipe_env(), capture_output=True, text=True, timeout=600)
+    check_ok(result)
+    difference, scale, error = map(float, result.stdout.split("RESULT")[-1].split())
+    assert difference < 1e-5 * max(scale, 1.0) and error <= 1e-5
