@@ -96,3 +96,17 @@ def test_merge_into_a_zero3_partitioned_model(assets):  # noqa: F811
     check_ok(result)
     difference, scale, error = map(float, result.stdout.split("RESULT")[-1].split())
     assert difference < 1e-5 * max(scale, 1.0) and error <= 1e-5
+
+
+def test_zero3_on_a_4bit_base(assets):  # noqa: F811
+    """QLoRA-style sharding: 4-bit weights stored in the compute dtype are partitioned like any parameter."""
+    from .test_recipes import assert_falling, train_losses
+
+    output_dir = assets["root"] / "zero3-4bit"
+    check_ok(launch("sft.py", args(assets["model"], assets["sft"], output_dir, per_device=4) + ["--load_in_4bit", "true"],
+                    processes=2, config_file=CONFIGS["zero3"], port=29566))
+    assert_falling(train_losses(output_dir))
+    summary = json.loads((output_dir / "goft_run.json").read_text())
+    assert summary["world_size"] == 2 and summary["metrics"]["orthogonality_error"] <= 1e-5
+    saved = load_file(output_dir / "adapter_model.safetensors")
+    assert saved and all(t.numel() > 0 for t in saved.values())
