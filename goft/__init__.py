@@ -8,14 +8,20 @@ from .config import GivensConfig
 from .layer import GivensLayer
 from .model import GivensModel
 from .orthogonality import orthogonality_error, orthogonality_penalty
-from .registration import GIVENS, register
+from .registration import GIVENS, SORSA, register
+from .sorsa import SorsaConfig, SorsaModel, sorsa_orthonormality
 
 register(GivensConfig, GivensModel)
+register(SorsaConfig, SorsaModel, name="sorsa")
 
 __version__ = "0.1.0"
 
 __all__ = [
     "GIVENS",
+    "SORSA",
+    "SorsaConfig",
+    "SorsaModel",
+    "sorsa_orthonormality",
     "GivensConfig",
     "GivensLayer",
     "GivensModel",

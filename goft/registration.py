@@ -1,4 +1,5 @@
-"""The one patch goft makes to peft: a ``GIVENS`` member in ``PeftType`` and its registration.
+"""The one patch goft makes to peft: members for goft's methods (``GIVENS``, ``SORSA``) in ``PeftType``, and their
+registration.
 
 peft only accepts methods whose name is a member of its ``PeftType`` enum, and Python enums cannot grow through
 their public API, so the member is added to the enum's internal tables. Both steps are idempotent: importing goft
@@ -28,16 +29,18 @@ def _extend_peft_type(value: str) -> PeftType:
 
 
 GIVENS = _extend_peft_type(NAME.upper())
+SORSA = _extend_peft_type("SORSA")
 
 
-def register(config_cls, model_cls) -> None:
-    """Register the Givens method with peft once per process."""
+def register(config_cls, model_cls, name: str = NAME) -> None:
+    """Register a goft method (``givens`` by default) with peft once per process."""
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
     from peft.utils import register_peft_method
 
-    if GIVENS in PEFT_TYPE_TO_TUNER_MAPPING:
+    peft_type = _extend_peft_type(name.upper())
+    if peft_type in PEFT_TYPE_TO_TUNER_MAPPING:
         # already registered (a reload of goft re-creates the classes: point peft at the new ones)
-        PEFT_TYPE_TO_CONFIG_MAPPING[GIVENS] = config_cls
-        PEFT_TYPE_TO_TUNER_MAPPING[GIVENS] = model_cls
+        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = config_cls
+        PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = model_cls
         return
-    register_peft_method(name=NAME, config_cls=config_cls, model_cls=model_cls)
+    register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls)
