@@ -137,3 +137,16 @@ class GivensConfig(PeftConfig):
     def is_orthogonal(self) -> bool:
         """True when every adapter built from this config is exactly orthogonal (angles only)."""
         return not (self.quasi or self.scaling)
+
+
+def fill_default_target_modules(peft_config, model_config: dict, method: str):
+    """Set ``target_modules`` from the model type's usual projections when the config leaves them unset."""
+    if peft_config.target_modules is None:
+        model_type = model_config.get("model_type")
+        if model_type not in TARGET_MODULES_BY_MODEL_TYPE:
+            raise ValueError(
+                f"{method} has no default target_modules for model type {model_type!r}; set target_modules, "
+                "e.g. target_modules='all-linear' or a list of module names."
+            )
+        peft_config.target_modules = set(TARGET_MODULES_BY_MODEL_TYPE[model_type])
+    return peft_config

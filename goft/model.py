@@ -8,7 +8,7 @@ from functools import partial
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
-from .config import TARGET_MODULES_BY_MODEL_TYPE, GivensConfig
+from .config import TARGET_MODULES_BY_MODEL_TYPE, GivensConfig, fill_default_target_modules
 from .layer import GivensLayer, dispatch_default
 
 
@@ -28,15 +28,7 @@ class GivensModel(BaseTuner):
     target_module_mapping = TARGET_MODULES_BY_MODEL_TYPE
 
     def _prepare_adapter_config(self, peft_config: GivensConfig, model_config: dict) -> GivensConfig:
-        if peft_config.target_modules is None:
-            model_type = model_config.get("model_type")
-            if model_type not in self.target_module_mapping:
-                raise ValueError(
-                    f"GivensConfig has no default target_modules for model type {model_type!r}; set target_modules, "
-                    "e.g. target_modules='all-linear' or a list of module names."
-                )
-            peft_config.target_modules = set(self.target_module_mapping[model_type])
-        return peft_config
+        return fill_default_target_modules(peft_config, model_config, "GivensConfig")
 
     def _create_and_replace(
         self, config: GivensConfig, adapter_name: str, target: nn.Module, target_name: str, parent: nn.Module,

@@ -6,7 +6,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
-from ..config import TARGET_MODULES_BY_MODEL_TYPE
+from ..config import TARGET_MODULES_BY_MODEL_TYPE, fill_default_target_modules
 from .config import SorsaConfig
 from .layer import Linear, SorsaLayer
 
@@ -19,13 +19,7 @@ class SorsaModel(BaseTuner):
     target_module_mapping = TARGET_MODULES_BY_MODEL_TYPE
 
     def _prepare_adapter_config(self, peft_config: SorsaConfig, model_config: dict) -> SorsaConfig:
-        if peft_config.target_modules is None:
-            model_type = model_config.get("model_type")
-            if model_type not in self.target_module_mapping:
-                raise ValueError(f"SorsaConfig has no default target_modules for model type {model_type!r}; set "
-                                 "target_modules, e.g. 'all-linear'.")
-            peft_config.target_modules = set(self.target_module_mapping[model_type])
-        return peft_config
+        return fill_default_target_modules(peft_config, model_config, "SorsaConfig")
 
     def _create_and_replace(self, config: SorsaConfig, adapter_name: str, target: nn.Module, target_name: str,
                             parent: nn.Module, current_key: str, **kwargs) -> None:
