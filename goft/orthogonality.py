@@ -10,6 +10,20 @@ from .givens import compute_dtype, orthogonality_defect
 from .layer import GivensLayer
 
 
+def defect_norm(defect: torch.Tensor) -> torch.Tensor:
+    """``‖D‖_F`` of an orthonormality defect ``D = QᵀQ − I`` (k×k), with a gradient that means something.
+
+    The norm is not differentiable at ``D = 0``, and for a ``Q`` that is orthonormal up to round-off, ``D/‖D‖`` points
+    in a direction set by rounding errors alone. Below the round-off level of computing ``D`` (16·k·eps of its dtype)
+    the gradient is therefore 0, the minimum-norm subgradient at ``D = 0``; the value is exact everywhere.
+    """
+    squared = defect.pow(2).sum()
+    floor = (16 * defect.shape[-1] * torch.finfo(defect.dtype).eps) ** 2
+    above = squared > floor
+    safe = torch.where(above, squared, torch.ones_like(squared))
+    return torch.where(above, safe.sqrt(), squared.detach().sqrt())
+
+
 def _givens_layers(model: nn.Module):
     return [m for m in model.modules() if isinstance(m, GivensLayer)]
 

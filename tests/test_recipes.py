@@ -242,7 +242,7 @@ def test_sft_variants(assets, tmp_path, flags, penalty_logged):
     result = launch("sft.py", common_args(assets["model"], assets["sft"], output_dir, steps=4) + flags)
     check_ok(result)
     history = json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
-    logged = [e["orthogonality_penalty"] for e in history if "orthogonality_penalty" in e]
+    logged = [e["qgoft_penalty"] for e in history if "qgoft_penalty" in e]
     assert bool(logged) == penalty_logged
     if penalty_logged:
         assert all(math.isfinite(x) and x >= 0 for x in logged) and logged[-1] > 0

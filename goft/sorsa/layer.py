@@ -11,6 +11,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from peft.utils.integrations import gather_params_ctx
 from torch import nn
 
+from ..orthogonality import defect_norm
+
 
 class SorsaLayer(BaseTunerLayer):
     """Per adapter: trainable ``sorsa_U`` (n×r), ``sorsa_S`` (r), ``sorsa_Vh`` (r×d), and their initial values as
@@ -70,7 +72,7 @@ class SorsaLayer(BaseTunerLayer):
         """``‖UᵀU − I‖_F + ‖V Vᵀ − I‖_F`` (Frobenius, not squared; METHOD.md §5), differentiable."""
         u, vh = self.sorsa_U[adapter_name], self.sorsa_Vh[adapter_name]
         eye = torch.eye(u.shape[1], device=u.device, dtype=u.dtype)
-        return torch.linalg.matrix_norm(u.t() @ u - eye) + torch.linalg.matrix_norm(vh @ vh.t() - eye)
+        return defect_norm(u.t() @ u - eye) + defect_norm(vh @ vh.t() - eye)
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         adapter_names = check_adapters_to_merge(self, adapter_names)

@@ -2,36 +2,96 @@
 
 import logging
 
-from peft import LoraConfig, PeftConfig
+from peft import BOFTConfig, HRAConfig, LoraConfig, OFTConfig, PeftConfig, RoadConfig
 
 from ..config import GivensConfig
+from ..sorsa import SorsaConfig
 from .errors import RecipeError
 
 logger = logging.getLogger(__name__)
 
 POLICY_ADAPTER = "default"
+TASK_TYPE = "CAUSAL_LM"
+
+
+def _target_modules(adapter_args):
+    target_modules = adapter_args.adapter_target_modules
+    if isinstance(target_modules, list) and len(target_modules) == 1:
+        return target_modules[0]  # a single "all-linear" or regex, as peft expects it
+    return target_modules
+
+
+def _givens_config(adapter_args, model_args, target_modules) -> PeftConfig:
+    orthogonal = not (adapter_args.givens_quasi or adapter_args.givens_scaling)
+    return GivensConfig(task_type=TASK_TYPE, target_modules=target_modules, strict=orthogonal,
+                        quasi=adapter_args.givens_quasi, scaling=adapter_args.givens_scaling,
+                        orthogonality_penalty_weight=adapter_args.givens_penalty_weight)
+
+
+def _sorsa_config(adapter_args, model_args, target_modules) -> PeftConfig:
+    return SorsaConfig(task_type=TASK_TYPE, target_modules=target_modules, r=adapter_args.sorsa_r,
+                       gamma=adapter_args.sorsa_gamma)
+
+
+def _hra_config(adapter_args, model_args, target_modules) -> PeftConfig:
+    return HRAConfig(task_type=TASK_TYPE, target_modules=target_modules, r=adapter_args.hra_r,
+                     apply_GS=adapter_args.hra_apply_gs)
+
+
+def _oft_config(adapter_args, model_args, target_modules) -> PeftConfig:
+    return OFTConfig(task_type=TASK_TYPE, target_modules=target_modules, r=0,
+                     oft_block_size=adapter_args.oft_block_size,
+                     use_cayley_neumann=adapter_args.oft_use_cayley_neumann)
+
+
+def _boft_config(adapter_args, model_args, target_modules) -> PeftConfig:
+    return BOFTConfig(task_type=TASK_TYPE, target_modules=target_modules, boft_block_size=adapter_args.boft_block_size,
+                      boft_n_butterfly_factor=adapter_args.boft_n_butterfly_factor)
+
+
+def _road_config(adapter_args, model_args, target_modules) -> PeftConfig:
+    return RoadConfig(task_type=TASK_TYPE, target_modules=target_modules, variant=adapter_args.road_variant,
+                      group_size=adapter_args.road_group_size)
+
+
+def _lora_config(adapter_args, model_args, target_modules) -> PeftConfig:
+    return LoraConfig(task_type=TASK_TYPE, r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
+                      lora_dropout=model_args.lora_dropout,
+                      target_modules=model_args.lora_target_modules or target_modules or "all-linear",
+                      modules_to_save=model_args.lora_modules_to_save, use_rslora=model_args.use_rslora,
+                      use_dora=model_args.use_dora)
+
+
+CONFIG_BUILDERS = {"givens": _givens_config, "sorsa": _sorsa_config, "hra": _hra_config, "oft": _oft_config,
+                   "boft": _boft_config, "road": _road_config, "lora": _lora_config}
 
 
 def build_adapter_config(adapter_args, model_args) -> PeftConfig:
-    """The peft config for a fresh adapter, from the recipe's `adapter*` / `givens_*` / `lora_*` keys."""
+    """The peft config for a fresh adapter, from the recipe's `adapter` key and that method's own keys."""
     if model_args.use_peft and adapter_args.adapter != "lora":
         raise RecipeError("`use_peft` selects TRL's LoRA; in goft recipes choose the method with `adapter: lora` "
                           "(or keep the default `adapter: givens`) and drop `use_peft`.")
-    target_modules = adapter_args.adapter_target_modules
-    if isinstance(target_modules, list) and len(target_modules) == 1:
-        target_modules = target_modules[0]  # a single "all-linear" or regex, as peft expects it
-    if adapter_args.adapter == "givens":
-        orthogonal = not (adapter_args.givens_quasi or adapter_args.givens_scaling)
-        return GivensConfig(task_type="CAUSAL_LM", target_modules=target_modules, strict=orthogonal,
-                            quasi=adapter_args.givens_quasi, scaling=adapter_args.givens_scaling,
-                            orthogonality_penalty_weight=adapter_args.givens_penalty_weight)
-    if adapter_args.adapter == "lora":
-        return LoraConfig(task_type="CAUSAL_LM", r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-                          lora_dropout=model_args.lora_dropout,
-                          target_modules=model_args.lora_target_modules or target_modules or "all-linear",
-                          modules_to_save=model_args.lora_modules_to_save, use_rslora=model_args.use_rslora,
-                          use_dora=model_args.use_dora)
-    raise RecipeError(f"Unknown `adapter` {adapter_args.adapter!r}: choose givens or lora.")
+    builder = CONFIG_BUILDERS.get(adapter_args.adapter)
+    if builder is None:
+        raise RecipeError(f"Unknown `adapter` {adapter_args.adapter!r}: choose one of {', '.join(CONFIG_BUILDERS)}.")
+    try:
+        return builder(adapter_args, model_args, _target_modules(adapter_args))
+    except ValueError as error:  # the config's own checks (e.g. SORSA's r >= 1, OFT's block sizes)
+        raise RecipeError(f"Invalid `{adapter_args.adapter}` adapter settings: {error}") from None
+
+
+def _peft_type(config: PeftConfig) -> str:
+    return str(getattr(config.peft_type, "value", config.peft_type))
+
+
+METHOD_DESCRIPTIONS = {
+    "SORSA": "SORSA (trainable singular vectors and values; not orthogonal)",
+    "HRA": "HRA (Householder reflections)",
+    "OFT": "OFT (block-diagonal Cayley rotations)",
+    "BOFT": "BOFT (butterfly-factorised Cayley rotations)",
+    "ROAD": "RoAd (scaled 2D rotations of the outputs; not orthogonal)",
+    "LORA": "LoRA (low-rank update; not orthogonal)",
+}
 
 
 def describe_adapter(config: PeftConfig) -> str:
@@ -41,7 +101,9 @@ def describe_adapter(config: PeftConfig) -> str:
             return "GOFT (strict Givens rotations, exactly orthogonal)"
         parts = [p for p, on in (("quasi-Givens qGOFT", config.quasi), ("norm scaling GOFT*", config.scaling)) if on]
         return f"Givens adapter with {' + '.join(parts)} (not exactly orthogonal)"
-    return f"{config.peft_type.value if hasattr(config.peft_type, 'value') else config.peft_type} (not orthogonal)"
+    if isinstance(config, OFTConfig) and config.use_cayley_neumann:
+        return "OFT (block-diagonal rotations, Neumann-approximated Cayley: not exactly orthogonal)"
+    return METHOD_DESCRIPTIONS.get(_peft_type(config), _peft_type(config))
 
 
 def is_exactly_orthogonal(config: PeftConfig) -> bool:
@@ -49,7 +111,7 @@ def is_exactly_orthogonal(config: PeftConfig) -> bool:
 
 
 def require_orthogonal_adapter(config: PeftConfig, stage: str, allow_non_orthogonal: bool) -> None:
-    """Alignment stages keep the pretrained weights' geometry: only an exactly orthogonal adapter may train them."""
+    """Alignment stages keep the pretrained weights' geometry: only strict GOFT may train them."""
     if is_exactly_orthogonal(config):
         return
     reason = describe_adapter(config)
@@ -60,8 +122,9 @@ def require_orthogonal_adapter(config: PeftConfig, stage: str, allow_non_orthogo
         logger.warning("!" * 78)
         return
     raise RecipeError(
-        f"The {stage} stage trains only exactly orthogonal adapters, so that alignment cannot distort the pretrained "
-        f"weights' geometry (the angles between neurons), but this recipe asks for a {reason}. Fix: use "
+        f"The {stage} stage trains only exactly orthogonal adapters (strict GOFT, whose orthogonality is checked "
+        f"when it is saved), so that alignment cannot distort the pretrained weights' geometry (the angles between "
+        f"neurons), but this recipe asks for: {reason}. Fix: use "
         "`adapter: givens` with `givens_quasi: false` and `givens_scaling: false` (or start from a strict GOFT SFT "
         "adapter). For a baseline experiment only, `allow_non_orthogonal_alignment: true` lifts this check."
     )

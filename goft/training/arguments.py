@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from trl import ModelConfig, ScriptArguments
 
-ADAPTER_CHOICES = ("givens", "lora")
+ADAPTER_CHOICES = ("givens", "sorsa", "hra", "oft", "boft", "road", "lora")
 
 
 @dataclass
@@ -48,7 +48,8 @@ class ModelArguments(ModelConfig):
 
 @dataclass
 class AdapterArguments:
-    """Which adapter is trained. `givens` (strict GOFT) is the default; `lora` is the familiar baseline."""
+    """Which adapter is trained and its hyper-parameters. `givens` (strict GOFT) is the default; `sorsa` is goft's own
+    SORSA; `hra`, `oft`, `boft`, `road` and `lora` are peft's (LoRA's sizes are TRL's `lora_*` keys)."""
 
     adapter: str = field(default="givens", metadata={"help": "Adapter method.", "choices": list(ADAPTER_CHOICES)})
     givens_quasi: bool = field(
@@ -59,6 +60,31 @@ class AdapterArguments:
     givens_penalty_weight: float = field(
         default=0.01, metadata={"help": "Weight of the qGOFT orthogonality penalty in the training loss."}
     )
+    sorsa_r: int = field(default=128, metadata={"help": "SORSA: how many top singular triplets are trained."})
+    sorsa_gamma: float = field(
+        default=4e-4,
+        metadata={"help": "SORSA: gamma of the orthonormality regulariser, applied after gradient clipping with "
+                  "its gradient scaled by gamma / learning rate. 0 turns it off."},
+    )
+    hra_r: int = field(default=8, metadata={"help": "HRA: number of Householder reflections (even: identity init)."})
+    hra_apply_gs: bool = field(
+        default=False, metadata={"help": "HRA: Gram-Schmidt orthogonalise the reflections (no regulariser then)."}
+    )
+    hra_lambda: float = field(
+        default=1e-4, metadata={"help": "HRA: weight of the orthogonality regulariser of the reflections. 0: off."}
+    )
+    oft_block_size: int = field(default=32, metadata={"help": "OFT: size of the orthogonal diagonal blocks."})
+    oft_use_cayley_neumann: bool = field(
+        default=True,
+        metadata={"help": "OFT: approximate the Cayley transform by a Neumann series (faster, not exactly "
+                  "orthogonal)."},
+    )
+    boft_block_size: int = field(default=4, metadata={"help": "BOFT: size of the butterfly blocks."})
+    boft_n_butterfly_factor: int = field(default=1, metadata={"help": "BOFT: number of butterfly factors."})
+    road_variant: str = field(
+        default="road_1", metadata={"help": "RoAd variant.", "choices": ["road_1", "road_2", "road_4"]}
+    )
+    road_group_size: int = field(default=64, metadata={"help": "RoAd: elements grouped per set of 2D rotations."})
     adapter_target_modules: list[str] | None = field(
         default=None,
         metadata={"help": "Modules to adapt (names, a regex, or all-linear); defaults to the model type's usual set."},
@@ -66,7 +92,7 @@ class AdapterArguments:
     allow_non_orthogonal_alignment: bool = field(
         default=False,
         metadata={
-            "help": "Baseline experiments only: let an alignment stage (DPO) train an adapter that is not exactly "
-            "orthogonal. Off by default; recorded in the model card."
+            "help": "Baseline experiments only: let an alignment stage (DPO) train an adapter other than strict "
+            "GOFT. Off by default; recorded in the model card."
         },
     )

@@ -14,7 +14,7 @@ from .data import load_recipe_dataset
 from .errors import RecipeError
 from .models import (ModelSource, is_adapter_folder, load_causal_lm, load_tokenizer, quantization_config,
                      resolve_model_source)
-from .regularized import with_regularizer
+from .regularized import regularizers_for, with_regularizers
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +64,6 @@ class RecipeRun:
             return None
         return self.test_dataset.select(range(n))
 
-    @property
-    def needs_regularizer(self) -> bool:
-        return bool(getattr(self.adapter_config, "quasi", False))
-
     def load_model_and_tokenizer(self):
         """(model, tokenizer, peft_config): a fresh adapter is left for the trainer to add (peft_config set);
         an adapter folder is loaded trainable (peft_config None)."""
@@ -85,11 +81,10 @@ class RecipeRun:
         return model, tokenizer, self.adapter_config
 
     def make_trainer(self, trainer_class):
-        """Load model and tokenizer and build `trainer_class` (a TRL trainer) for this run; a qGOFT adapter gets
-        its penalty added to the loss, and a continued adapter becomes its own frozen reference."""
+        """Load model and tokenizer and build `trainer_class` (a TRL trainer) for this run; the method's regulariser
+        (qGOFT, SORSA, HRA) joins the training, and a continued adapter becomes its own frozen reference."""
         model, tokenizer, peft_config = self.load_model_and_tokenizer()
-        if self.needs_regularizer:
-            trainer_class = with_regularizer(trainer_class)
+        trainer_class = with_regularizers(trainer_class, regularizers_for(self.adapter_config, self.adapter_args))
         trainer = trainer_class(model=model, args=self.training_args, train_dataset=self.train_dataset,
                                 eval_dataset=self.eval_dataset, processing_class=tokenizer, peft_config=peft_config)
         if self.stage == "dpo":
@@ -104,6 +99,16 @@ class RecipeRun:
         if REFERENCE_ADAPTER not in model.peft_config:
             raise RecipeError("The trainer did not create a reference adapter for the loaded adapter.")
         adapters.copy_adapter_weights(model, adapters.POLICY_ADAPTER, REFERENCE_ADAPTER)
+
+    def data_record(self) -> dict:
+        """How the run's data and held-out split were made, so that evaluation can rebuild the same split."""
+        args = self.data_args
+        name = args.dataset_name
+        local = os.path.expanduser(name)
+        return {"dataset_name": os.path.abspath(local) if os.path.exists(local) else name,
+                "dataset_config": args.dataset_config, "dataset_train_split": args.dataset_train_split,
+                "dataset_test_split": args.dataset_test_split, "dataset_test_size": args.dataset_test_size,
+                "seed": self.training_args.seed, "columns": list(self.train_dataset.column_names)}
 
     def record_task_metrics(self, when: str, metrics: dict) -> None:
         self.task_metrics.update({f"task/{when}/{key}": value for key, value in metrics.items()})
@@ -134,7 +139,8 @@ class RecipeRun:
                 init_adapter=self.source.adapter_path, strictness_waived=self.strictness_waived)
             card.save(os.path.join(args.output_dir, "README.md"))
             checkpoints.mark_finished(args.output_dir, {"stage": self.stage, "metrics": metrics,
-                                                        "world_size": trainer.accelerator.num_processes})
+                                                        "world_size": trainer.accelerator.num_processes,
+                                                        "data": self.data_record()})
             if self.push_to_hub:
                 url = hub.push_run(args.output_dir, args, commit_message=f"goft {self.stage}: adapter and card")
                 metrics["hub_url"] = url

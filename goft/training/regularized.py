@@ -1,36 +1,119 @@
-"""Adds an adapter's regulariser (the qGOFT orthogonality penalty) to a trainer's loss and logs it on its own."""
+"""Adds an adapter's regulariser (qGOFT, SORSA, HRA) to a trainer's training and logs it as its own metric.
+
+Two placements, one mechanism:
+
+- in the loss (qGOFT, HRA): ``loss += weight · value``, counted once per optimizer step whatever the gradient
+  accumulation or the number of processes;
+- after gradient clipping (SORSA, METHOD.md §5): once the task gradient is clipped, the gradient of
+  ``(weight / lr) · value`` is added, so that for SGD the regulariser's own step is ``weight`` whatever the learning
+  rate, and clipping never shrinks it. DeepSpeed clips and steps inside its engine, leaving no point in between:
+  there the same term goes into the loss instead (before clipping), with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
+from peft import HRAConfig, PeftConfig
+from peft.utils.integrations import gather_params_ctx
+from transformers import TrainerCallback
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
+from ..config import GivensConfig
+from ..hra import hra_orthogonality
 from ..orthogonality import orthogonality_penalty
+from ..sorsa import SorsaConfig, sorsa_orthonormality
 
-PENALTY_METRIC = "orthogonality_penalty"
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    """``metric``: the log key of the (unweighted) value; ``value(model)``: differentiable scalar; ``weight``: its
+    factor in the objective; ``after_clipping``: SORSA's rule instead of a loss term."""
+
+    metric: str
+    value: Callable[[torch.nn.Module], torch.Tensor]
+    weight: float = 1.0
+    after_clipping: bool = False
+
+
+def regularizers_for(adapter_config: PeftConfig, adapter_args) -> tuple[Regularizer, ...]:
+    """The regularisers a run with this adapter trains with; empty when the method has none or it is turned off."""
+    if isinstance(adapter_config, GivensConfig) and adapter_config.quasi:
+        if adapter_config.orthogonality_penalty_weight > 0:
+            # qGOFT (Eq. 6): the per-adapter weight is applied inside `orthogonality_penalty`.
+            return (Regularizer("qgoft_penalty", orthogonality_penalty),)
+    if isinstance(adapter_config, SorsaConfig) and adapter_config.gamma > 0:
+        return (Regularizer("sorsa_orthonormality", sorsa_orthonormality, adapter_config.gamma, after_clipping=True),)
+    if isinstance(adapter_config, HRAConfig) and adapter_args.hra_lambda > 0:
+        if adapter_config.apply_GS:
+            logger.info("HRA with Gram-Schmidt: its reflections are orthogonal by construction; no regulariser.")
+            return ()
+        return (Regularizer("hra_orthogonality", hra_orthogonality, adapter_args.hra_lambda),)
+    return ()
 
 
 class RegularizedLossMixin:
-    """Mix in before a `transformers.Trainer` subclass: loss += penalty, counted once per optimizer step.
+    """Mix in before a `transformers.Trainer` subclass (e.g. TRL's SFTTrainer) with `regularizers` set."""
 
-    The penalty's gradient must not depend on gradient accumulation or the number of processes: when the trainer
-    leaves the loss undivided by the accumulation steps (the loss is already normalised over the whole accumulated
-    batch), the penalty is divided here instead. Across DDP ranks the penalty is identical, so averaging keeps it.
-    """
+    regularizers: tuple[Regularizer, ...] = ()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._regularizer_values: dict[str, list[float]] = {}
+        if self.is_deepspeed_enabled and any(r.after_clipping for r in self.regularizers):
+            logger.warning("DeepSpeed clips gradients and steps inside its engine, so the regulariser(s) %s are added "
+                           "to the loss with weight gamma / lr, before clipping rather than after it.",
+                           [r.metric for r in self.regularizers if r.after_clipping])
+        elif any(r.after_clipping for r in self.regularizers):
+            self.add_callback(_AfterClippingRegularizers(self))
+
+    def _loss_regularizers(self):
+        return [r for r in self.regularizers if not r.after_clipping or self.is_deepspeed_enabled]
+
+    def _record(self, regularizer: Regularizer, value: torch.Tensor) -> None:
+        self._regularizer_values.setdefault(regularizer.metric, []).append(value.detach().float().item())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                       num_items_in_batch=num_items_in_batch)
         if not model.training:
             return result
-        penalty = orthogonality_penalty(model)
-        if not torch.is_tensor(penalty) or not penalty.requires_grad:
+        extra = None
+        for regularizer in self._loss_regularizers():
+            value = self._loss_term_value(regularizer, model)
+            if not value.requires_grad:
+                continue
+            self._record(regularizer, value)
+            weight = regularizer.weight
+            if regularizer.after_clipping:  # DeepSpeed: the same gradient scale, before clipping
+                lr = self.optimizer.param_groups[0]["lr"]  # the lr of this step (the scheduler steps after it)
+                weight = weight / lr if lr > 0 else 0.0
+            term = weight * value
+            extra = term if extra is None else extra + term
+        if extra is None:
             return result
-        self._penalty_values = getattr(self, "_penalty_values", [])
-        self._penalty_values.append(penalty.detach().float().item())
         if self._trainer_skips_accumulation_division(num_items_in_batch):
-            penalty = penalty / self.current_gradient_accumulation_steps
+            extra = extra / self.current_gradient_accumulation_steps
         if return_outputs:
             loss, outputs = result
-            return loss + penalty.to(loss.dtype), outputs
-        return result + penalty.to(result.dtype)
+            return loss + extra.to(loss.device, loss.dtype), outputs
+        return result + extra.to(result.device, result.dtype)
+
+    def _loss_term_value(self, regularizer: Regularizer, model) -> torch.Tensor:
+        """The regulariser's value; under ZeRO-3 from the gathered adapter tensors. Tensors autograd saves are then
+        copies, since the parameters are re-partitioned before backward; the gradients still reach the parameters
+        (their accumulation waits for the model's own backward, when DeepSpeed has gathered them again)."""
+        if not is_deepspeed_zero3_enabled():
+            return regularizer.value(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        copies = torch.autograd.graph.saved_tensors_hooks(_copy_if_partitioned, _same)
+        with gather_params_ctx(trainable, modifier_rank=None), copies:
+            return regularizer.value(model)
 
     def _trainer_skips_accumulation_division(self, num_items_in_batch) -> bool:
         # Mirrors transformers.Trainer.training_step: it divides by the accumulation steps unless this holds.
@@ -39,14 +122,64 @@ class RegularizedLossMixin:
         return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
                     or self.compute_loss_func is not None)
 
+    def apply_after_clipping_regularizers(self, model, optimizer) -> None:
+        """SORSA's rule (METHOD.md §5): grad += (weight / lr) · ∇value, per parameter group, after clipping."""
+        groups = [g for g in optimizer.param_groups if any(p.requires_grad for p in g["params"])]
+        for regularizer in self.regularizers:
+            if not regularizer.after_clipping:
+                continue
+            with torch.enable_grad():
+                value = regularizer.value(model)
+            if not value.requires_grad:
+                continue
+            self._record(regularizer, value)
+            params = [p for g in groups for p in g["params"] if p.requires_grad]
+            grads = torch.autograd.grad(value, params, allow_unused=True)
+            by_param = dict(zip(map(id, params), grads))
+            for group in groups:
+                if group["lr"] <= 0:
+                    continue  # nothing moves this step; an infinite weight would poison the optimizer's state
+                scale = regularizer.weight / group["lr"]
+                for param in group["params"]:
+                    grad = by_param.get(id(param))
+                    if grad is None:
+                        continue
+                    if param.grad is None:
+                        param.grad = scale * grad.to(param.dtype)
+                    else:
+                        param.grad.add_(grad.to(param.grad.dtype), alpha=scale)
+
     def log(self, logs, *args, **kwargs):
-        values = getattr(self, "_penalty_values", [])
-        if values and not any(key.startswith("eval_") for key in logs):
-            logs[PENALTY_METRIC] = sum(values) / len(values)
-            values.clear()
+        if not any(key.startswith("eval_") for key in logs):
+            for metric, values in self._regularizer_values.items():
+                if values:
+                    logs[metric] = sum(values) / len(values)
+                    values.clear()
         return super().log(logs, *args, **kwargs)
 
 
-def with_regularizer(trainer_class):
-    """`trainer_class` extended by `RegularizedLossMixin` (e.g. TRL's SFTTrainer)."""
-    return type(f"Regularized{trainer_class.__name__}", (RegularizedLossMixin, trainer_class), {})
+def _copy_if_partitioned(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().clone() if hasattr(tensor, "ds_id") else tensor
+
+
+def _same(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
+class _AfterClippingRegularizers(TrainerCallback):
+    """Runs between gradient clipping and the optimizer step (`on_pre_optimizer_step`)."""
+
+    def __init__(self, trainer: RegularizedLossMixin):
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        trainer.apply_after_clipping_regularizers(trainer.accelerator.unwrap_model(trainer.model), trainer.optimizer)
+
+
+def with_regularizers(trainer_class, regularizers: tuple[Regularizer, ...]):
+    """`trainer_class` extended by `RegularizedLossMixin` with these regularisers (unchanged when there are none)."""
+    if not regularizers:
+        return trainer_class
+    return type(f"Regularized{trainer_class.__name__}", (RegularizedLossMixin, trainer_class),
+                {"regularizers": tuple(regularizers)})

@@ -1,0 +1,343 @@
+"""Retention evaluation: effective weights, neuron angles, output shift on general text, task metrics, the recipe."""
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import HRAConfig, LoraConfig, OFTConfig, RoadConfig, get_peft_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import goft
+from goft.training import retention
+from goft.training.arguments import DataArguments
+from goft.training.data import SFT_COLUMNS, load_recipe_dataset
+from goft.training.errors import RecipeError
+from goft.training.retention import (adapted_linear_layers, effective_weight, evaluate_adapter, evaluate_adapters,
+                                     general_text_shift, held_out_split, load_general_text, max_neuron_angle_change,
+                                     neuron_angle_change, neuron_angle_changes, task_metrics)
+from goft.training.retention_report import check_output_dir, render_table, write_report
+
+from .recipe_assets import build_tiny_chat_model, dpo_rows, sft_rows, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = ["q_proj", "v_proj", "down_proj"]
+TEXTS = [
+    "The old lighthouse keeper climbed the stairs every evening to light the lamp for passing ships.",
+    "Bread rises because yeast turns sugar into gas, and the gas is trapped by the stretchy dough.",
+    "In spring the river swells with melted snow and spreads across the low meadows.",
+    "A good map shows not only roads but also hills, rivers and the places where people live.",
+    "She tuned the violin slowly, listening to each string until the notes rang true.",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_chat_model(tmp_path_factory.mktemp("retention") / "tiny-llama")
+
+
+@pytest.fixture
+def base(tiny_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_dir):
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+def perturb(model, scale: float, seed: int = 1):
+    """Move every trainable (adapter) tensor by seeded noise: a stand-in for training."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
+    return model
+
+
+def save_adapter(base_model, config, folder: Path, scale: float = 0.3) -> Path:
+    model = perturb(get_peft_model(copy.deepcopy(base_model), config), scale)
+    model.save_pretrained(folder)
+    return folder
+
+
+def givens():
+    return goft.GivensConfig(target_modules=TARGETS)
+
+
+def lora():
+    return LoraConfig(target_modules=TARGETS, r=4)
+
+
+METHODS = {
+    "givens": givens,
+    "givens-quasi-scaling": lambda: goft.GivensConfig(target_modules=TARGETS, strict=False, quasi=True, scaling=True),
+    "sorsa": lambda: goft.SorsaConfig(target_modules=TARGETS, r=4),
+    "lora": lora,
+    "oft": lambda: OFTConfig(target_modules=TARGETS, r=0, oft_block_size=8, use_cayley_neumann=False),
+    "hra": lambda: HRAConfig(target_modules=TARGETS, r=4),
+    "road": lambda: RoadConfig(target_modules=TARGETS, group_size=4),
+}
+
+
+# ---- effective weights and neuron angles -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_effective_weight_is_the_base_at_init_and_the_merged_weight_after_a_change(base, method):
+    model = get_peft_model(base, METHODS[method]())
+    layers = adapted_linear_layers(model)
+    assert len(layers) == 2 * len(TARGETS)
+    for layer in layers.values():
+        weight = layer.get_base_layer().weight.double()
+        assert torch.equal(effective_weight(layer, enabled=False), weight)
+        tolerance = 0.0 if method in ("givens", "lora") else 1e-12
+        assert (effective_weight(layer, enabled=True) - weight).abs().max().item() <= tolerance
+    perturb(model, 0.3)
+    tuned = {name: effective_weight(layer, enabled=True) for name, layer in layers.items()}
+    merged = dict(copy.deepcopy(model).merge_and_unload().named_modules())
+    for name, layer in layers.items():
+        assert (tuned[name] - layer.get_base_layer().weight.double()).abs().max() > 1e-3  # the adapter did act
+        merged_weight = merged[name.removeprefix("base_model.model.")].weight.double()
+        torch.testing.assert_close(tuned[name], merged_weight, atol=1e-6, rtol=0)
+
+
+def test_neuron_angle_change_measures_angles_in_degrees_and_ignores_orthogonal_rotations():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(300, 64, dtype=torch.float64, generator=generator)
+    weight[1] = weight[0] + 1e-9 * torch.randn(64, dtype=torch.float64, generator=generator)  # nearly parallel
+    weight[2] = -3 * weight[3]  # exactly antiparallel
+    rotation, _ = torch.linalg.qr(torch.randn(64, 64, dtype=torch.float64, generator=generator))
+    assert neuron_angle_change(weight, weight @ rotation) < 1e-6  # W' = W R keeps every angle (R Rᵀ = I)
+    assert neuron_angle_change(weight, 5.0 * weight) < 1e-6  # norms do not matter
+    plane = torch.zeros(3, 4, dtype=torch.float64)
+    plane[0, 0] = plane[1, 0] = plane[2, 2] = 1.0
+    turned = plane.clone()
+    turned[1, :2] = torch.tensor([math.cos(math.radians(30)), math.sin(math.radians(30))], dtype=torch.float64)
+    assert neuron_angle_change(plane, turned) == pytest.approx(30.0, abs=1e-9)  # pair (0, 1): 0° → 30°
+
+
+def test_strict_givens_keeps_neuron_angles_and_lora_does_not(base):
+    strict = perturb(get_peft_model(copy.deepcopy(base), givens()), 0.5)
+    changes = neuron_angle_changes(strict)
+    assert set(changes) == set(adapted_linear_layers(strict))
+    assert max(changes.values()) < 1e-6
+    assert goft.orthogonality_error(strict) < 1e-6
+    quasi = perturb(get_peft_model(copy.deepcopy(base), METHODS["givens-quasi-scaling"]()), 0.3)
+    assert max_neuron_angle_change(quasi) > 0.1
+    low_rank = perturb(get_peft_model(copy.deepcopy(base), lora()), 0.3)
+    assert max_neuron_angle_change(low_rank) > 1.0
+    assert max_neuron_angle_change(get_peft_model(base, lora())) == 0.0  # LoRA at init is the base
+
+
+# ---- output distribution on general text -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make_config", [givens, lora], ids=["givens", "lora"])
+def test_kl_is_zero_at_identity_and_positive_after_a_change(base, tokenizer, make_config):
+    model = get_peft_model(base, make_config())
+    at_init = general_text_shift(model, tokenizer, TEXTS, max_length=64, batch_size=2)
+    assert at_init["kl_base_tuned"] == 0.0
+    assert at_init["perplexity_change"] == 0.0 and at_init["perplexity_base"] == at_init["perplexity_tuned"]
+    lengths = [min(len(tokenizer(t)["input_ids"]), 64) for t in TEXTS]
+    assert at_init["tokens"] == sum(lengths) - len(TEXTS)
+    perturb(model, 0.3)
+    changed = general_text_shift(model, tokenizer, TEXTS, max_length=64, batch_size=2)
+    assert changed["kl_base_tuned"] > 1e-4
+    assert changed["perplexity_base"] == pytest.approx(at_init["perplexity_base"], rel=1e-6)
+    assert changed["perplexity_change"] != 0.0
+    one_by_one = general_text_shift(model, tokenizer, TEXTS, max_length=64, batch_size=1)  # padding changes nothing
+    assert one_by_one["kl_base_tuned"] == pytest.approx(changed["kl_base_tuned"], rel=1e-4)
+    # the same KL straight from its definition, on the first text
+    ids = tokenizer(TEXTS[0], return_tensors="pt")["input_ids"][:, :64]
+    with torch.no_grad():
+        tuned = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+        with model.disable_adapter():
+            plain = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+    direct = (plain.exp() * (plain - tuned)).sum(-1).mean().item()
+    alone = general_text_shift(model, tokenizer, TEXTS[:1], max_length=64)
+    assert alone["kl_base_tuned"] == pytest.approx(direct, rel=1e-9)
+
+
+def test_load_general_text_reads_the_paragraphs_and_refuses_bad_files(tmp_path):
+    good = write_jsonl([{"text": t} for t in TEXTS], tmp_path / "good.jsonl")
+    assert load_general_text(good) == TEXTS
+    cases = {"missing.jsonl": None, "empty.jsonl": "", "broken.jsonl": '{"text": "a"\n',
+             "other.jsonl": '{"content": "a"}\n', "blank.jsonl": '{"text": "  "}\n'}
+    messages = {"missing.jsonl": "does not exist", "empty.jsonl": "is empty", "broken.jsonl": "not valid JSONL",
+                "other.jsonl": "has no `text` column", "blank.jsonl": "non-empty string"}
+    for name, content in cases.items():
+        if content is not None:
+            (tmp_path / name).write_text(content)
+        with pytest.raises(RecipeError, match=messages[name]):
+            load_general_text(tmp_path / name)
+    shipped = REPO / "data" / "general_text.jsonl"
+    if shipped.is_file():
+        assert len(load_general_text(shipped)) >= 10
+
+
+# ---- task metrics ------------------------------------------------------------------------------------------------
+
+
+def test_preference_metrics_are_zero_at_identity_and_match_direct_log_probs(base, tokenizer):
+    pairs = Dataset.from_list(dpo_rows(6))
+    model = get_peft_model(base, givens())
+    at_init = task_metrics(model, tokenizer, pairs, 6)
+    assert at_init["task"] == "preference" and at_init["samples"] == 6
+    assert at_init["reward_margin"] == 0.0 and at_init["preference_accuracy"] == 0.0
+    assert at_init["chosen_preferred_base"] == at_init["chosen_preferred_tuned"]
+    perturb(model, 0.5)
+    changed = task_metrics(model, tokenizer, pairs, 6)
+    assert changed["reward_margin"] != 0.0
+
+    def logp(row: dict, key: str) -> float:  # log p(answer | prompt) straight from the chat template
+        prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(row["prompt"] + row[key], tokenize=False)
+        ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+        return sum(log_probs[i - 1, ids[0, i]].item() for i in range(start, ids.shape[1]))
+
+    margins = []
+    for row in dpo_rows(6):
+        tuned = logp(row, "chosen") - logp(row, "rejected")
+        with model.disable_adapter():
+            plain = logp(row, "chosen") - logp(row, "rejected")
+        margins.append(tuned - plain)
+    assert changed["reward_margin"] == pytest.approx(sum(margins) / 6, rel=1e-5, abs=1e-6)
+    assert changed["preference_accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 6)
+
+
+def test_sft_task_metric_is_exact_match_with_the_adapter_off_and_on(base, tokenizer):
+    model = get_peft_model(base, givens())
+    metrics = task_metrics(model, tokenizer, Dataset.from_list(sft_rows(4)), 3)
+    assert metrics["task"] == "exact_match" and metrics["samples"] == 3
+    assert metrics["exact_match_base"] == metrics["exact_match_tuned"]  # identity adapter: same greedy answers
+
+
+# ---- one adapter, several adapters -------------------------------------------------------------------------------
+
+
+def test_evaluate_adapter_unloads_and_leaves_the_base_unchanged(base, tokenizer, tmp_path):
+    strict_dir = save_adapter(base, givens(), tmp_path / "givens", scale=0.5)
+    lora_dir = save_adapter(base, lora(), tmp_path / "lora")
+    ids = tokenizer(TEXTS[1], return_tensors="pt")["input_ids"]
+    before = {name: tensor.clone() for name, tensor in base.state_dict().items()}
+    with torch.no_grad():
+        logits_before = base(input_ids=ids).logits
+    results = {}
+    for name, folder in (("givens", strict_dir), ("lora", lora_dir)):
+        results[name] = evaluate_adapter(base, tokenizer, folder, texts=TEXTS[:3], max_length=48)
+        after = base.state_dict()
+        assert set(after) == set(before)
+        assert all(torch.equal(after[key], before[key]) for key in before)
+        assert not any(isinstance(module, BaseTunerLayer) for module in base.modules())
+        with torch.no_grad():
+            assert torch.equal(base(input_ids=ids).logits, logits_before)
+        saved = load_file(folder / "adapter_model.safetensors")
+        assert results[name]["trainable_parameters"] == sum(t.numel() for t in saved.values())
+    strict, low_rank = results["givens"], results["lora"]
+    assert strict["method"] == "GIVENS" and strict["label"] == "givens (strict)"
+    assert strict["orthogonality_error"] is not None and strict["orthogonality_error"] < 1e-6
+    assert strict["max_neuron_angle_change_deg"] < 1e-6 and strict["kl_base_tuned"] > 0
+    assert low_rank["method"] == "LORA" and low_rank["orthogonality_error"] is None
+    assert low_rank["max_neuron_angle_change_deg"] > 1.0 and low_rank["kl_base_tuned"] > 0
+    assert strict["task"] is None
+    table = render_table([strict, low_rank])
+    assert table.count("\n") == 4 and "givens (strict)" in table and "| lora |" in table
+
+
+def test_evaluate_adapters_rebuilds_each_runs_held_out_split(base, tiny_dir, tmp_path):
+    data = write_jsonl(sft_rows(16), tmp_path / "sft.jsonl")
+    texts = write_jsonl([{"text": t} for t in TEXTS[:2]], tmp_path / "texts.jsonl")
+    with_run = save_adapter(base, givens(), tmp_path / "with-run")
+    record = {"dataset_name": str(data), "dataset_config": None, "dataset_train_split": "train",
+              "dataset_test_split": "test", "dataset_test_size": 0.25, "seed": 7, "columns": ["messages"]}
+    (with_run / "goft_run.json").write_text(json.dumps({"stage": "sft", "data": record}))
+    without_run = save_adapter(base, lora(), tmp_path / "without-run")
+    expected = load_recipe_dataset(DataArguments(dataset_name=str(data), dataset_test_size=0.25), SFT_COLUMNS, 7)
+    assert held_out_split(with_run)["messages"] == expected["test"]["messages"]
+    assert held_out_split(without_run) is None
+    results = evaluate_adapters([with_run, without_run], general_text_path=texts, task_samples=3, max_length=48)
+    assert [r["adapter"] for r in results] == [str(with_run), str(without_run)]
+    assert results[0]["task"]["task"] == "exact_match" and results[0]["task"]["samples"] == 3
+    assert results[1]["task"] is None
+    assert results[0]["base_model"] == results[1]["base_model"] == str(tiny_dir)
+
+
+def test_bad_input_is_refused_before_any_model_is_loaded(base, tmp_path, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(retention, "load_causal_lm", no_loading)
+    texts = write_jsonl([{"text": t} for t in TEXTS], tmp_path / "texts.jsonl")
+    good = save_adapter(base, lora(), tmp_path / "good")
+    (tmp_path / "no-config").mkdir()
+    other = tmp_path / "other-base"
+    other.mkdir()
+    config = json.loads((good / "adapter_config.json").read_text())
+    (other / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "/elsewhere/model"}))
+    cases = [([tmp_path / "missing"], texts, "does not exist"),
+             ([tmp_path / "no-config"], texts, "has no adapter_config.json"),
+             ([good, other], texts, "different base models"),
+             ([good], tmp_path / "missing.jsonl", "general-text file .* does not exist"),
+             ([], texts, "at least one adapter")]
+    for adapters, general_text, message in cases:
+        with pytest.raises(RecipeError, match=message):
+            evaluate_adapters(adapters, general_text_path=general_text)
+    write_report([], tmp_path / "eval")
+    with pytest.raises(RecipeError, match="already holds an evaluation"):
+        check_output_dir(tmp_path / "eval", overwrite=False)
+    check_output_dir(tmp_path / "eval", overwrite=True)
+
+
+# ---- the recipe --------------------------------------------------------------------------------------------------
+
+
+def recipe(args: list[str]):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO),
+               TOKENIZERS_PARALLELISM="false")
+    return subprocess.run([sys.executable, str(REPO / "recipes" / "evaluate.py"), *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_evaluate_recipe_end_to_end(base, tmp_path):
+    data = write_jsonl(sft_rows(16), tmp_path / "sft.jsonl")
+    texts = write_jsonl([{"text": t} for t in TEXTS], tmp_path / "texts.jsonl")
+    strict_dir = save_adapter(base, givens(), tmp_path / "givens", scale=0.5)
+    record = {"dataset_name": str(data), "dataset_config": None, "dataset_train_split": "train",
+              "dataset_test_split": "test", "dataset_test_size": 0.25, "seed": 7, "columns": ["messages"]}
+    (strict_dir / "goft_run.json").write_text(json.dumps({"stage": "sft", "data": record}))
+    lora_dir = save_adapter(base, lora(), tmp_path / "lora")
+    output = tmp_path / "eval"
+    result = recipe(["--adapters", str(strict_dir), str(lora_dir), "--general_text", str(texts),
+                     "--task_eval_samples", "2", "--max_length", "64", "--output_dir", str(output)])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    report = json.loads((output / "evaluation.json").read_text())
+    strict, low_rank = report["results"]
+    assert strict["method"] == "GIVENS" and low_rank["method"] == "LORA"
+    assert strict["max_neuron_angle_change_deg"] < 1e-6 < 1.0 < low_rank["max_neuron_angle_change_deg"]
+    assert strict["orthogonality_error"] < 1e-6 and low_rank["orthogonality_error"] is None
+    assert strict["kl_base_tuned"] > 0 and low_rank["kl_base_tuned"] > 0
+    assert strict["task"]["samples"] == 2 and low_rank["task"] is None
+    table = (output / "evaluation.md").read_text()
+    assert sum(line.startswith("| ") for line in table.splitlines()) == 3  # header and one row per adapter
+    assert str(strict_dir) in result.stdout and "exact match" in result.stdout
+
+    bad_output = tmp_path / "bad-eval"
+    bad = recipe(["--adapters", str(tmp_path / "missing"), "--general_text", str(texts),
+                  "--output_dir", str(bad_output)])
+    assert bad.returncode == 2
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "does not exist" in errors[0], bad.stderr[-3000:]
+    assert not bad_output.exists()
