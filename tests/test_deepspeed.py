@@ -5,6 +5,7 @@ The first DeepSpeed launch on a machine compiles a communication op (~80 s); tor
 """
 
 import json
+import runpy
 import subprocess
 import sys
 
@@ -12,9 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from goft.training.cli import run_recipe
+
 from .test_recipes import REPO, assets, check_ok, launch, recipe_env  # noqa: F401  (assets is a fixture)
 
 pytest.importorskip("deepspeed")
+SFT = runpy.run_path(str(REPO / "recipes" / "sft.py"), run_name="sft_recipe")
 
 CONFIGS = {name: REPO / "accelerate_configs" / f"{name}.yaml" for name in ("zero2", "zero3", "zero3_offload")}
 CASES = [("zero2", "sft.py"), ("zero2", "dpo.py"), ("zero3", "sft.py"), ("zero3", "dpo.py"), ("zero3_offload", "sft.py")]
@@ -110,3 +114,35 @@ def test_zero3_on_a_4bit_base(assets):  # noqa: F811
     assert summary["world_size"] == 2 and summary["metrics"]["orthogonality_error"] <= 1e-5
     saved = load_file(output_dir / "adapter_model.safetensors")
     assert saved and all(t.numel() > 0 for t in saved.values())
+
+
+# Each method's regulariser under DeepSpeed: in the loss (HRA, qGOFT; ZeRO-3 gathers the adapter tensors for it) or,
+# for SORSA's after-clipping rule, moved into the loss with weight gamma / lr since DeepSpeed steps inside its engine.
+REGULARIZED = {
+    "hra-zero3": ("zero3", ["--adapter", "hra", "--hra_r", "4", "--hra_lambda", "0.01"], "hra_orthogonality"),
+    # SGD: Adam turns the sign of near-zero gradients, which summation order decides, into full steps
+    "qgoft-zero3": ("zero3", ["--givens_quasi", "true", "--givens_penalty_weight", "0.1", "--optim", "sgd",
+                              "--learning_rate", "0.5"], "qgoft_penalty"),
+    "sorsa-zero2": ("zero2", ["--adapter", "sorsa", "--sorsa_r", "8"], "sorsa_orthonormality"),
+}
+
+
+@pytest.mark.parametrize("case", list(REGULARIZED))
+def test_regularisers_under_deepspeed_match_a_single_process_run(assets, case):  # noqa: F811
+    zero, flags, metric = REGULARIZED[case]
+    flags = flags + ["--adapter_target_modules", "all-linear"]
+    reference = assets["root"] / f"single-{case}"
+    run_recipe(SFT["make_parser"], SFT["main"], args(assets["model"], assets["sft"], reference, per_device=8) + flags)
+    output_dir = assets["root"] / case
+    result = launch("sft.py", args(assets["model"], assets["sft"], output_dir, per_device=4) + flags, processes=2,
+                    config_file=CONFIGS[zero], port=29570 + list(REGULARIZED).index(case))
+    check_ok(result)
+    assert_same_adapter(load_file(output_dir / "adapter_model.safetensors"),
+                        load_file(reference / "adapter_model.safetensors"))
+    logged = [e[metric] for e in json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())
+              ["log_history"] if metric in e]
+    expected = [e[metric] for e in json.loads((reference / "checkpoint-4" / "trainer_state.json").read_text())
+                ["log_history"] if metric in e]
+    assert len(logged) == 4 and max(logged) > 0 and logged == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    if case.startswith("sorsa"):
+        assert "before clipping rather than after it" in result.stderr

@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,10 @@ from datasets import Dataset
 from peft import HRAConfig, LoraConfig, OFTConfig, RoadConfig, get_peft_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 import goft
+from goft.quantized import read_weight
 from goft.training import retention
 from goft.training.arguments import DataArguments
 from goft.training.data import SFT_COLUMNS, load_recipe_dataset
@@ -109,6 +111,38 @@ def test_effective_weight_is_the_base_at_init_and_the_merged_weight_after_a_chan
         assert (tuned[name] - layer.get_base_layer().weight.double()).abs().max() > 1e-3  # the adapter did act
         merged_weight = merged[name.removeprefix("base_model.model.")].weight.double()
         torch.testing.assert_close(tuned[name], merged_weight, atol=1e-6, rtol=0)
+
+
+def test_effective_weight_of_conv1d_layers_gpt2(tiny_gpt2):
+    model = perturb(get_peft_model(tiny_gpt2, goft.GivensConfig()), 0.5)
+    layers = adapted_linear_layers(model)
+    tuned = {name: effective_weight(layer) for name, layer in layers.items()}
+    merged = dict(copy.deepcopy(model).merge_and_unload().named_modules())
+    for name, layer in layers.items():
+        conv_weight = merged[name.removeprefix("base_model.model.")].weight  # Conv1D stores (in, out)
+        torch.testing.assert_close(tuned[name], conv_weight.t().double(), atol=1e-6, rtol=0)
+        assert torch.equal(effective_weight(layer, enabled=False), layer.get_base_layer().weight.t().double())
+    assert max_neuron_angle_change(model) < 1e-6
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_effective_weight_of_bitsandbytes_layers_is_exact_for_the_dequantized_base(tiny_dir, bits):
+    pytest.importorskip("bitsandbytes")
+    if bits == 4:
+        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                          bnb_4bit_compute_dtype=torch.float32)
+    else:
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32,
+                                                         quantization_config=quantization)
+        strict = perturb(get_peft_model(copy.deepcopy(quantized), givens()), 0.5)
+        for layer in adapted_linear_layers(strict).values():
+            dequantized = read_weight(layer.get_base_layer()).double()
+            assert torch.equal(effective_weight(layer, enabled=False), dequantized)
+        assert max_neuron_angle_change(strict) < 1e-6  # a 4-/8-bit base does not blur the angle check
+        assert max_neuron_angle_change(perturb(get_peft_model(quantized, lora()), 0.3)) > 1.0
 
 
 def test_neuron_angle_change_measures_angles_in_degrees_and_ignores_orthogonal_rotations():

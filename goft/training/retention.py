@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..config import GivensConfig
 from ..orthogonality import orthogonality_error
-from ..quantized import quantization_kind
+from ..quantized import quantization_kind, read_weight
 from .arguments import DataArguments
 from .checkpoints import FINISHED_MARKER
 from .data import DPO_COLUMNS, SFT_COLUMNS, load_recipe_dataset
@@ -56,28 +57,49 @@ def _is_linear(base: nn.Module) -> bool:
     return isinstance(base, (nn.Linear, Conv1D))  # bitsandbytes' 4-/8-bit layers subclass nn.Linear
 
 
+def _innermost_base(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(parent, base): the module that holds the innermost `base_layer`, and that base layer."""
+    parent = layer
+    while isinstance(getattr(parent.base_layer, "base_layer", None), nn.Module):
+        parent = parent.base_layer
+    return parent, parent.base_layer
+
+
+def _dense_float64(base: nn.Module) -> nn.Linear:
+    """A float64 `nn.Linear` holding the dequantized weight (and bias) of a bitsandbytes 4-/8-bit layer."""
+    weight = read_weight(base).double()
+    dense = nn.Linear(weight.shape[1], weight.shape[0], bias=base.bias is not None, dtype=torch.float64,
+                      device=weight.device)
+    dense.weight.data.copy_(weight)
+    if base.bias is not None:
+        dense.bias.data.copy_(base.bias.detach().double())
+    return dense
+
+
 @torch.no_grad()
 def effective_weight(layer: BaseTunerLayer, enabled: bool = True) -> torch.Tensor:
     """The (out, in) weight the tuner `layer` applies, with its adapters on or off; rows are the output neurons.
 
-    Works for any peft method whose adapted layer is affine in its input: the layer is probed with the identity,
-    W' = (layer(I) − layer(0))ᵀ, on a copy (float64 unless the base weight is bitsandbytes-quantized)."""
+    Works for any peft method whose adapted layer is affine in its input: a copy of the layer is probed with the
+    identity, W' = (layer(I) − layer(0))ᵀ, in float64. A bitsandbytes 4-/8-bit base is dequantized in the copy first
+    (the result is exact for the dequantized base); other non-float bases are probed in float32."""
     if not isinstance(layer, BaseTunerLayer):
         raise TypeError(f"Expected a peft tuner layer, got {type(layer).__name__}.")
     base = layer.get_base_layer()
+    d = _in_features(base)
     probe = copy.deepcopy(layer)
-    exact = quantization_kind(base) is None and base.weight.dtype.is_floating_point
-    if exact:
+    if quantization_kind(base) is not None:
+        parent, quantized = _innermost_base(probe)
+        parent.base_layer = _dense_float64(quantized)
+        base = parent.base_layer
+    dtype = torch.float64 if base.weight.dtype.is_floating_point else torch.float32
+    if dtype == torch.float64:
         probe = probe.double()
-        dtype = torch.float64
-    else:
-        dtype = getattr(base, "compute_dtype", None) or torch.float32
     probe.eval()
     probe.enable_adapters(enabled)
-    d = _in_features(base)
     eye = torch.eye(d, dtype=dtype, device=base.weight.device).unsqueeze(0)  # one batch of d one-hot "tokens"
     zero = torch.zeros(1, 1, d, dtype=dtype, device=base.weight.device)
-    return (probe(eye)[0] - probe(zero)[0]).t().contiguous()
+    return (probe(eye)[0] - probe(zero)[0]).t().contiguous().double()
 
 
 def _pair_angles(units: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -95,6 +117,7 @@ def neuron_angle_change(base_weight: torch.Tensor, tuned_weight: torch.Tensor) -
     if base_weight.shape != tuned_weight.shape or base_weight.dim() != 2:
         raise ValueError(f"Expected two weights of one (out, in) shape, got {tuple(base_weight.shape)} and "
                          f"{tuple(tuned_weight.shape)}.")
+    # W' = W R with R Rᵀ = I keeps W' W'ᵀ = W Wᵀ: every row norm and inner product, so every angle, is kept
     base = nn.functional.normalize(base_weight.double(), dim=1)
     tuned = nn.functional.normalize(tuned_weight.to(base.device).double(), dim=1)
     n = base.shape[0]
@@ -124,15 +147,18 @@ def adapted_linear_layers(model: nn.Module) -> dict[str, BaseTunerLayer]:
 
 def neuron_angle_changes(model: nn.Module) -> dict[str, float]:
     """Per adapted layer, the largest change (degrees) of an angle between two of its neurons, base vs adapted."""
-    return {name: neuron_angle_change(effective_weight(layer, enabled=False), effective_weight(layer, enabled=True))
-            for name, layer in adapted_linear_layers(model).items()}
+    changes = {}
+    for name, layer in adapted_linear_layers(model).items():
+        base, tuned = effective_weight(layer, enabled=False), effective_weight(layer, enabled=True)
+        changes[name] = neuron_angle_change(base, tuned)
+    return changes
 
 
 def max_neuron_angle_change(model: nn.Module) -> float:
     """Largest change (degrees) of the angle between any two neurons of any adapted layer, base vs adapted.
 
-    An exactly orthogonal input-side rotation keeps it at 0: W' = W R gives W' W'ᵀ = W R Rᵀ Wᵀ = W Wᵀ (R Rᵀ = I),
-    so every inner product and norm of rows, hence every angle, is unchanged."""
+    An exactly orthogonal input-side rotation keeps it at 0: W' = W R gives W' W'ᵀ = W R Rᵀ Wᵀ = W Wᵀ
+    (R Rᵀ = I), so every inner product and norm of rows, hence every angle, is unchanged."""
     return max(neuron_angle_changes(model).values(), default=0.0)
 
 
@@ -382,7 +408,11 @@ def evaluate_adapter(base_model, tokenizer, adapter_path, *, texts: list[str], t
     ready for the next adapter. The task metric needs `test_dataset` and `task_samples` > 0."""
     read_adapter_config(adapter_path)
     was_training = base_model.training
-    model = PeftModel.from_pretrained(base_model, str(Path(adapter_path).expanduser()))
+    try:
+        model = PeftModel.from_pretrained(base_model, str(Path(adapter_path).expanduser()))
+    except (RuntimeError, KeyError, ValueError) as error:  # e.g. another architecture's modules or shapes
+        raise RecipeError(f"The adapter {str(adapter_path)!r} does not fit the base model "
+                          f"{base_model.name_or_path!r}: {error}") from None
     try:
         model.eval()
         name = model.active_adapter
@@ -453,7 +483,8 @@ def _plan(adapter_paths, base_model_name, general_text_path, task_samples, datas
     for path in adapter_paths:
         base = read_adapter_config(path).get("base_model_name_or_path")
         if base:
-            bases[str(path)] = base
+            local = os.path.expanduser(base)
+            bases[str(path)] = os.path.abspath(local) if os.path.exists(local) else base  # one spelling per folder
         elif not base_model_name:
             raise RecipeError(f"The adapter {str(path)!r} does not name its base model (`base_model_name_or_path` "
                               "in adapter_config.json); pass `--base_model`.")

@@ -1,0 +1,82 @@
+"""Every method a recipe offers trains through `recipes/sft.py` on a tiny model, saves an adapter that peft loads,
+and logs its regulariser exactly when it has one switched on."""
+
+import json
+import math
+import runpy
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from goft.training.cli import run_recipe
+
+from .test_recipes import (REPO, assert_falling, assets, check_ok, common_args, launch,  # noqa: F401  (assets: fixture)
+                           train_losses)
+
+SFT = runpy.run_path(str(REPO / "recipes" / "sft.py"), run_name="sft_recipe")
+
+# (flags, peft_type saved, regulariser metric logged or None); sizes fit the tiny model (widths 24, 48, 80)
+METHODS = {
+    "givens": ([], "GIVENS", None),
+    "givens-quasi": (["--givens_quasi", "true"], "GIVENS", "qgoft_penalty"),
+    "givens-quasi-no-penalty": (["--givens_quasi", "true", "--givens_penalty_weight", "0"], "GIVENS", None),
+    "givens-scaling": (["--givens_scaling", "true"], "GIVENS", None),
+    "sorsa": (["--adapter", "sorsa", "--sorsa_r", "8"], "SORSA", "sorsa_orthonormality"),
+    "sorsa-no-regulariser": (["--adapter", "sorsa", "--sorsa_r", "8", "--sorsa_gamma", "0"], "SORSA", None),
+    "hra": (["--adapter", "hra", "--hra_r", "4"], "HRA", "hra_orthogonality"),
+    "hra-no-regulariser": (["--adapter", "hra", "--hra_r", "4", "--hra_lambda", "0"], "HRA", None),
+    "oft": (["--adapter", "oft", "--oft_block_size", "8"], "OFT", None),
+    "boft": (["--adapter", "boft", "--boft_block_size", "4"], "BOFT", None),
+    "road": (["--adapter", "road", "--road_group_size", "8"], "ROAD", None),
+    "lora": (["--adapter", "lora"], "LORA", None),
+}
+REGULARIZER_METRICS = ("qgoft_penalty", "sorsa_orthonormality", "hra_orthogonality")
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_through_the_sft_recipe(assets, tmp_path, method):  # noqa: F811
+    flags, peft_type, metric = METHODS[method]
+    output_dir = tmp_path / method
+    argv = common_args(assets["model"], assets["sft"], output_dir, steps=6) + [
+        "--adapter_target_modules", "all-linear", "--learning_rate", "1e-2", *flags]
+    run_recipe(SFT["make_parser"], SFT["main"], argv)
+
+    assert json.loads((output_dir / "adapter_config.json").read_text())["peft_type"] == peft_type
+    assert_falling(train_losses(output_dir))
+    history = json.loads((output_dir / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+    for name in REGULARIZER_METRICS:
+        logged = [entry[name] for entry in history if name in entry]
+        if name == metric:
+            assert len(logged) == 6 and all(math.isfinite(x) and x >= 0 for x in logged), logged
+        else:
+            assert not logged, (name, logged)
+
+    # the saved adapter loads with plain peft and changes the model
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
+    base = AutoModelForCausalLM.from_pretrained(assets["model"])
+    with torch.no_grad():
+        before = base(ids).logits
+        after = PeftModel.from_pretrained(base, output_dir)(ids).logits
+    assert (after - before).abs().max() > 1e-4
+
+
+def test_sorsa_rule_under_ddp_matches_a_single_process_run(assets, tmp_path):  # noqa: F811
+    """Two processes with half the batch each: the same adapter as one process with the whole batch, SORSA's
+    after-clipping step included (each rank adds the same regulariser gradient to its averaged gradients)."""
+    flags = ["--adapter", "sorsa", "--sorsa_r", "8", "--adapter_target_modules", "all-linear", "--learning_rate", "1e-2"]
+    single, double = tmp_path / "single", tmp_path / "ddp"
+    run_recipe(SFT["make_parser"], SFT["main"], common_args(assets["model"], assets["sft"], single, steps=4) + flags)
+    ddp_args = common_args(assets["model"], assets["sft"], double, steps=4) + flags
+    ddp_args[ddp_args.index("--per_device_train_batch_size") + 1] = "2"
+    check_ok(launch("sft.py", ddp_args, processes=2, port=29580))
+    assert json.loads((double / "goft_run.json").read_text())["world_size"] == 2
+    reference = load_file(single / "adapter_model.safetensors")
+    trained = load_file(double / "adapter_model.safetensors")
+    for name, tensor in reference.items():
+        torch.testing.assert_close(trained[name], tensor, rtol=0, atol=1e-5)
+    logged = [e["sorsa_orthonormality"] for e in json.loads((double / "checkpoint-4" / "trainer_state.json")
+                                                            .read_text())["log_history"] if "sorsa_orthonormality" in e]
+    assert len(logged) == 4 and logged[-1] > logged[0]  # it starts orthonormal, training moves it away
