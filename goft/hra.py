@@ -10,8 +10,8 @@ from .orthogonality import defect_norm
 
 
 def hra_orthogonality(model: nn.Module) -> torch.Tensor:
-    """``Σ_layers ‖I_r − ÛᵀÛ‖_F`` over the active HRA adapters, Û the unit-normalised reflection vectors (METHOD.md
-    §6; Frobenius, not squared, as in the authors' code), differentiable. Adapters with Gram-Schmidt are skipped:
+    """``Σ_layers ‖I_r − ÛᵀÛ‖_F`` over the active HRA adapters, Û the unit-normalised reflection vectors (Yuan et al.
+    2024; Frobenius, not squared, as in the authors' code), differentiable. Adapters with Gram-Schmidt are skipped:
     their reflections are orthogonalised in the forward pass already."""
     terms = []
     for layer in model.modules():

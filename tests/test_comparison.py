@@ -1,11 +1,17 @@
 """The comparison runner: matched-budget training of several methods, evaluation, table, JSON and plot."""
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 import yaml
+from trl import SFTConfig
+
+from goft.training.cli import make_recipe_parser
+from goft.training.comparison import CompareArguments, compare
+from goft.training.errors import RecipeError
 
 from .test_recipes import REPO, assets, check_ok, recipe_env  # noqa: F401  (assets is a fixture)
 
@@ -70,11 +76,12 @@ def test_comparison_trains_evaluates_and_reports(comparison):
     ({"methods": {"lora": {"adapter": "lora", "lora_rank": 4}}}, "do not parse"),
     ({"only": ["dora"]}, "which `methods` does not define"),
     ({"general_text": "missing.jsonl"}, "does not exist"),
+    ({"methods": {}}, "`methods` is empty"),
 ])
 def test_bad_comparisons_are_refused_before_training(comparison, change, message):
     config = yaml.safe_load(comparison["config"].read_text())
     config.update(change)
-    comparison["config"].write_text(yaml.safe_dump(config))
-    result = run_compare("--config", comparison["config"])
-    assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
-    assert not (comparison["out"] / "runs").exists()
+    args = CompareArguments(**config)
+    with pytest.raises(RecipeError, match=re.escape(message)):
+        compare(args, REPO / "recipes" / "sft.py", make_recipe_parser(SFTConfig))
+    assert not comparison["out"].exists()

@@ -41,7 +41,7 @@ class SorsaLayer(BaseTunerLayer):
     def update_layer(self, adapter_name: str, config, inference_mode: bool = False, **kwargs) -> None:
         rank = min(config.r, self.in_features, self.out_features)
         with gather_params_ctx(self.get_base_layer().weight, modifier_rank=None):
-            weight = self.get_base_layer().weight.detach().float()  # SVD in fp32 (METHOD.md §5)
+            weight = self.get_base_layer().weight.detach().float()  # SVD in fp32 (Cao 2024)
             u, s, vh = torch.linalg.svd(weight, full_matrices=False)
         u, s, vh = u[:, :rank].contiguous(), s[:rank].contiguous(), vh[:rank].contiguous()
         self.sorsa_U[adapter_name] = nn.Parameter(u.clone())
@@ -69,7 +69,7 @@ class SorsaLayer(BaseTunerLayer):
         return (u * s) @ vh - (u0 * s0) @ vh0
 
     def orthonormality_defect(self, adapter_name: str) -> torch.Tensor:
-        """``‖UᵀU − I‖_F + ‖V Vᵀ − I‖_F`` (Frobenius, not squared; METHOD.md §5), differentiable."""
+        """``‖UᵀU − I‖_F + ‖V Vᵀ − I‖_F`` (Frobenius, not squared; Cao 2024), differentiable."""
         u, vh = self.sorsa_U[adapter_name], self.sorsa_Vh[adapter_name]
         eye = torch.eye(u.shape[1], device=u.device, dtype=u.dtype)
         return defect_norm(u.t() @ u - eye) + defect_norm(vh @ vh.t() - eye)

@@ -4,7 +4,7 @@ Two placements, one mechanism:
 
 - in the loss (qGOFT, HRA): ``loss += weight · value``, counted once per optimizer step whatever the gradient
   accumulation or the number of processes;
-- after gradient clipping (SORSA, METHOD.md §5): once the task gradient is clipped, the gradient of
+- after gradient clipping (SORSA, Cao 2024): once the task gradient is clipped, the gradient of
   ``(weight / lr) · value`` is added, so that for SGD the regulariser's own step is ``weight`` whatever the learning
   rate, and clipping never shrinks it. DeepSpeed clips and steps inside its engine, leaving no point in between:
   there the same term goes into the loss instead (before clipping), with a warning.
@@ -123,7 +123,7 @@ class RegularizedLossMixin:
                     or self.compute_loss_func is not None)
 
     def apply_after_clipping_regularizers(self, model, optimizer) -> None:
-        """SORSA's rule (METHOD.md §5): grad += (weight / lr) · ∇value, per parameter group, after clipping."""
+        """SORSA's rule (Cao 2024): grad += (weight / lr) · ∇value, per parameter group, after clipping."""
         groups = [g for g in optimizer.param_groups if any(p.requires_grad for p in g["params"])]
         for regularizer in self.regularizers:
             if not regularizer.after_clipping:
