@@ -80,3 +80,18 @@ def test_sorsa_rule_under_ddp_matches_a_single_process_run(assets, tmp_path):  #
     logged = [e["sorsa_orthonormality"] for e in json.loads((double / "checkpoint-4" / "trainer_state.json")
                                                             .read_text())["log_history"] if "sorsa_orthonormality" in e]
     assert len(logged) == 4 and logged[-1] > logged[0]  # it starts orthonormal, training moves it away
+
+
+def test_dpo_trains_other_methods_only_when_allowed_and_logs_their_regulariser(assets, tmp_path):  # noqa: F811
+    dpo = runpy.run_path(str(REPO / "recipes" / "dpo.py"), run_name="dpo_recipe")
+    output_dir = tmp_path / "dpo-hra"
+    argv = common_args(assets["model"], assets["dpo"], output_dir, steps=4) + [
+        "--adapter", "hra", "--hra_r", "4", "--adapter_target_modules", "all-linear"]
+    with pytest.raises(SystemExit) as refused:  # alignment stages are strict GOFT unless told otherwise
+        run_recipe(dpo["make_parser"], dpo["main"], argv)
+    assert refused.value.code == 2 and not output_dir.exists()
+    run_recipe(dpo["make_parser"], dpo["main"], argv + ["--allow_non_orthogonal_alignment", "true"])
+    history = json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    logged = [e["hra_orthogonality"] for e in history if "hra_orthogonality" in e]
+    assert len(logged) == 4 and all(math.isfinite(x) for x in logged)
+    assert "HRA (Householder reflections)" in (output_dir / "README.md").read_text()

@@ -23,9 +23,9 @@ from goft.training import retention
 from goft.training.arguments import DataArguments
 from goft.training.data import SFT_COLUMNS, load_recipe_dataset
 from goft.training.errors import RecipeError
-from goft.training.retention import (adapted_linear_layers, effective_weight, evaluate_adapter, evaluate_adapters,
-                                     general_text_shift, held_out_split, load_general_text, max_neuron_angle_change,
-                                     neuron_angle_change, neuron_angle_changes, task_metrics)
+from goft.training.retention import (BaseLogitsCache, adapted_linear_layers, effective_weight, evaluate_adapter,
+                                     evaluate_adapters, general_text_shift, held_out_split, load_general_text,
+                                     max_neuron_angle_change, neuron_angle_change, neuron_angle_changes, task_metrics)
 from goft.training.retention_report import check_output_dir, render_table, write_report
 
 from .recipe_assets import build_tiny_chat_model, dpo_rows, sft_rows, write_jsonl
@@ -200,6 +200,25 @@ def test_kl_is_zero_at_identity_and_positive_after_a_change(base, tokenizer, mak
     direct = (plain.exp() * (plain - tuned)).sum(-1).mean().item()
     alone = general_text_shift(model, tokenizer, TEXTS[:1], max_length=64)
     assert alone["kl_base_tuned"] == pytest.approx(direct, rel=1e-9)
+
+
+def test_base_logits_cache_gives_identical_results_and_is_reused(base, tokenizer):
+    cache = BaseLogitsCache()
+    first = perturb(get_peft_model(copy.deepcopy(base), givens()), 0.3)
+    second = perturb(get_peft_model(copy.deepcopy(base), lora()), 0.3)
+    for model in (first, second):
+        uncached = general_text_shift(model, tokenizer, TEXTS, max_length=64, batch_size=2)
+        cached = general_text_shift(model, tokenizer, TEXTS, max_length=64, batch_size=2, base_cache=cache)
+        assert cached == uncached  # bit for bit: a disabled adapter runs the base layers alone
+    assert len(cache.batches) == math.ceil(len(TEXTS) / 2) and cache.used_bytes > 0
+    with_calls = []
+    cache.logits(0, cache.batches[0][0], lambda: with_calls.append(1))
+    assert not with_calls  # served from the cache
+    other_ids = cache.batches[0][0] + 1
+    assert cache.logits(0, other_ids, lambda: torch.zeros(1)).shape == (1,)  # other tokens: computed afresh
+    small = BaseLogitsCache(budget_bytes=0)
+    general_text_shift(first, tokenizer, TEXTS, max_length=64, batch_size=2, base_cache=small)
+    assert not small.batches  # over its budget, nothing is kept
 
 
 def test_load_general_text_reads_the_paragraphs_and_refuses_bad_files(tmp_path):

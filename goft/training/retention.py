@@ -219,11 +219,33 @@ def _scoring(model, tokenizer):
             tokenizer.pad_token = pad
 
 
+class BaseLogitsCache:
+    """The base model's logits on the general text, batch by batch, kept for the next adapter while they fit in
+    `budget_bytes` (beyond that, recomputed). Reuse is exact: a disabled adapter runs the base layers alone, and a
+    batch is reused only for identical token ids."""
+
+    def __init__(self, budget_bytes: int = 1 << 30):
+        self.budget_bytes, self.used_bytes = budget_bytes, 0
+        self.batches: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def logits(self, index: int, ids: torch.Tensor, compute) -> torch.Tensor:
+        cached = self.batches.get(index)
+        if cached is not None and torch.equal(cached[0], ids):
+            return cached[1]
+        logits = compute()
+        size = logits.numel() * logits.element_size()
+        if cached is None and self.used_bytes + size <= self.budget_bytes:
+            self.batches[index] = (ids.clone(), logits)
+            self.used_bytes += size
+        return logits
+
+
 @torch.no_grad()
-def general_text_shift(model, tokenizer, texts: list[str], max_length: int = 256, batch_size: int = 4) -> dict:
+def general_text_shift(model, tokenizer, texts: list[str], max_length: int = 256, batch_size: int = 4,
+                       base_cache: BaseLogitsCache | None = None) -> dict:
     """How far the adapter moved the next-token distribution on `texts`, per predicted (non-padding) token:
     mean KL(p_base ‖ p_tuned), and perplexity with the adapter off and on. The base is the same peft model with
-    its adapter disabled, batch by batch (full-vocabulary logits are never cached)."""
+    its adapter disabled, batch by batch; `base_cache` keeps those logits for the next adapter when they fit."""
     if not texts:
         raise RecipeError("No general text to measure the output shift on.")
     device = _device(model)
@@ -237,8 +259,13 @@ def general_text_shift(model, tokenizer, texts: list[str], max_length: int = 256
             keep = mask[:, :-1] & mask[:, 1:]  # position t predicts token t + 1; both must be real tokens
             targets = ids[:, 1:][keep]
             tuned_logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1][keep]
-            with _adapter_off(model):
-                base_logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1][keep]
+
+            def base_logits_of_batch():
+                with _adapter_off(model):
+                    return model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1][keep]
+
+            cache = base_cache or BaseLogitsCache(budget_bytes=0)
+            base_logits = cache.logits(start, ids, base_logits_of_batch)
             for first in range(0, targets.numel(), POSITIONS):
                 part = slice(first, first + POSITIONS)
                 log_base = torch.log_softmax(base_logits[part].double(), dim=-1)
@@ -403,7 +430,8 @@ def read_adapter_config(adapter_path) -> dict:
 
 
 def evaluate_adapter(base_model, tokenizer, adapter_path, *, texts: list[str], test_dataset=None,
-                     task_samples: int = 0, max_length: int = 256) -> dict:
+                     task_samples: int = 0, max_length: int = 256,
+                     base_cache: BaseLogitsCache | None = None) -> dict:
     """Load the adapter onto `base_model`, measure it, and unload it again: `base_model` comes back unchanged,
     ready for the next adapter. The task metric needs `test_dataset` and `task_samples` > 0."""
     read_adapter_config(adapter_path)
@@ -421,7 +449,7 @@ def evaluate_adapter(base_model, tokenizer, adapter_path, *, texts: list[str], t
         result = {"adapter": str(adapter_path), "method": str(getattr(config.peft_type, "value", config.peft_type)),
                   "label": _method_label(config), "base_model": config.base_model_name_or_path,
                   "trainable_parameters": adapter_parameter_count(model, name),
-                  **general_text_shift(model, tokenizer, texts, max_length=max_length),
+                  **general_text_shift(model, tokenizer, texts, max_length=max_length, base_cache=base_cache),
                   "orthogonality_error": strict_orthogonality_error(model, name),
                   "max_neuron_angle_change_deg": max(angles.values(), default=0.0),
                   "neuron_angle_change_deg_by_layer": angles, "task": None}
@@ -512,9 +540,10 @@ def evaluate_adapters(adapter_paths, base_model_name: str | None = None, general
     split for all of them when given. Bad input is refused before any model is loaded."""
     plan = _plan(list(adapter_paths), base_model_name, general_text_path, task_samples, dataset_name)
     model = load_causal_lm(plan.source, dtype=dtype)
+    base_cache = BaseLogitsCache()  # the base's general-text logits, computed once for all adapters when they fit
     results = []
     for path, test in zip(plan.adapters, plan.test_splits):
         tokenizer = load_tokenizer(dataclasses.replace(plan.source, adapter_path=str(Path(path).expanduser())))
         results.append(evaluate_adapter(model, tokenizer, path, texts=plan.texts, test_dataset=test,
-                                        task_samples=task_samples, max_length=max_length))
+                                        task_samples=task_samples, max_length=max_length, base_cache=base_cache))
     return results
