@@ -44,7 +44,10 @@ MODEL = "some-owner/not-downloaded"  # never loaded: every case here fails befor
 @pytest.mark.parametrize("flags, reason", [
     (["--givens_quasi", "true"], "qGOFT"),
     (["--givens_scaling", "true"], "GOFT*"),
-    (["--adapter", "lora"], "LORA"),
+    (["--adapter", "lora"], "LoRA"),
+    (["--adapter", "sorsa"], "SORSA"),
+    (["--adapter", "hra"], "HRA (Householder reflections)"),
+    (["--adapter", "oft", "--oft_use_cayley_neumann", "false"], "OFT (block-diagonal Cayley rotations)"),
 ])
 def test_dpo_refuses_adapters_that_are_not_exactly_orthogonal(tmp_path, data, flags, reason):
     output_dir = tmp_path / "out"

@@ -129,6 +129,7 @@ def test_loss_regulariser_is_added_to_the_loss_and_logged_only_when_enabled(tiny
         config = GivensConfig(strict=False, quasi=True, init_weights=False, orthogonality_penalty_weight=0.3)
         value, weight = orthogonality_penalty, 1.0
         regularizer = Regularizer("qgoft_penalty", value, weight)
+    untouched = copy.deepcopy(tiny_llama)
     model = get_peft_model(tiny_llama, config)
     trainer = train(model, tmp_path, (regularizer,), lr=0.0, steps=2)  # lr 0: the model stays put
     batch = {k: torch.tensor(v) for k, v in token_rows()[:4].items()}
@@ -141,7 +142,7 @@ def test_loss_regulariser_is_added_to_the_loss_and_logged_only_when_enabled(tiny
     logged = [e[regularizer.metric] for e in trainer.state.log_history if regularizer.metric in e]
     assert len(logged) == 2 and logged[0] == pytest.approx(value(model).item(), rel=1e-5)
 
-    unregularized = train(get_peft_model(copy.deepcopy(tiny_llama), config), tmp_path, (), lr=0.0, steps=2)
+    unregularized = train(get_peft_model(untouched, config), tmp_path, (), lr=0.0, steps=2)
     assert not any(regularizer.metric in e for e in unregularized.state.log_history)
 
 

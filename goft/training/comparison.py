@@ -116,7 +116,7 @@ def train(run: MethodRun, sft_script: Path, sft_config: str) -> float:
                "--task_eval_samples", "0", *run.flags()]
     print(f"[compare] training {run.name}: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
-    with open(log_file, "w") as log:
+    with open(log_file, "a") as log:  # a resumed run appends to the log of its interrupted start
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - start
     if finished.returncode != 0:
@@ -167,7 +167,7 @@ def _cell(value, fmt: str) -> str:
 
 def render_table(rows: list[dict]) -> str:
     header = ("| method | trainable params | lr | task: base → tuned (gain) | KL(base‖tuned) / token | "
-              "perplexity change | orthogonality error | max neuron-angle change (°) | train time (s) |")
+              "perplexity change | orthogonality error | max neuron-angle change (°) |")
     lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
     for row in rows:
         task, gain = row.get("task"), task_gain(row)
@@ -178,8 +178,7 @@ def render_table(rows: list[dict]) -> str:
         lines.append(" | ".join([
             f"| {row['name']} ({row.get('label', row['method'])})", f"{row['trainable_parameters']:,}",
             _cell(lr, "g"), task_cell, _cell(row["kl_base_tuned"], ".3g"), _cell(row["perplexity_change"], "+.3g"),
-            _cell(row.get("orthogonality_error"), ".1e"), _cell(row["max_neuron_angle_change_deg"], ".3g"),
-            _cell(row.get("train_runtime"), ".0f")]) + " |")
+            _cell(row.get("orthogonality_error"), ".1e"), _cell(row["max_neuron_angle_change_deg"], ".3g")]) + " |")
     return "\n".join(lines) + "\n"
 
 
