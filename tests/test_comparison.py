@@ -53,6 +53,7 @@ def test_comparison_trains_evaluates_and_reports(comparison):
     for row in rows:
         assert row["steps"] == 3 and row["trainable_parameters"] > 0
         assert row["kl_base_tuned"] > 0 and row["task"]["samples"] == 4
+        assert row["task"]["answer_nll_tuned"] < row["task"]["answer_nll_base"]  # training fit the held-out answers
     givens, lora = rows
     assert givens["orthogonality_error"] <= 1e-5 and lora["orthogonality_error"] is None
     assert givens["max_neuron_angle_change_deg"] < 1e-3 < lora["max_neuron_angle_change_deg"]

@@ -276,6 +276,20 @@ def test_sft_task_metric_is_exact_match_with_the_adapter_off_and_on(base, tokeni
     metrics = task_metrics(model, tokenizer, Dataset.from_list(sft_rows(4)), 3)
     assert metrics["task"] == "exact_match" and metrics["samples"] == 3
     assert metrics["exact_match_base"] == metrics["exact_match_tuned"]  # identity adapter: same greedy answers
+    assert metrics["answer_nll_base"] == metrics["answer_nll_tuned"] > 0
+    # the answer NLL from its definition: the reference answer's tokens given the prompt, per token
+    perturb(model, 0.3)
+    changed = task_metrics(model, tokenizer, Dataset.from_list(sft_rows(4)), 1)
+    messages = sft_rows(1)[0]["messages"]
+    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([tokenizer(full, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    answer = ids[0, len(prompt_ids):]
+    direct = -log_probs[len(prompt_ids) - 1:-1].gather(1, answer.unsqueeze(1)).mean().item()
+    assert changed["answer_nll_tuned"] == pytest.approx(direct, rel=1e-6)
 
 
 # ---- one adapter, several adapters -------------------------------------------------------------------------------

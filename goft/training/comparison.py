@@ -153,6 +153,7 @@ def compare(args: CompareArguments, sft_script: Path, sft_parser) -> list[dict]:
 
 
 def task_gain(row: dict) -> float | None:
+    """Exact match after − before (SFT), or share of pairs preferring `chosen` after − before (preference data)."""
     task = row.get("task")
     if not task:
         return None
@@ -161,52 +162,67 @@ def task_gain(row: dict) -> float | None:
     return task.get("chosen_preferred_tuned", 0.0) - task.get("chosen_preferred_base", 0.0)
 
 
+def answer_nll_gain(row: dict) -> float | None:
+    """How much the held-out answers' NLL per token fell (base − tuned); it keeps resolving when exact match is 1."""
+    task = row.get("task") or {}
+    if "answer_nll_base" not in task:
+        return None
+    return task["answer_nll_base"] - task["answer_nll_tuned"]
+
+
 def _cell(value, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
 def render_table(rows: list[dict]) -> str:
-    header = ("| method | trainable params | lr | task: base → tuned (gain) | KL(base‖tuned) / token | "
-              "perplexity change | orthogonality error | max neuron-angle change (°) |")
-    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    header = ("| method | adapter | trainable params | lr | task: base → tuned | answer NLL/token: base → tuned | "
+              "KL(base‖tuned) / token | perplexity: base → tuned | orthogonality error | max neuron-angle change (°) |")
+    lines = [header, "|" + "---|" * (header.count(" | ") + 1)]
     for row in rows:
-        task, gain = row.get("task"), task_gain(row)
-        task_cell = "—" if not task else (
-            f"{task.get('exact_match_base', task.get('chosen_preferred_base', 0)):.2f} → "
-            f"{task.get('exact_match_tuned', task.get('chosen_preferred_tuned', 0)):.2f} ({gain:+.2f})")
-        lr = row["overrides"].get("learning_rate")
+        task = row.get("task") or {}
+        if task.get("task") == "exact_match":
+            task_cell = f"exact match {task['exact_match_base']:.2f} → {task['exact_match_tuned']:.2f}"
+        elif task:
+            task_cell = f"chosen preferred {task['chosen_preferred_base']:.2f} → {task['chosen_preferred_tuned']:.2f}"
+        else:
+            task_cell = "—"
+        nll = "—" if "answer_nll_base" not in task else f"{task['answer_nll_base']:.3g} → {task['answer_nll_tuned']:.3g}"
         lines.append(" | ".join([
-            f"| {row['name']} ({row.get('label', row['method'])})", f"{row['trainable_parameters']:,}",
-            _cell(lr, "g"), task_cell, _cell(row["kl_base_tuned"], ".3g"), _cell(row["perplexity_change"], "+.3g"),
-            _cell(row.get("orthogonality_error"), ".1e"), _cell(row["max_neuron_angle_change_deg"], ".3g")]) + " |")
+            f"| {row['name']}", row.get("label", row["method"]), f"{row['trainable_parameters']:,}",
+            _cell(row["overrides"].get("learning_rate"), "g"), task_cell, nll, _cell(row["kl_base_tuned"], ".3g"),
+            f"{row['perplexity_base']:.3g} → {row['perplexity_tuned']:.3g}", _cell(row.get("orthogonality_error"), ".1e"),
+            _cell(row["max_neuron_angle_change_deg"], ".2g")]) + " |")
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
-    """Task gain (y) against forgetting, KL(base‖tuned) per token (x, log scale): one labelled point per method."""
+    """Task gain (y: fall of the held-out answers' NLL, else the task metric's gain) against forgetting (x: mean
+    KL(base‖tuned) per token on general text, log scale); one point per method, named in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7.5, 5), dpi=120)
-    for row in rows:
-        gain, kl = task_gain(row), row["kl_base_tuned"]
+    use_nll = all(answer_nll_gain(row) is not None for row in rows)
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
+    markers = "osD^v<>pPX*h"
+    for index, row in enumerate(rows):
+        gain, kl = (answer_nll_gain(row) if use_nll else task_gain(row)), row["kl_base_tuned"]
         if gain is None or kl is None or kl <= 0:
             continue
-        orthogonal = row.get("orthogonality_error") is not None or row["method"] in ("HRA", "OFT", "BOFT")
-        axes.scatter(kl, gain, s=60, marker="o" if orthogonal else "s",
-                     color="tab:blue" if row["method"] in ("GIVENS", "SORSA") else "tab:gray", zorder=3)
-        axes.annotate(row["name"], (kl, gain), textcoords="offset points", xytext=(6, 4), fontsize=9)
+        orthogonal = row["max_neuron_angle_change_deg"] < 1e-6  # angles between neurons kept: an orthogonal map
+        axes.scatter(kl, gain, s=70, marker=markers[index % len(markers)], color=f"C{index % 10}",
+                     edgecolors="black" if orthogonal else "none", linewidths=1.2, zorder=3,
+                     label=f"{row['name']}{' (angles kept)' if orthogonal else ''}")
     axes.set_xscale("log")
     axes.set_xlabel("forgetting: mean KL(base ‖ tuned) per token on general text (log scale)")
-    axes.set_ylabel("task gain: exact match after − before")
+    axes.set_ylabel("task gain: held-out answer NLL/token, base − tuned" if use_nll
+                    else "task gain: metric after − before")
     axes.set_title(title, fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
-    axes.text(0.01, 0.01, "circle: rotation/reflection methods; square: the others; blue: goft's methods",
-              transform=axes.transAxes, fontsize=7, color="dimgray")
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     figure.tight_layout()
-    figure.savefig(path)
+    figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
 
 

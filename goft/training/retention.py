@@ -348,6 +348,22 @@ def preference_metrics(model, tokenizer, rows, max_length: int = 256, batch_size
             "chosen_preferred_tuned": (tuned_c > tuned_r).double().mean().item()}
 
 
+def answer_nll(model, tokenizer, rows, max_length: int = 256, batch_size: int = 4) -> dict:
+    """Mean negative log-likelihood per token of the reference answers (the last assistant turn of each
+    conversation) given their prompts, with the adapter off and on: a task measure that does not saturate."""
+    sequences = [_prompt_completion_ids(tokenizer, m[:-1], m[-1:], max_length) for m in rows["messages"]
+                 if m and m[-1]["role"] == "assistant"]
+    if not sequences:
+        return {}
+    tokens = sum(len(ids) - first for ids, first in sequences)
+    with _scoring(model, tokenizer):
+        tuned = _completion_logps(model, tokenizer, sequences, batch_size).sum().item()
+        with _adapter_off(model):
+            base = _completion_logps(model, tokenizer, sequences, batch_size).sum().item()
+    # NLL per answer token = −Σ log p(answer token | prompt, earlier answer tokens) / number of answer tokens
+    return {"answer_nll_base": -base / tokens, "answer_nll_tuned": -tuned / tokens}
+
+
 def _task_kind(columns) -> str:
     if all(c in columns for c in SFT_COLUMNS):
         return "sft"
@@ -367,7 +383,8 @@ def task_metrics(model, tokenizer, test_dataset, n: int, max_length: int = 256) 
         tuned = exact_match(model, tokenizer, rows)
         with _adapter_off(model):
             base = exact_match(model, tokenizer, rows)
-        return {"task": "exact_match", "samples": len(rows), "exact_match_base": base, "exact_match_tuned": tuned}
+        return {"task": "exact_match", "samples": len(rows), "exact_match_base": base, "exact_match_tuned": tuned,
+                **answer_nll(model, tokenizer, rows, max_length=max_length)}
     return preference_metrics(model, tokenizer, rows, max_length=max_length)
 
 
