@@ -254,7 +254,7 @@ def test_preference_metrics_are_zero_at_identity_and_match_direct_log_probs(base
 
     def logp(row: dict, key: str) -> float:  # log p(answer | prompt) straight from the chat template
         prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(row["prompt"] + row[key], tokenize=False)
+        full = tokenizer.apply_chat_template(row["prompt"] + row[key], tokenize=False).rstrip()  # up to <|im_end|>
         ids = tokenizer(full, add_special_tokens=False, return_tensors="pt")["input_ids"]
         start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
         with torch.no_grad():
@@ -282,7 +282,8 @@ def test_sft_task_metric_is_exact_match_with_the_adapter_off_and_on(base, tokeni
     changed = task_metrics(model, tokenizer, Dataset.from_list(sft_rows(4)), 1)
     messages = sft_rows(1)[0]["messages"]
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    full = tokenizer.apply_chat_template(messages, tokenize=False).rstrip()  # no template newline after the turn
+    assert full.endswith("<|im_end|>")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([tokenizer(full, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():

@@ -300,7 +300,8 @@ def _prompt_completion_ids(tokenizer, prompt, completion, max_length: int) -> tu
             raise RecipeError("The chat template renders a prompt differently on its own than followed by its "
                               "answer, so the answer's tokens cannot be told apart; use a prefix-stable template.")
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        completion_ids = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+        # the answer and its end-of-turn token; whitespace the template puts after the turn is not the model's answer
+        completion_ids = tokenizer(full_text[len(prompt_text):].rstrip(), add_special_tokens=False)["input_ids"]
     else:
         raise RecipeError("Preference rows need `prompt` and `chosen`/`rejected` both as strings or both as lists "
                           f"of messages, got {type(prompt).__name__} and {type(completion).__name__}.")
