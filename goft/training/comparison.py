@@ -202,6 +202,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     use_nll = all(answer_nll_gain(row) is not None for row in rows)
     figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
@@ -215,6 +216,9 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                      edgecolors="black" if orthogonal else "none", linewidths=1.2, zorder=3,
                      label=f"{row['name']}{' (angles kept)' if orthogonal else ''}")
     axes.set_xscale("log")
+    axes.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor log ticks unlabelled: no overlaps
     axes.set_xlabel("forgetting: mean KL(base ‖ tuned) per token on general text (log scale)")
     axes.set_ylabel("task gain: held-out answer NLL/token, base − tuned" if use_nll
                     else "task gain: metric after − before")
