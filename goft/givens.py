@@ -8,10 +8,11 @@ Each Givens pair carries a 2×2 block ``M``; a stage maps a row's pair ``[v_i, v
 (that is ``Mᵀ`` acting on the column ``[x_i, x_j]``). Strict GOFT uses ``M = [[cos θ, −sin θ], [sin θ, cos θ]]``
 (Eq. 1); quasi GOFT uses a free ``M`` (Eq. 5). Both share every code path below.
 
-Speed: the first ``log2(BLOCK)`` stages only mix coordinates inside aligned blocks of ``BLOCK`` columns, so they
-compose into small dense ``BLOCK × BLOCK`` matrices applied as one batched matmul; the remaining stages act on the
-``ceil(d / BLOCK)`` block leaders only (every ``BLOCK``-th column) and compose into one small dense matrix. No step
-makes a full-length pass over ``x`` per stage.
+Speed: the first ``log2(B)`` stages only mix coordinates inside aligned blocks of ``B`` columns, so they
+compose into small dense ``B × B`` matrices applied as one batched matmul; the remaining stages act on the
+``ceil(d / B)`` block leaders only (every ``B``-th column) and compose into one small dense matrix. No step
+makes a full-length pass over ``x`` per stage. ``B`` is picked per width to balance the two parts
+(``block_width``); it changes only how the product is evaluated, never the parameters or the result.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-BLOCK = 64  # width of the diagonal blocks; a power of two
+BLOCK_CHOICES = (16, 32, 64, 128)  # candidate widths of the diagonal blocks; powers of two
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,14 @@ class Layout:
 
 
 @functools.lru_cache(maxsize=None)
-def layout(d: int, block: int = BLOCK) -> Layout:
+def block_width(d: int) -> int:
+    """The block width ``B`` with the least work per token: ``d·B`` (diagonal blocks) plus ``(d / B)²`` (leaders)."""
+    return min(BLOCK_CHOICES, key=lambda b: (d * b + (d / b) ** 2, b))
+
+
+@functools.lru_cache(maxsize=None)
+def layout(d: int, block: int | None = None) -> Layout:
+    block = block or block_width(d)
     plan = stage_plan(d)
     n_low = min(len(plan), int(math.log2(block)))
     return Layout(d, block, d // block, d % block, n_low, -(-d // block))
@@ -142,43 +150,86 @@ class Factors:
         return [t for t in (self.low_full, self.low_tail, self.top) if t is not None]
 
 
-def _compose(width: int, batch: tuple[int, ...], stages, reverse: bool, like: torch.Tensor):
-    """Dense product of ``stages`` (list of (stride, n_pairs, blocks-of-that-stage)) applied to identity rows."""
-    v = torch.eye(width, dtype=like.dtype, device=like.device).expand(*batch, width, width)
-    for stride, n_pairs, m in reversed(stages) if reverse else stages:
-        if n_pairs:
-            v = _apply_stage(v, stride, n_pairs, m)
-    return v
+def _path_index(width: int, stage_slots: list[torch.Tensor]) -> torch.Tensor:
+    """Where each entry of a composed factor comes from (GOFT Eq. 2–3 multiplied out).
+
+    The product of the first ``len(stage_slots)`` stages of ``stage_plan(width)``, applied to rows from the last
+    stage to the first, has entry ``(a, c)`` equal to one product of one 2×2-block entry per stage: the path from
+    input ``a`` to output ``c`` is unique, because the stage of stride ``2^ℓ`` can only change bit ``ℓ`` of a
+    position, and only while the bits below it are zero. ``stage_slots[ℓ]`` (``(*batch, n_pairs)``) numbers that
+    stage's blocks in the flattened parameters; returns a ``(*batch, width, width, n_stages)`` index into
+    ``[blocks.flatten(), 1, 0]``: a stage that leaves the path alone contributes the 1, an unreachable entry the 0.
+    """
+    a, c = torch.arange(width)[:, None], torch.arange(width)[None, :]
+    batch = stage_slots[0].shape[:-1]
+    index = torch.empty(*batch, width, width, len(stage_slots), dtype=torch.long)
+    reachable = (a >> len(stage_slots)) == (c >> len(stage_slots))
+    for level, (stage, slots) in enumerate(zip(stage_plan(width), stage_slots)):  # stage.stride == 2 ** level
+        a_bit, c_bit, pair = (a >> level) & 1, (c >> level) & 1, c >> (level + 1)
+        moves = (a % stage.stride == 0) & (pair < stage.n_pairs)
+        entry = 4 * slots[..., pair.clamp(max=stage.n_pairs - 1).expand(width, width)] + 2 * a_bit + c_bit
+        index[..., level] = torch.where(moves, entry, ONE)
+        reachable &= moves | (a_bit == c_bit)
+    index[..., 0] = torch.where(reachable, index[..., 0], ZERO)
+    return index
 
 
-def build_factors(blocks: torch.Tensor, d: int, inverse: bool = False, block: int = BLOCK) -> Factors:
-    """Factors of ``R = Top · Low`` (or of ``R⁻¹ = Low⁻¹ · Top⁻¹`` when ``inverse``) from the 2×2 blocks."""
+ONE, ZERO = -2, -1  # path-index placeholders for the constants appended after the flattened blocks
+
+
+@functools.lru_cache(maxsize=None)
+def _factor_indices(d: int, block: int, device: torch.device) -> tuple[torch.Tensor | None, ...]:
+    """Path indices of ``(low_full, low_tail, top)`` into ``[blocks.flatten(), 1, 0]`` for width ``d``."""
     lay, plan = layout(d, block), stage_plan(d)
-    if inverse:
-        blocks = invert_blocks(blocks)
-    # R = P_L ⋯ P_1 acts on rows from stage L down; R⁻¹ = P_1⁻¹ ⋯ P_L⁻¹ from stage 1 up.
-    reverse = not inverse
     low_full = low_tail = top = None
     if lay.n_full:
-        stages = []
+        slots = []
         for stage in plan[: lay.n_low]:
             per_block = lay.block // (2 * stage.stride)
-            m = blocks[stage.offset : stage.offset + lay.n_full * per_block]
-            stages.append((stage.stride, per_block, m.reshape(lay.n_full, 1, per_block, 2, 2)))
-        low_full = _compose(lay.block, (lay.n_full,), stages, reverse, blocks)
+            slots.append(stage.offset + torch.arange(lay.n_full * per_block).view(lay.n_full, per_block))
+        low_full = _path_index(lay.block, slots)
     if lay.tail >= 2:
-        stages = []
-        for stage, tail_stage in zip(plan[: lay.n_low], stage_plan(lay.tail)):
-            start = stage.offset + lay.n_full * (lay.block // (2 * stage.stride))
-            stages.append((stage.stride, tail_stage.n_pairs, blocks[start : start + tail_stage.n_pairs]))
-        low_tail = _compose(lay.tail, (), stages, reverse, blocks)
+        slots = [stage.offset + lay.n_full * (lay.block // (2 * stage.stride)) + torch.arange(tail_stage.n_pairs)
+                 for stage, tail_stage in zip(plan[: lay.n_low], stage_plan(lay.tail))]
+        low_tail = _path_index(lay.tail, slots)
     if lay.n_top >= 2:
-        stages = []
-        for stage, top_stage in zip(plan[lay.n_low :], stage_plan(lay.n_top)):
-            m = blocks[stage.offset : stage.offset + stage.n_pairs]
-            stages.append((top_stage.stride, top_stage.n_pairs, m))
-        top = _compose(lay.n_top, (), stages, reverse, blocks)
-    return Factors(low_full, low_tail, top, top_first=not inverse)
+        slots = [stage.offset + torch.arange(top_stage.n_pairs)
+                 for stage, top_stage in zip(plan[lay.n_low :], stage_plan(lay.n_top))]
+        top = _path_index(lay.n_top, slots)
+    constants = 4 * (d - 1)
+    resolve = lambda i: None if i is None else torch.where(i < 0, constants + 2 + i, i).to(device)  # noqa: E731
+    return resolve(low_full), resolve(low_tail), resolve(top)
+
+
+def _path_values(blocks: torch.Tensor, d: int, block: int | None = None) -> list[torch.Tensor | None]:
+    """The entries along every path of ``(low_full, low_tail, top)``: ``(*batch, W, W, n_stages)`` each, or None."""
+    flat = torch.cat((blocks.reshape(-1), torch.tensor([1.0, 0.0], dtype=blocks.dtype, device=blocks.device)))
+    return [None if index is None else flat.index_select(0, index.flatten()).view(index.shape)
+            for index in _factor_indices(d, layout(d, block).block, blocks.device)]
+
+
+def build_factors(blocks: torch.Tensor, d: int, inverse: bool = False, block: int | None = None) -> Factors:
+    """Factors of ``R = Top · Low`` (or of ``R⁻¹ = Low⁻¹ · Top⁻¹`` when ``inverse``) from the 2×2 blocks."""
+    if inverse:
+        # R⁻¹ = P_1⁻¹ ⋯ P_L⁻¹ is the transpose of the forward-order product of the transposed inverse blocks
+        return _transposed(build_factors(invert_blocks(blocks).transpose(-1, -2), d, block=block))
+    return Factors(*(None if values is None else values.prod(-1) for values in _path_values(blocks, d, block)))
+
+
+def _blocks_grad(blocks: torch.Tensor, d: int, path_values, factor_grads) -> torch.Tensor:
+    """``∂L/∂blocks`` from the gradients of ``(low_full, low_tail, top)``: an entry of a factor is a product along
+    its path, so it passes its gradient to each entry on the path times the product of the path's other entries."""
+    grad_flat = blocks.new_zeros(blocks.numel() + 2)
+    for index, values, grad in zip(_factor_indices(d, layout(d).block, blocks.device), path_values, factor_grads):
+        if index is None:
+            continue
+        before = torch.cumprod(values, -1)  # products of the entries up to each stage, and after it
+        after = torch.cumprod(values.flip(-1), -1).flip(-1)
+        others = torch.ones_like(values)
+        others[..., 1:] = before[..., :-1]
+        others[..., :-1] *= after[..., 1:]
+        grad_flat.index_add_(0, index.flatten(), (others * grad[..., None]).flatten())
+    return grad_flat[:-2].view_as(blocks)
 
 
 def _transposed(f: Factors) -> Factors:
@@ -186,19 +237,32 @@ def _transposed(f: Factors) -> Factors:
     return Factors(t(f.low_full), t(f.low_tail), t(f.top), top_first=not f.top_first)
 
 
-def _apply_low(x2d: torch.Tensor, f: Factors, lay: Layout) -> torch.Tensor:
-    """Block-diagonal part, out of place; ``x2d`` is ``(T, d)``."""
+def _full_blocks(rows: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """The full diagonal blocks of ``rows`` (T, d) as a ``(n_full, T, block)`` view (no copy)."""
+    return rows[:, : lay.full_width].reshape(rows.shape[0], lay.n_full, lay.block).transpose(0, 1)
+
+
+def _apply_low(x2d: torch.Tensor, f: Factors, lay: Layout, leaders: torch.Tensor | None = None) -> torch.Tensor:
+    """Block-diagonal part, out of place; ``x2d`` is ``(T, d)``.
+
+    ``leaders`` (T, n_top), if given, replace the leader columns of ``x2d`` first, without copying ``x2d``: each
+    block's product gets the rank-one correction ``(new − old leader) ⊗ (first row of its Low block)``.
+    """
     out = torch.empty_like(x2d)
-    tokens = x2d.shape[0]
+    tokens, full = x2d.shape[0], lay.full_width
+    shift = None if leaders is None else leaders - x2d[:, :: lay.block]
     if f.low_full is not None:
-        full = lay.full_width
-        blocks_in = x2d[:, :full].reshape(tokens, lay.n_full, lay.block).transpose(0, 1)
-        scratch = torch.bmm(blocks_in, f.low_full)  # (n_full, T, block)
+        scratch = torch.bmm(_full_blocks(x2d, lay), f.low_full)  # (n_full, T, block)
+        if shift is not None:
+            scratch.addcmul_(shift[:, : lay.n_full].t()[:, :, None], f.low_full[:, :1, :])
         out[:, :full].view(tokens, lay.n_full, lay.block).copy_(scratch.transpose(0, 1))
     if f.low_tail is not None:
-        out[:, lay.full_width :] = x2d[:, lay.full_width :] @ f.low_tail
+        tail = x2d[:, full:] @ f.low_tail
+        if shift is not None:
+            tail.addmm_(shift[:, -1:], f.low_tail[:1, :])
+        out[:, full:] = tail
     elif lay.tail == 1:
-        out[:, lay.full_width :] = x2d[:, lay.full_width :]
+        out[:, full:] = x2d[:, full:] if leaders is None else leaders[:, -1:]
     return out
 
 
@@ -210,13 +274,14 @@ def _apply_top_(x2d: torch.Tensor, f: Factors, lay: Layout) -> torch.Tensor:
     return x2d
 
 
-def apply_factors(x2d: torch.Tensor, f: Factors, transpose: bool = False, block: int = BLOCK) -> torch.Tensor:
-    """``x F`` (or ``x Fᵀ``) for rows ``x2d`` of shape ``(T, d)``; returns a new tensor."""
+def apply_factors(x2d: torch.Tensor, f: Factors, transpose: bool = False, block: int | None = None) -> torch.Tensor:
+    """``x F`` (or ``x Fᵀ``) for rows ``x2d`` of shape ``(T, d)``; returns a new tensor. ``block`` as in ``f``."""
     lay = layout(x2d.shape[-1], block)
     if transpose:
         f = _transposed(f)
     if f.top_first:
-        return _apply_low(_apply_top_(x2d.clone(), f, lay), f, lay)
+        leaders = x2d[:, :: lay.block] @ f.top if f.top is not None else None
+        return _apply_low(x2d, f, lay, leaders)
     return _apply_top_(_apply_low(x2d, f, lay), f, lay)
 
 
@@ -233,75 +298,76 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 class _RotateRows(torch.autograd.Function):
     """``x ↦ x R`` for ``x`` of shape ``(T, d)`` and 2×2 ``blocks`` of shape ``(d − 1, 2, 2)``.
 
-    ``orthogonal=True`` (strict): only the output is saved; backward recovers the input exactly with ``Rᵀ``.
-    ``orthogonal=False`` (quasi): the input is saved and the intermediate recomputed.
-    The dense factors are rebuilt from ``blocks`` in backward (they are tiny) instead of being saved.
+    Only the input is saved (no intermediate): layers that share an input (q/k/v, gate/up) then share what they
+    save, as LoRA's do. The dense factors are rebuilt from ``blocks`` in backward (they are tiny).
     """
 
     @staticmethod
-    def forward(ctx, x2d, blocks, orthogonal):
+    def forward(ctx, x2d, blocks):
         work = compute_dtype(x2d.dtype)
         with torch.no_grad():
             f = build_factors(blocks.to(work), x2d.shape[-1])
             out = apply_factors(x2d.to(work), f).to(x2d.dtype)
-        ctx.orthogonal = orthogonal
-        ctx.save_for_backward(out if orthogonal else x2d, blocks)
+        ctx.save_for_backward(x2d, blocks)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        saved, blocks = ctx.saved_tensors
+        x2d, blocks = ctx.saved_tensors
         need_x, need_blocks = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        work = compute_dtype(saved.dtype)
-        lay = layout(saved.shape[-1])
-        with torch.enable_grad():
-            leaf = blocks.detach().to(work).requires_grad_(need_blocks)
-            f = build_factors(leaf, lay.d)
-        with torch.no_grad():
-            g = grad_out.to(work)
-            if ctx.orthogonal:
-                mid = _apply_low(saved.to(work), _transposed(f), lay)  # input of Low, recovered by Lowᵀ
-                leaders_in = mid[:, :: lay.block] @ f.top.t() if f.top is not None else None
-            else:
-                x = saved.to(work)
-                leaders_in = x[:, :: lay.block]
-                mid = _apply_top_(x.clone(), f, lay)
-            grad_mid = _apply_low(g, _transposed(f), lay)
-            grads = _factor_grads(mid, g, grad_mid, leaders_in, f, lay) if need_blocks else None
-            grad_x = None
-            if need_x:
-                grad_x = grad_mid
-                if f.top is not None:
-                    leaders = grad_x[:, :: lay.block]
-                    leaders.copy_(leaders @ f.top.t())
-                grad_x = grad_x.to(saved.dtype)
+        work = compute_dtype(x2d.dtype)
+        lay = layout(x2d.shape[-1])
+        work_blocks = blocks.to(work)
+        values = _path_values(work_blocks, lay.d)
+        f = Factors(*(None if v is None else v.prod(-1) for v in values))
+        g = grad_out.to(work)
+        grad_mid = _apply_low(g, _transposed(f), lay)  # gradient at mid = x Top, the input of Low
         grad_blocks = None
         if need_blocks:
-            grad_blocks = torch.autograd.grad(f.tensors(), leaf, grads)[0].to(blocks.dtype)
-        return grad_x, grad_blocks, None
+            factor_grads = _factor_grads(x2d.to(work), g, grad_mid, f, lay)
+            grad_blocks = _blocks_grad(work_blocks, lay.d, values, factor_grads).to(blocks.dtype)
+        grad_x = None
+        if need_x:
+            if f.top is not None:
+                leaders = grad_mid[:, :: lay.block]
+                leaders.copy_(leaders @ f.top.t())
+            grad_x = grad_mid.to(x2d.dtype)
+        return grad_x, grad_blocks
 
 
-def _factor_grads(mid, g, grad_mid, leaders_in, f: Factors, lay: Layout) -> list[torch.Tensor]:
-    """Gradients of the loss w.r.t. the dense factors, in the order of ``Factors.tensors()``."""
-    grads, tokens = [], mid.shape[0]
+def _factor_grads(x2d, g, grad_mid, f: Factors, lay: Layout) -> list[torch.Tensor]:
+    """Gradients w.r.t. the dense factors ``(low_full, low_tail, top)``, None for an absent one.
+
+    Block ``b`` of Low gets ``mid_bᵀ g_b`` with ``mid = x Top``; ``mid_b`` equals ``x_b`` except on its leader
+    column, so this is ``x_bᵀ g_b`` plus a correction of the first row, and ``mid`` is never formed.
+    """
+    x_leaders = x2d[:, :: lay.block]
+    shift = x_leaders @ f.top - x_leaders if f.top is not None else None
+    grads = [None, None, None]
     if f.low_full is not None:
-        full = lay.full_width
-        mid_b = mid[:, :full].reshape(tokens, lay.n_full, lay.block).transpose(0, 1)
-        g_b = g[:, :full].reshape(tokens, lay.n_full, lay.block).transpose(0, 1)
-        grads.append(torch.bmm(mid_b.transpose(1, 2), g_b))
+        g_blocks = _full_blocks(g, lay)
+        gram = torch.bmm(_full_blocks(x2d, lay).transpose(1, 2), g_blocks)
+        if shift is not None:
+            # contiguous rows: bmm with one strided row per batch falls back to a slow per-batch loop
+            gram[:, 0, :] += torch.bmm(shift[:, : lay.n_full].t().contiguous()[:, None, :], g_blocks)[:, 0, :]
+        grads[0] = gram
     if f.low_tail is not None:
-        grads.append(mid[:, lay.full_width :].t() @ g[:, lay.full_width :])
+        g_tail = g[:, lay.full_width :]
+        gram = x2d[:, lay.full_width :].t() @ g_tail
+        if shift is not None:
+            gram[0, :] += shift[:, -1] @ g_tail
+        grads[1] = gram
     if f.top is not None:
-        grads.append(leaders_in.t() @ grad_mid[:, :: lay.block])
+        grads[2] = x_leaders.t() @ grad_mid[:, :: lay.block]
     return grads
 
 
-def rotate_rows(x: torch.Tensor, blocks: torch.Tensor, orthogonal: bool) -> torch.Tensor:
+def rotate_rows(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
     """``x R`` over the last dimension of ``x`` (any leading shape); differentiable in ``x`` and ``blocks``."""
     d = x.shape[-1]
     if blocks.shape != (d - 1, 2, 2):
         raise ValueError(f"Expected blocks of shape ({d - 1}, 2, 2) for width {d}, got {tuple(blocks.shape)}.")
-    out = _RotateRows.apply(x.reshape(-1, d), blocks, orthogonal)
+    out = _RotateRows.apply(x.reshape(-1, d), blocks)
     return out.reshape(x.shape)
 
 

@@ -108,8 +108,8 @@ class GivensLayer(BaseTunerLayer):
 
     def rotate_inputs(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """``diag(s) Rᵀ x`` for column inputs, i.e. ``(x R) ⊙ s`` for the rows of ``x`` (GOFT Eq. 3, §5.5)."""
-        blocks, orthogonal = self.rotation_blocks(adapter_name)
-        out = rotate_rows(x, blocks, orthogonal)
+        blocks, _ = self.rotation_blocks(adapter_name)
+        out = rotate_rows(x, blocks)
         if adapter_name in self.givens_scale:
             scale = self.givens_scale[adapter_name]
             work = compute_dtype(scale.dtype)

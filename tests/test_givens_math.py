@@ -7,6 +7,9 @@ import torch
 
 from goft import givens
 from goft.givens import (
+    apply_factors,
+    block_width,
+    build_factors,
     dense_rotation,
     givens_blocks,
     orthogonality_defect,
@@ -85,7 +88,7 @@ def test_dense_rotation_matches_definition(d, quasi):
     assert torch.allclose(dense_rotation(blocks, d), expected, atol=1e-12)
     assert torch.allclose(rotate_rows_reference(torch.eye(d, dtype=torch.float64), blocks), expected, atol=1e-12)
     x = torch.randn(5, d, dtype=torch.float64)
-    assert torch.allclose(rotate_rows(x, blocks, orthogonal=not quasi), x @ expected, atol=1e-12)
+    assert torch.allclose(rotate_rows(x, blocks), x @ expected, atol=1e-12)
 
 
 def test_orthogonality_defect_detects_non_orthogonal_blocks():
@@ -99,21 +102,44 @@ def test_orthogonality_defect_detects_non_orthogonal_blocks():
     assert orthogonality_defect(blocks, d) == pytest.approx(dense, rel=1e-5)
 
 
-@pytest.mark.parametrize("d", [2, 3, 7, 12, 65, 130])
+@pytest.mark.parametrize("block", [16, 32, 64, 128])
+@pytest.mark.parametrize("d", [9, 40, 130, 300, 1000])
+@pytest.mark.parametrize("quasi", [False, True])
+def test_every_block_width_gives_the_same_rotation(block, d, quasi):
+    """The block width changes how R is evaluated, never R: both directions, merge and exact inverse."""
+    torch.manual_seed(d + block)
+    blocks = givens_blocks(torch.randn(d - 1, dtype=torch.float64))
+    if quasi:
+        blocks = blocks + 0.3 * torch.randn_like(blocks)
+    R = dense_from_definition(blocks, d)
+    x = torch.randn(6, d, dtype=torch.float64)
+    f = build_factors(blocks, d, block=block)
+    assert torch.allclose(apply_factors(x, f, block=block), x @ R, atol=1e-12)
+    assert torch.allclose(apply_factors(x, f, transpose=True, block=block), x @ R.t(), atol=1e-12)
+    inverse = build_factors(blocks, d, inverse=True, block=block)
+    assert torch.allclose(apply_factors(x @ R, inverse, block=block), x, atol=1e-10)
+
+
+def test_block_width_balances_blocks_and_leaders():
+    # work per token ~ d·B (diagonal blocks) + (d/B)² (leaders): small blocks for small layers, larger for wide ones
+    assert [block_width(d) for d in (64, 576, 1536, 4096, 8192, 16384, 65536)] == [16, 16, 16, 16, 32, 32, 64]
+
+
+@pytest.mark.parametrize("d", [2, 3, 7, 12, 35, 65, 130])
 def test_gradcheck_strict(d):
     torch.manual_seed(0)
     x = torch.randn(4, d, dtype=torch.float64, requires_grad=True)
     theta = torch.randn(d - 1, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, t: rotate_rows(x, givens_blocks(t), True), (x, theta))
+    assert torch.autograd.gradcheck(lambda x, t: rotate_rows(x, givens_blocks(t)), (x, theta))
 
 
-@pytest.mark.parametrize("d", [2, 3, 7, 12, 65, 130])
+@pytest.mark.parametrize("d", [2, 3, 7, 12, 35, 65, 130])
 def test_gradcheck_quasi(d):
     torch.manual_seed(0)
     x = torch.randn(4, d, dtype=torch.float64, requires_grad=True)
     blocks = givens_blocks(torch.randn(d - 1, dtype=torch.float64)) + 0.2 * torch.randn(d - 1, 2, 2, dtype=torch.float64)
     blocks.requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, m: rotate_rows(x, m, False), (x, blocks))
+    assert torch.autograd.gradcheck(lambda x, m: rotate_rows(x, m), (x, blocks))
 
 
 @pytest.mark.parametrize("quasi", [False, True])
@@ -126,7 +152,7 @@ def test_gradients_equal_plain_autograd_reference(quasi):
         blocks = blocks + 0.2 * torch.randn_like(blocks)
     blocks.requires_grad_()
     upstream = torch.randn(3, 7, d)
-    (rotate_rows(x, blocks, not quasi) * upstream).sum().backward()
+    (rotate_rows(x, blocks) * upstream).sum().backward()
     fast = (x.grad.clone(), blocks.grad.clone())
     x.grad = blocks.grad = None
     (rotate_rows_reference(x, blocks) * upstream).sum().backward()
@@ -141,7 +167,7 @@ def test_half_precision_inputs_compute_in_fp32_and_keep_dtype():
     x = torch.randn(6, d)
     for dtype in (torch.bfloat16, torch.float16):
         xh = x.to(dtype).requires_grad_()
-        out = rotate_rows(xh, givens_blocks(theta), True)
+        out = rotate_rows(xh, givens_blocks(theta))
         assert out.dtype == dtype
         expected = xh.detach().float() @ dense_rotation(givens_blocks(theta.detach()), d)
         assert torch.allclose(out.float(), expected, atol=2e-2, rtol=1e-2)
@@ -187,4 +213,4 @@ def test_singular_quasi_block_cannot_be_unmerged():
 
 def test_blocks_shape_is_checked():
     with pytest.raises(ValueError, match=r"Expected blocks of shape \(9, 2, 2\)"):
-        rotate_rows(torch.randn(2, 10), torch.eye(2).repeat(8, 1, 1), True)
+        rotate_rows(torch.randn(2, 10), torch.eye(2).repeat(8, 1, 1))

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from peft import get_peft_model
+from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from benchmarks.measure import saved_bytes
 from goft import GivensConfig
 from goft.givens import dense_rotation, rotate_rows_reference
 from goft.layer import GivensLayer
@@ -105,21 +106,6 @@ def test_quasi_adapter_does_not_preserve_angles():
     assert (cos(rotated) - cos(W)).abs().max().item() > 1e-3
 
 
-def saved_bytes(fn, exclude: torch.Tensor) -> int:
-    """Bytes of distinct storages autograd saves while running ``fn`` (``exclude``'s storage not counted)."""
-    storages = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr != exclude.untyped_storage().data_ptr():
-            storages[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
-
-
 @pytest.mark.parametrize("d", [1024, 1000])
 def test_saved_bytes_at_most_input_bytes(d):
     model = adapted("linear", d, 512, "strict")
@@ -127,12 +113,37 @@ def test_saved_bytes_at_most_input_bytes(d):
     weight = layer.get_base_layer().weight
     x = torch.randn(4, 256, d, requires_grad=True)
     input_bytes = x.numel() * x.element_size()
-    ours = saved_bytes(lambda: model(x), weight)
-    assert ours <= 1.05 * input_bytes
+    ours = saved_bytes(lambda: model(x), [weight])
+    assert input_bytes <= ours <= input_bytes + 64 * d  # the input, and O(d) for the angles
     # the counter is real: the stage-by-stage reference keeps ~one copy of x per stage
     blocks, _ = layer.rotation_blocks("default")
-    naive = saved_bytes(lambda: layer.get_base_layer()(rotate_rows_reference(x, blocks)), weight)
+    naive = saved_bytes(lambda: layer.get_base_layer()(rotate_rows_reference(x, blocks)), [weight])
     assert naive > 3 * input_bytes
+
+
+class SharedInput(nn.Module):
+    """q, k and v read one input, as in attention."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(d, d), nn.Linear(d, d // 2), nn.Linear(d, d // 2)
+
+    def forward(self, x):
+        return self.q(x).sum() + self.k(x).sum() + self.v(x).sum()
+
+
+def test_layers_sharing_an_input_share_what_they_save():
+    """Each layer saves its input, not its rotated input: q/k/v keep one input-sized tensor, as LoRA's do."""
+    torch.manual_seed(0)
+    d = 256
+    x = torch.randn(512, d, requires_grad=True)
+    input_bytes = x.numel() * x.element_size()
+    givens = get_peft_model(SharedInput(d), GivensConfig(target_modules=["q", "k", "v"]))
+    lora = get_peft_model(SharedInput(d), LoraConfig(target_modules=["q", "k", "v"], r=16))
+    frozen = lambda m: [p for p in m.parameters() if not p.requires_grad]  # noqa: E731
+    ours, theirs = saved_bytes(lambda: givens(x), frozen(givens)), saved_bytes(lambda: lora(x), frozen(lora))
+    assert input_bytes <= ours <= input_bytes + 3 * 64 * d
+    assert ours < theirs  # LoRA also keeps x·A of every layer
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

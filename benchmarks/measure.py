@@ -1,0 +1,119 @@
+"""What the benchmarks measure, and how: interleaved timing, bytes saved for backward, peak memory, the machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(cases: dict[str, Callable[[], None]], repeats: int, warmup: int,
+                        device: torch.device) -> dict[str, dict]:
+    """Time every case once per round, round after round, so that drifts of the machine hit all cases alike.
+
+    Returns, per case, the median and the spread (min, max) in milliseconds over ``repeats`` rounds after
+    ``warmup`` untimed ones.
+    """
+    times = {name: [] for name in cases}
+    for round_index in range(warmup + repeats):
+        for name, case in cases.items():
+            synchronize(device)
+            start = time.perf_counter()
+            case()
+            synchronize(device)
+            if round_index >= warmup:
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: {"median_ms": statistics.median(ts), "min_ms": min(ts), "max_ms": max(ts), "repeats": len(ts)}
+            for name, ts in times.items()}
+
+
+def saved_bytes(fn: Callable[[], object], exclude: list[torch.Tensor] = ()) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs, ``exclude``'s not counted.
+
+    Storages are counted once however many saved tensors view them, which is what they cost in memory.
+    """
+    skipped = {t.untyped_storage().data_ptr() for t in exclude}
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in skipped:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set size to its current size (Linux); False where that is impossible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process since start or the last `reset_peak_rss` (Linux's VmHWM)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("VmHWM is not reported by /proc/self/status on this system.")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("VmRSS is not reported by /proc/self/status on this system.")
+
+
+def machine(device: torch.device) -> dict:
+    """What the numbers were measured on."""
+    info = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count()}
+    if device.type == "cuda":
+        info["device"] = torch.cuda.get_device_name(device)
+    else:
+        info["device"] = f"CPU: {_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
