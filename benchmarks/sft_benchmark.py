@@ -38,9 +38,9 @@ class SFTBenchmarkArguments:
     methods: list[str] = field(default_factory=lambda: ["givens", "lora"],
                                metadata={"help": "Values of the recipe's `adapter` key to compare (lora is the reference)."})
     per_device_train_batch_size: int = field(default=8)
-    max_length: int = field(default=256, metadata={"help": "Tokens per packed row."})
+    max_length: int = field(default=128, metadata={"help": "Tokens per packed row."})
     warmup_steps: int = field(default=2, metadata={"help": "Untimed steps first, in each process."})
-    steps: int = field(default=8, metadata={"help": "Timed steps per process."})
+    steps: int = field(default=6, metadata={"help": "Timed steps per process."})
     rounds: int = field(default=2, metadata={"help": "Processes per method, alternating between methods."})
     lora_r: int = field(default=16)
     output: str = field(default="runs/benchmarks/sft.json", metadata={"help": "Where the JSON results go."})
