@@ -8,7 +8,7 @@ import yaml
 
 from benchmarks import layer_benchmark, sft_benchmark
 from benchmarks.measure import interleaved_medians, peak_rss_bytes, reset_peak_rss, saved_bytes
-from tests.recipe_assets import build_tiny_chat_model, sft_rows, write_jsonl
+from .recipe_assets import build_tiny_chat_model, sft_rows, write_jsonl
 
 
 def test_saved_bytes_counts_each_storage_once_and_skips_excluded():
