@@ -146,8 +146,8 @@ class Factors:
     top: torch.Tensor | None  # (n_top, n_top)
     top_first: bool = True
 
-    def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.low_full, self.low_tail, self.top) if t is not None]
+
+ONE, ZERO = -2, -1  # path-index placeholders for the constants appended after the flattened blocks
 
 
 def _path_index(width: int, stage_slots: list[torch.Tensor]) -> torch.Tensor:
@@ -172,9 +172,6 @@ def _path_index(width: int, stage_slots: list[torch.Tensor]) -> torch.Tensor:
         reachable &= moves | (a_bit == c_bit)
     index[..., 0] = torch.where(reachable, index[..., 0], ZERO)
     return index
-
-
-ONE, ZERO = -2, -1  # path-index placeholders for the constants appended after the flattened blocks
 
 
 @functools.lru_cache(maxsize=None)
