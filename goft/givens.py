@@ -293,43 +293,76 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _RotateRows(torch.autograd.Function):
-    """``x ↦ x R`` for ``x`` of shape ``(T, d)`` and 2×2 ``blocks`` of shape ``(d − 1, 2, 2)``.
+    """``x ↦ (x R) ⊙ s`` for ``x`` of shape ``(T, d)``, 2×2 ``blocks`` of shape ``(d − 1, 2, 2)`` and an optional
+    GOFT* scale ``s`` of shape ``(d,)``.
 
     Only the input is saved (no intermediate): layers that share an input (q/k/v, gate/up) then share what they
     save, as LoRA's do. The dense factors are rebuilt from ``blocks`` in backward (they are tiny).
     """
 
     @staticmethod
-    def forward(ctx, x2d, blocks):
+    def forward(ctx, x2d, blocks, scale):
         work = compute_dtype(x2d.dtype)
         with torch.no_grad():
             f = build_factors(blocks.to(work), x2d.shape[-1])
-            out = apply_factors(x2d.to(work), f).to(x2d.dtype)
-        ctx.save_for_backward(x2d, blocks)
+            out = apply_factors(x2d.to(work), f)
+            if scale is not None:
+                out.mul_(scale.to(work))  # GOFT* (§5.5): the rotated input scaled per coordinate
+            out = out.to(x2d.dtype)
+        ctx.save_for_backward(x2d, blocks, scale)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x2d, blocks = ctx.saved_tensors
-        need_x, need_blocks = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        x2d, blocks, scale = ctx.saved_tensors
+        need_x, need_blocks, need_scale = ctx.needs_input_grad
         work = compute_dtype(x2d.dtype)
         lay = layout(x2d.shape[-1])
         work_blocks = blocks.to(work)
         values = _path_values(work_blocks, lay.d)
         f = Factors(*(None if v is None else v.prod(-1) for v in values))
-        g = grad_out.to(work)
-        grad_mid = _apply_low(g, _transposed(f), lay)  # gradient at mid = x Top, the input of Low
-        grad_blocks = None
-        if need_blocks:
-            factor_grads = _factor_grads(x2d.to(work), g, grad_mid, f, lay)
-            grad_blocks = _blocks_grad(work_blocks, lay.d, values, factor_grads).to(blocks.dtype)
+        g = grad_out.to(work)  # gradient at the (scaled) output
+        g_rotated = g if scale is None else g * scale.to(work)  # gradient at x R
+        grad_mid = _apply_low(g_rotated, _transposed(f), lay)  # gradient at mid = x Top, the input of Low
+        grad_blocks = grad_scale = None
+        if need_blocks or need_scale:
+            # with the unscaled g, the Low grams give both the scale's gradient and (column-scaled) Low's own
+            grams = _factor_grads(x2d.to(work), g, grad_mid, f, lay)
+            if scale is not None:
+                grad_scale = _scale_grad(x2d.to(work), grams, f, lay, g).to(scale.dtype)
+                grams = _scale_columns(grams, scale.to(work), lay)
+            if need_blocks:
+                grad_blocks = _blocks_grad(work_blocks, lay.d, values, grams).to(blocks.dtype)
         grad_x = None
         if need_x:
             if f.top is not None:
                 leaders = grad_mid[:, :: lay.block]
                 leaders.copy_(leaders @ f.top.t())
             grad_x = grad_mid.to(x2d.dtype)
-        return grad_x, grad_blocks
+        return grad_x, grad_blocks, grad_scale
+
+
+def _scale_grad(x2d, grams, f: Factors, lay: Layout, g) -> torch.Tensor:
+    """``∂L/∂s_j = Σ_t (x R)_tj g_tj``; inside block ``b`` that is column ``j`` of ``Low_b ⊙ (mid_bᵀ g_b)`` summed."""
+    parts = []
+    if f.low_full is not None:
+        parts.append((f.low_full * grams[0]).sum(-2).reshape(-1))
+    if f.low_tail is not None:
+        parts.append((f.low_tail * grams[1]).sum(-2))
+    elif lay.tail == 1:  # a lone last coordinate: (x R) there is its leader after Top
+        last = x2d[:, :: lay.block] @ f.top[:, -1] if f.top is not None else x2d[:, -1]
+        parts.append((last * g[:, -1]).sum().reshape(1))
+    return torch.cat(parts)
+
+
+def _scale_columns(grams, scale, lay: Layout):
+    """Low's gradients ``mid_bᵀ (g ⊙ s)_b`` from the unscaled grams ``mid_bᵀ g_b``."""
+    low_full, low_tail, top = grams
+    if low_full is not None:
+        low_full = low_full * scale[: lay.full_width].view(lay.n_full, 1, lay.block)
+    if low_tail is not None:
+        low_tail = low_tail * scale[lay.full_width :]
+    return [low_full, low_tail, top]
 
 
 def _factor_grads(x2d, g, grad_mid, f: Factors, lay: Layout) -> list[torch.Tensor]:
@@ -359,12 +392,15 @@ def _factor_grads(x2d, g, grad_mid, f: Factors, lay: Layout) -> list[torch.Tenso
     return grads
 
 
-def rotate_rows(x: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
-    """``x R`` over the last dimension of ``x`` (any leading shape); differentiable in ``x`` and ``blocks``."""
+def rotate_rows(x: torch.Tensor, blocks: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``x R`` (``(x R) ⊙ scale`` for GOFT*) over the last dimension of ``x`` (any leading shape); differentiable in
+    ``x``, ``blocks`` and ``scale``."""
     d = x.shape[-1]
     if blocks.shape != (d - 1, 2, 2):
         raise ValueError(f"Expected blocks of shape ({d - 1}, 2, 2) for width {d}, got {tuple(blocks.shape)}.")
-    out = _RotateRows.apply(x.reshape(-1, d), blocks)
+    if scale is not None and scale.shape != (d,):
+        raise ValueError(f"Expected a scale of shape ({d},) for width {d}, got {tuple(scale.shape)}.")
+    out = _RotateRows.apply(x.reshape(-1, d), blocks, scale)
     return out.reshape(x.shape)
 
 

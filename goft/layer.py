@@ -109,12 +109,7 @@ class GivensLayer(BaseTunerLayer):
     def rotate_inputs(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """``diag(s) Rᵀ x`` for column inputs, i.e. ``(x R) ⊙ s`` for the rows of ``x`` (GOFT Eq. 3, §5.5)."""
         blocks, _ = self.rotation_blocks(adapter_name)
-        out = rotate_rows(x, blocks)
-        if adapter_name in self.givens_scale:
-            scale = self.givens_scale[adapter_name]
-            work = compute_dtype(scale.dtype)
-            out = (out.to(work) * scale.to(work)).to(x.dtype)
-        return out
+        return rotate_rows(x, blocks, self.givens_scale[adapter_name] if adapter_name in self.givens_scale else None)
 
     # ---- merging ----------------------------------------------------------------------------------------------
 

@@ -142,6 +142,20 @@ def test_gradcheck_quasi(d):
     assert torch.autograd.gradcheck(lambda x, m: rotate_rows(x, m), (x, blocks))
 
 
+@pytest.mark.parametrize("d", [2, 3, 12, 17, 35, 65, 130])
+@pytest.mark.parametrize("quasi", [False, True])
+def test_gradcheck_scaled(d, quasi):
+    """GOFT*: the scale is applied inside the same function (one saved input), gradients in x, blocks and scale."""
+    torch.manual_seed(d)
+    x = torch.randn(4, d, dtype=torch.float64, requires_grad=True)
+    theta = torch.randn(d - 1, dtype=torch.float64, requires_grad=True)
+    free = 0.2 * torch.randn(d - 1, 2, 2, dtype=torch.float64) if quasi else torch.zeros(d - 1, 2, 2, dtype=torch.float64)
+    scale = (1 + 0.3 * torch.randn(d, dtype=torch.float64)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, t, s: rotate_rows(x, givens_blocks(t) + free, s), (x, theta, scale))
+    R = dense_from_definition(givens_blocks(theta.detach()) + free, d)
+    assert torch.allclose(rotate_rows(x, givens_blocks(theta) + free, scale), (x @ R) * scale, atol=1e-12)
+
+
 @pytest.mark.parametrize("quasi", [False, True])
 def test_gradients_equal_plain_autograd_reference(quasi):
     torch.manual_seed(0)
@@ -214,3 +228,5 @@ def test_singular_quasi_block_cannot_be_unmerged():
 def test_blocks_shape_is_checked():
     with pytest.raises(ValueError, match=r"Expected blocks of shape \(9, 2, 2\)"):
         rotate_rows(torch.randn(2, 10), torch.eye(2).repeat(8, 1, 1))
+    with pytest.raises(ValueError, match=r"Expected a scale of shape \(10,\)"):
+        rotate_rows(torch.randn(2, 10), torch.eye(2).repeat(9, 1, 1), torch.ones(9))

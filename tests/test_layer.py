@@ -106,9 +106,10 @@ def test_quasi_adapter_does_not_preserve_angles():
     assert (cos(rotated) - cos(W)).abs().max().item() > 1e-3
 
 
+@pytest.mark.parametrize("mode", ["strict", "scaled"])
 @pytest.mark.parametrize("d", [1024, 1000])
-def test_saved_bytes_at_most_input_bytes(d):
-    model = adapted("linear", d, 512, "strict")
+def test_saved_bytes_at_most_input_bytes(d, mode):
+    model = adapted("linear", d, 512, mode)
     layer = model.base_model.model.proj
     weight = layer.get_base_layer().weight
     x = torch.randn(4, 256, d, requires_grad=True)
