@@ -58,7 +58,7 @@ def num_rotations(d: int) -> int:
 def givens_blocks(theta: torch.Tensor) -> torch.Tensor:
     """Strict 2×2 blocks ``[[cos θ, −sin θ], [sin θ, cos θ]]`` from angles, shape ``(..., 2, 2)`` (Eq. 1)."""
     cos, sin = torch.cos(theta), torch.sin(theta)
-    return torch.stack((torch.stack((cos, -sin), -1), torch.stack((sin, cos), -1)), -2)
+    return torch.stack((cos, -sin, sin, cos), -1).unflatten(-1, (2, 2))
 
 
 def angles_from_raw(raw: torch.Tensor) -> torch.Tensor:
@@ -198,9 +198,15 @@ def _factor_indices(d: int, block: int, device: torch.device) -> tuple[torch.Ten
     return resolve(low_full), resolve(low_tail), resolve(top)
 
 
+@functools.lru_cache(maxsize=None)
+def _one_and_zero(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The constants appended to the flattened blocks, made once per device (no host-to-device copy per call)."""
+    return torch.tensor([1.0, 0.0], dtype=dtype, device=device)
+
+
 def _path_values(blocks: torch.Tensor, d: int, block: int | None = None) -> list[torch.Tensor | None]:
     """The entries along every path of ``(low_full, low_tail, top)``: ``(*batch, W, W, n_stages)`` each, or None."""
-    flat = torch.cat((blocks.reshape(-1), torch.tensor([1.0, 0.0], dtype=blocks.dtype, device=blocks.device)))
+    flat = torch.cat((blocks.reshape(-1), _one_and_zero(blocks.dtype, blocks.device)))
     return [None if index is None else flat.index_select(0, index.flatten()).view(index.shape)
             for index in _factor_indices(d, layout(d, block).block, blocks.device)]
 
@@ -327,9 +333,10 @@ class _RotateRows(torch.autograd.Function):
         grad_blocks = grad_scale = None
         if need_blocks or need_scale:
             # with the unscaled g, the Low grams give both the scale's gradient and (column-scaled) Low's own
-            grams = _factor_grads(x2d.to(work), g, grad_mid, f, lay)
+            x = x2d.to(work)
+            grams = _factor_grads(x, g, grad_mid, f, lay)
             if scale is not None:
-                grad_scale = _scale_grad(x2d.to(work), grams, f, lay, g).to(scale.dtype)
+                grad_scale = _scale_grad(x, grams, f, lay, g).to(scale.dtype)
                 grams = _scale_columns(grams, scale.to(work), lay)
             if need_blocks:
                 grad_blocks = _blocks_grad(work_blocks, lay.d, values, grams).to(blocks.dtype)
