@@ -194,14 +194,16 @@ def _factor_indices(d: int, block: int, device: torch.device) -> tuple[torch.Ten
                  for stage, top_stage in zip(plan[lay.n_low :], stage_plan(lay.n_top))]
         top = _path_index(lay.n_top, slots)
     constants = 4 * (d - 1)
-    resolve = lambda i: None if i is None else torch.where(i < 0, constants + 2 + i, i).to(device)  # noqa: E731
-    return resolve(low_full), resolve(low_tail), resolve(top)
+    with torch.inference_mode(False):  # cached: must stay usable by autograd even if first made for inference
+        return tuple(None if i is None else torch.where(i < 0, constants + 2 + i, i).to(device)
+                     for i in (low_full, low_tail, top))
 
 
 @functools.lru_cache(maxsize=None)
 def _one_and_zero(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The constants appended to the flattened blocks, made once per device (no host-to-device copy per call)."""
-    return torch.tensor([1.0, 0.0], dtype=dtype, device=device)
+    with torch.inference_mode(False):  # cached: must stay usable by autograd even if first made for inference
+        return torch.tensor([1.0, 0.0], dtype=dtype, device=device)
 
 
 def _path_values(blocks: torch.Tensor, d: int, block: int | None = None) -> list[torch.Tensor | None]:

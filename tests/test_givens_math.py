@@ -230,3 +230,14 @@ def test_blocks_shape_is_checked():
         rotate_rows(torch.randn(2, 10), torch.eye(2).repeat(8, 1, 1))
     with pytest.raises(ValueError, match=r"Expected a scale of shape \(10,\)"):
         rotate_rows(torch.randn(2, 10), torch.eye(2).repeat(9, 1, 1), torch.ones(9))
+
+
+def test_tables_first_made_under_inference_mode_still_train():
+    d = 77  # a width no other test uses, so its tables are made here, under inference mode
+    x = torch.randn(3, d)
+    with torch.inference_mode():
+        rotate_rows(x, givens_blocks(torch.zeros(d - 1)))
+    theta = torch.randn(d - 1, requires_grad=True)
+    R = dense_rotation(givens_blocks(theta), d)  # autograd through the cached tables
+    (rotate_rows(x, givens_blocks(theta)).sum() + R.sum()).backward()
+    assert theta.grad is not None and torch.isfinite(theta.grad).all()
