@@ -164,3 +164,32 @@ def test_embedded_model_resolves_offline():
     source = resolve_model_source(name)
     assert Path(source.path, source.gguf_file).is_file()
     assert source.hub_base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.mark.parametrize("outcome", ["finished", "refused"])
+def test_a_recipe_leaves_its_process_group_before_exit(monkeypatch, outcome):
+    """Left to interpreter shutdown, gloo's threads can abort a finished multi-process run; the recipe tears the group
+    down itself, whether it finished or was refused."""
+    import socket
+
+    import torch.distributed as dist
+
+    from goft.training import cli
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    monkeypatch.setattr(cli, "parse_recipe", lambda parser, argv: ())
+
+    def main():
+        assert dist.is_initialized()
+        if outcome == "refused":
+            raise RecipeError("refused")
+
+    if outcome == "refused":
+        with pytest.raises(SystemExit):
+            cli.run_recipe(lambda: None, main, argv=[])
+    else:
+        cli.run_recipe(lambda: None, main, argv=[])
+    assert not dist.is_initialized()

@@ -99,3 +99,12 @@ def run_recipe(make_parser, main, argv: list[str] | None = None) -> None:
     except RecipeError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Tear the process group down before exit: left to interpreter shutdown, gloo's threads can abort a finished
+    multi-process run ("terminate called without an active exception")."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
