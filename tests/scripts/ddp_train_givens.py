@@ -47,6 +47,7 @@ def main(out_dir: Path) -> None:
     )
     if accelerator.is_main_process:
         unwrapped.save_pretrained(out_dir / "adapter")
+    accelerator.end_training()  # tear the process group down before interpreter shutdown
 
 
 if __name__ == "__main__":

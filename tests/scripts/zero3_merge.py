@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 
 import goft
+from goft.training.cli import leave_process_group
 from goft.layer import GivensLayer
 
 model_dir = sys.argv[1]
@@ -41,3 +42,4 @@ assert merged_model.model.layers[0].self_attn.q_proj.weight.numel() == 0, "merge
 merged = logits(merged_model)
 if torch.distributed.get_rank() == 0:
     print(f"RESULT {(merged - adapted).abs().max().item():.3g} {(adapted).abs().max().item():.3g} {error:.3g}")
+leave_process_group()  # before interpreter shutdown, as the recipes do
