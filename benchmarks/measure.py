@@ -69,19 +69,20 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process since start or the last `reset_peak_rss` (Linux's VmHWM)."""
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("VmHWM is not reported by /proc/self/status on this system.")
+    return _status_bytes("VmHWM")
 
 
 def rss_bytes() -> int:
+    """Current resident set size of this process (Linux's VmRSS)."""
+    return _status_bytes("VmRSS")
+
+
+def _status_bytes(field_name: str) -> int:
     with open("/proc/self/status") as handle:
         for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("VmRSS is not reported by /proc/self/status on this system.")
+            if line.startswith(f"{field_name}:"):
+                return int(line.split()[1]) * 1024  # reported in kB
+    raise OSError(f"{field_name} is not reported by /proc/self/status on this system.")
 
 
 def machine(device: torch.device) -> dict:
