@@ -9,6 +9,7 @@ from peft import PeftModel
 
 from .layer import GivensLayer
 from .training.models import ModelSource, load_causal_lm, load_tokenizer, resolve_model_source
+from .training.preflight import check_adapters_fit
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -45,6 +46,7 @@ def merge_adapter_to_model(
     if not base_model:
         raise ValueError(f"{adapter_path}/adapter_config.json names no base model; pass base_model explicitly.")
     source = resolve_model_source(base_model)
+    check_adapters_fit(source, [adapter_path])  # a clear error before loading, when the adapter has other shapes
     model = load_causal_lm(source, dtype=dtype)
     merged = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload(safe_merge=True)
     if any(isinstance(m, GivensLayer) for m in merged.modules()):

@@ -36,10 +36,13 @@ class GivensModel(BaseTuner):
     ) -> None:
         if current_key is None:
             raise ValueError("Current key should not be None.")
-        if isinstance(target, GivensLayer):
-            target.update_layer(adapter_name, config)
-            return
-        new_module = self._create_new_module(config, adapter_name, target)
+        try:
+            if isinstance(target, GivensLayer):
+                target.update_layer(adapter_name, config)
+                return
+            new_module = self._create_new_module(config, adapter_name, target)
+        except ValueError as error:
+            raise ValueError(f"Layer {current_key!r}: {error}") from None  # say which layer could not be adapted
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # an added, inactive adapter does not train
         self._replace_module(parent, target_name, new_module, target)

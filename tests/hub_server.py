@@ -41,7 +41,8 @@ Simplifications: a single branch ("main"); every commit overwrites files in plac
 sha we ever issued resolves to the *current* files. Write endpoints require an
 ``Authorization: Bearer ...`` header (any token is accepted); reads do not. Files live on disk
 under ``root/owner/name/<path>``. Every request is recorded in ``requests`` as
-``(method, path, authorization)``; requests no route matched also go to ``unhandled``.
+``(method, path, authorization)``; requests no route matched also go to ``unhandled``. Tokens passed as
+``rejected_tokens`` get 401 on every route, like a revoked token.
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ class HubError(Exception):
 class LocalHub:
     """Context manager running the fake Hub on an ephemeral loopback port in a daemon thread."""
 
-    def __init__(self, root: pathlib.Path):
+    def __init__(self, root: pathlib.Path, rejected_tokens: tuple[str, ...] = ()):
         self.root = pathlib.Path(root)
+        self.rejected_tokens = set(rejected_tokens)  # requests carrying these get 401, as revoked tokens do
         self.root.mkdir(parents=True, exist_ok=True)
         self.url = ""  # set in __enter__
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Authorization header)
@@ -347,6 +349,8 @@ class _Handler(BaseHTTPRequestHandler):
                 with hub._lock:
                     hub.unhandled.append((self.command, self.path))
                 raise HubError(404, None, f"LocalHub: no route for {self.command} {url.path}")
+            if (auth or "").removeprefix("Bearer ") in hub.rejected_tokens:
+                raise HubError(401, None, "Invalid credentials in Authorization header")
             if name in _WRITE_ROUTES and not (auth or "").startswith("Bearer "):
                 raise HubError(401, None, "Invalid credentials in Authorization header")
             with hub._lock:

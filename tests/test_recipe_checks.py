@@ -90,7 +90,7 @@ def test_unknown_yaml_key_is_an_error(tmp_path, data):
 
 
 def test_unknown_cli_flag_is_an_error(tmp_path):
-    with pytest.raises(RecipeError, match="--lora_rank"):
+    with pytest.raises(RecipeError, match="Unknown recipe key.*'lora_rank'"):
         parse_recipe(SFT.make_parser(), ["--output_dir", str(tmp_path), "--lora_rank", "8"])
 
 
@@ -193,3 +193,70 @@ def test_a_recipe_leaves_its_process_group_before_exit(monkeypatch, outcome):
     else:
         cli.run_recipe(lambda: None, main, argv=[])
     assert not dist.is_initialized()
+
+
+def test_push_is_refused_while_the_hub_is_offline(tmp_path, data, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_FakeTokenForTests1234567890")
+    message = run_in_process(SFT, ["--model_name_or_path", MODEL, "--dataset_name", str(data["sft"]), "--output_dir",
+                                   str(tmp_path / "o"), "--push_to_hub", "true", "--hub_model_id", "me/adapter"])
+    assert "offline" in message and "HF_HUB_OFFLINE" in message and not (tmp_path / "o").exists()
+
+
+def test_a_failed_push_says_where_the_run_is_and_never_shows_the_token(monkeypatch):
+    from types import SimpleNamespace
+
+    from goft.training import hub
+
+    token = "hf_AnotherFakeToken0123456789abcdefgh"
+
+    class FailingApi:
+        def __init__(self, token):
+            self.token = token
+
+        def create_repo(self, *args, **kwargs):
+            raise RuntimeError(f"403 Forbidden (sent Authorization: Bearer {self.token})")
+
+    monkeypatch.setattr(hub, "HfApi", FailingApi)
+    args = SimpleNamespace(hub_model_id="me/adapter", hub_private_repo=None, hub_revision=None)
+    with pytest.raises(RecipeError) as refused:
+        hub.push_run("runs/sft", args, token, commit_message="goft sft")
+    message = str(refused.value)
+    assert token not in message and "Bearer <redacted>" in message and "403 Forbidden" in message
+    assert "saved in 'runs/sft'" in message and "hf upload me/adapter runs/sft" in message
+
+
+def test_scrub_removes_known_and_token_shaped_secrets(monkeypatch):
+    from goft.training.hub import scrub
+
+    monkeypatch.setenv("HF_TOKEN", "plain-secret-value")
+    text = "a plain-secret-value b hf_" + "x" * 34 + " c hf_transfer d " + "given-secret"
+    assert scrub(text, "given-secret") == "a <redacted> b <redacted> c hf_transfer d <redacted>"
+
+
+def test_bf16_is_refused_on_a_gpu_without_it(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from goft.training.preflight import check_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "Tesla V100-SXM2-16GB")
+    with pytest.raises(RecipeError, match=r"V100-SXM2-16GB\) does not support bfloat16"):
+        check_precision(SimpleNamespace(bf16=True, fp16=False), SimpleNamespace(dtype=None))
+    with pytest.raises(RecipeError, match="does not support bfloat16"):
+        check_precision(SimpleNamespace(bf16=False, fp16=False), SimpleNamespace(dtype="bfloat16"))
+    check_precision(SimpleNamespace(bf16=False, fp16=True), SimpleNamespace(dtype="float16"))  # fp16 is fine there
+
+
+@pytest.mark.parametrize("targets, expected", [
+    (["down_proj"], ["down_proj"]), (["q_proj", "v_proj"], ["q_proj", "v_proj"]), (["all-linear"], "all-linear"),
+    ([".*(q|v)_proj"], ".*(q|v)_proj"), (None, None),
+])
+def test_one_plain_target_name_stays_a_name(targets, expected):
+    """peft matches a string as a regex against the whole module name: one plain name must stay a list."""
+    from goft.training.adapters import _target_modules
+    from goft.training.arguments import AdapterArguments
+
+    assert _target_modules(AdapterArguments(adapter_target_modules=targets)) == expected

@@ -27,10 +27,15 @@ def recipe_env() -> dict:
 
 def launch(script: str, args: list[str], processes: int = 1, env: dict | None = None, port: int = 29531,
            config_file: Path | None = None):
-    """`accelerate launch` a recipe like a user would; returns the finished process (output captured).
+    """`accelerate launch` a recipe like a user would; returns the finished process (output captured)."""
+    command = launch_command(script, args, processes, port, config_file)
+    return subprocess.run(command, cwd=REPO, env=env or recipe_env(), capture_output=True, text=True, timeout=600)
 
-    Two processes use the CPU multi-process config unless `config_file` names another (e.g. a DeepSpeed one, whose
-    GPU settings are overridden for the CPU)."""
+
+def launch_command(script: str, args: list[str], processes: int = 1, port: int = 29531,
+                   config_file: Path | None = None) -> list[str]:
+    """The `accelerate launch` command line of a recipe. Two processes use the CPU multi-process config unless
+    `config_file` names another (e.g. a DeepSpeed one, whose GPU settings are overridden for the CPU)."""
     if processes == 1:
         launcher = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     elif config_file is None:
@@ -38,8 +43,7 @@ def launch(script: str, args: list[str], processes: int = 1, env: dict | None = 
     else:
         launcher = ["--config_file", str(config_file), "--num_processes", str(processes), "--mixed_precision", "no",
                     "--main_process_port", str(port)]
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, str(REPO / "recipes" / script), *args]
-    return subprocess.run(command, cwd=REPO, env=env or recipe_env(), capture_output=True, text=True, timeout=600)
+    return [sys.executable, "-m", "accelerate.commands.launch", *launcher, str(REPO / "recipes" / script), *args]
 
 
 def common_args(model: Path, data: Path, output_dir: Path, steps: int = 8) -> list[str]:
@@ -171,16 +175,20 @@ def hub_env(hub_url: str, home: Path, token: str | None) -> dict:
     return env
 
 
-def test_push_to_a_hub_and_load_back(assets, tmp_path):
+def test_push_to_a_hub_and_load_back_without_leaking_a_token(assets, tmp_path):
+    """The token in the YAML recipe (and another in HF_TOKEN) is used for the push, and appears nowhere: not in the
+    logs, the model card, the pushed files, nor any file of the run (checkpoints pickle the trainer's arguments)."""
     from .hub_server import LocalHub
 
-    token = "hf_FakeTokenForTests1234567890"
+    token, env_token = "hf_FakeTokenForTests1234567890", "hf_OtherFakeTokenInTheEnvironment42"
     repo = "someuser/tiny-goft-sft"
     output_dir = tmp_path / "sft-pushed"
+    recipe = tmp_path / "push.yaml"
+    recipe.write_text(f"push_to_hub: true\nhub_model_id: {repo}\nhub_token: {token}\nlog_level: info\n")
     with LocalHub(tmp_path / "hub") as hub:
-        env = hub_env(hub.url, tmp_path / "hf-home", token)
-        result = launch("sft.py", common_args(assets["model"], assets["sft"], output_dir, steps=4)
-                        + ["--push_to_hub", "true", "--hub_model_id", repo], env=env)
+        env = hub_env(hub.url, tmp_path / "hf-home", env_token)
+        result = launch("sft.py", ["--config", str(recipe)]
+                        + common_args(assets["model"], assets["sft"], output_dir, steps=4), env=env)
         check_ok(result)
         files = hub.files(repo)
         assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json",
@@ -188,9 +196,14 @@ def test_push_to_a_hub_and_load_back(assets, tmp_path):
         assert not any(name.startswith("checkpoint-") or name.endswith((".bin", ".pt")) for name in files)
         card = files["README.md"].decode()
         assert f'PeftModel.from_pretrained(base, "{repo}")' in card and "push_to_hub: true" in card
-        for text in (card, result.stdout, result.stderr, *(f.decode(errors="ignore") for f in files.values())):
-            assert token not in text
-        assert any(auth == f"Bearer {token}" for _, _, auth in hub.requests)
+        assert "hub_token: <redacted>" in card
+        written = [p.read_bytes() for p in output_dir.rglob("*") if p.is_file()]
+        assert any(p.name == "training_args.bin" for p in output_dir.rglob("*"))  # a pickle that once held it
+        for secret in (token, env_token):
+            for data in (result.stdout.encode(), result.stderr.encode(), *files.values(), *written):
+                assert secret.encode() not in data
+        assert not list(output_dir.rglob("adapter_model.bin"))  # adapters are written as safetensors only
+        assert {auth for _, _, auth in hub.requests if auth} == {f"Bearer {token}"}  # the recipe's token was used
         # a fresh process loads the pushed adapter and tokenizer from the server and reproduces the local logits
         script = f"""
 import goft, torch

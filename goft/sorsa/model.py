@@ -28,8 +28,8 @@ class SorsaModel(BaseTuner):
             return
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
         if not isinstance(base, nn.Linear) or type(base).__module__.startswith("bitsandbytes"):
-            raise ValueError(f"SORSA supports full-precision torch.nn.Linear layers, not {type(base).__name__}; "
-                             "adjust target_modules.")
+            raise ValueError(f"Layer {current_key!r}: SORSA supports full-precision torch.nn.Linear layers, not "
+                             f"{type(base).__name__}; adjust target_modules.")
         new_module = Linear(target, adapter_name, config)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)

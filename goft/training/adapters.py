@@ -1,6 +1,7 @@
 """Which adapter a recipe trains, the alignment-stage rule (exactly orthogonal only), and reference adapters."""
 
 import logging
+import re
 
 from peft import BOFTConfig, HRAConfig, LoraConfig, OFTConfig, PeftConfig, RoadConfig
 
@@ -14,10 +15,17 @@ POLICY_ADAPTER = "default"
 TASK_TYPE = "CAUSAL_LM"
 
 
+REGEX_CHARACTERS = re.compile(r"[\\^$*+?()\[\]{}|]")
+
+
 def _target_modules(adapter_args):
+    """peft reads a string as "all-linear" or a regex matched against the whole module name, and a list as names
+    (suffixes): one plain name given alone stays a list, so that it matches like several would."""
     target_modules = adapter_args.adapter_target_modules
     if isinstance(target_modules, list) and len(target_modules) == 1:
-        return target_modules[0]  # a single "all-linear" or regex, as peft expects it
+        only = target_modules[0]
+        if only == "all-linear" or REGEX_CHARACTERS.search(only):
+            return only
     return target_modules
 
 

@@ -1,19 +1,36 @@
-"""Auto-resume: rerunning a command continues from its last checkpoint; a finished run is never overwritten."""
+"""Auto-resume: rerunning a command continues from its last complete checkpoint; a finished run is never overwritten.
+
+A checkpoint is complete once its marker file (`COMPLETE_MARKER`, written last, see `mark_complete`) is there; a
+`checkpoint-N` folder without it was being written when the run died. Those newer than the last complete checkpoint
+are moved aside (renamed `incomplete-checkpoint-N`, never deleted) so that neither goft nor transformers resumes from
+them or counts them among the checkpoints it keeps.
+"""
 
 import json
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .errors import RecipeError
 
+logger = logging.getLogger(__name__)
+
 FINISHED_MARKER = "goft_run.json"
+COMPLETE_MARKER = "goft_checkpoint_complete.json"
+INCOMPLETE_PREFIX = "incomplete-"
+_CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 def resume_checkpoint(output_dir: str, resume_from_checkpoint, overwrite: bool) -> str | None:
-    """The checkpoint to resume from, None to start fresh; refuses an `output_dir` holding a finished run."""
+    """The checkpoint to resume from, None to start fresh; refuses an `output_dir` holding a finished run.
+
+    An explicit `resume_from_checkpoint` folder is used as given; otherwise the newest complete checkpoint in
+    `output_dir`, after moving aside the incomplete ones newer than it (on the main process only: every process
+    computes the same answer, since only folders without the marker are renamed)."""
     folder = Path(output_dir)
     if overwrite:
         return None
@@ -21,24 +38,124 @@ def resume_checkpoint(output_dir: str, resume_from_checkpoint, overwrite: bool) 
         raise RecipeError(f"{output_dir!r} holds a finished run ({FINISHED_MARKER} is there). Choose another "
                           "`output_dir`, or pass `--overwrite_output_dir true` to train afresh in it.")
     if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint not in ("", "True", "true"):
-        if not os.path.isdir(resume_from_checkpoint):
-            raise RecipeError(f"`resume_from_checkpoint` {resume_from_checkpoint!r} is not a folder.")
-        return resume_from_checkpoint
-    if folder.is_dir():
-        return get_last_checkpoint(str(folder))
-    return None
+        return _explicit_checkpoint(resume_from_checkpoint)
+    if not folder.is_dir():
+        return None
+    last = last_complete_checkpoint(output_dir)
+    last_step = _step_of(last)
+    if is_main_process():
+        for step, path in _checkpoints(folder):
+            if step > last_step and not is_complete(path):
+                set_aside(path)
+    return last
+
+
+def _explicit_checkpoint(path: str) -> str:
+    """An explicit `resume_from_checkpoint` folder, as given (a warning when it has no completion marker)."""
+    if not os.path.isdir(path):
+        raise RecipeError(f"`resume_from_checkpoint` {path!r} is not a folder.")
+    if not is_complete(Path(path)):
+        logger.warning("`resume_from_checkpoint` %s has no %s: it may have been written by another tool or left "
+                       "half-written by a killed run. Resuming from it as asked.", path, COMPLETE_MARKER)
+    return path
+
+
+def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the `checkpoint-N` folders in `folder`, oldest step first."""
+    found = []
+    for path in folder.iterdir():
+        match = _CHECKPOINT_NAME.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def _step_of(checkpoint: str | None) -> int:
+    """The step N of a `checkpoint-N` path; -1 for None."""
+    return -1 if checkpoint is None else int(_CHECKPOINT_NAME.match(Path(checkpoint).name).group(1))
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """Whether the checkpoint folder was written to the end (its completion marker is there)."""
+    return (checkpoint / COMPLETE_MARKER).is_file()
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The path of the highest-numbered complete `checkpoint-N` in `output_dir`, None when there is none."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    complete = [path for _, path in _checkpoints(folder) if is_complete(path)]
+    return os.path.join(output_dir, complete[-1].name) if complete else None
+
+
+def is_main_process() -> bool:
+    """Whether this is the launch's main process, before any accelerator exists (RANK is set by the launchers)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def set_aside(checkpoint: Path) -> Path | None:
+    """Rename an incomplete checkpoint to `incomplete-checkpoint-N` (a free name), which no resume or rotation
+    matches; its files stay for whoever wants to inspect them. None when another process moved it first (a launcher
+    that sets no RANK)."""
+    target = checkpoint.with_name(INCOMPLETE_PREFIX + checkpoint.name)
+    copy = 1
+    while target.exists():
+        copy += 1
+        target = checkpoint.with_name(f"{INCOMPLETE_PREFIX}{checkpoint.name}.{copy}")
+    try:
+        checkpoint.rename(target)
+    except FileNotFoundError:
+        return None
+    logger.warning("%s has no %s: the run was stopped while writing it. Moved it aside to %s (not deleted); if it "
+                   "is a complete checkpoint from another tool, pass it as `resume_from_checkpoint`.",
+                   checkpoint, COMPLETE_MARKER, target.name)
+    return target
+
+
+def mark_complete(checkpoint: str, summary: dict) -> None:
+    """Flush the checkpoint's files to disk, then write its completion marker atomically (temp file, fsync,
+    `os.replace`, fsync of the folder): a checkpoint with the marker is whole even after a crash or power loss."""
+    folder = Path(checkpoint)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            _fsync(path)
+    temporary = folder / f".{COMPLETE_MARKER}.tmp"
+    with open(temporary, "w") as handle:
+        handle.write(json.dumps(summary, indent=2, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, folder / COMPLETE_MARKER)
+    _fsync(folder)
+
+
+def _fsync(path: Path) -> None:
+    """fsync a file or (where the platform allows opening one) a folder."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        if path.is_dir():  # folders cannot be opened on Windows; their entries are durable there anyway
+            return
+        raise
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def clear_previous_run(output_dir: str) -> None:
-    """With `overwrite_output_dir`, drop the old checkpoints and marker so a later resume cannot pick them up."""
+    """With `overwrite_output_dir`, drop the old checkpoints (incomplete ones too) and the marker so a later resume
+    cannot pick them up."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return
-    for checkpoint in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        if checkpoint.is_dir():
-            shutil.rmtree(checkpoint)
+    for pattern in (f"{PREFIX_CHECKPOINT_DIR}-*", f"{INCOMPLETE_PREFIX}{PREFIX_CHECKPOINT_DIR}-*"):
+        for checkpoint in folder.glob(pattern):
+            if checkpoint.is_dir():
+                shutil.rmtree(checkpoint)
     (folder / FINISHED_MARKER).unlink(missing_ok=True)
 
 
 def mark_finished(output_dir: str, summary: dict) -> None:
+    """Write the finished-run marker (`goft_run.json`) with the run's summary."""
     Path(output_dir, FINISHED_MARKER).write_text(json.dumps(summary, indent=2, default=str) + "\n")

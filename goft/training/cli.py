@@ -1,5 +1,6 @@
 """Parsing a recipe (defaults < YAML `--config` < CLI flags, unknown keys refused) and running it."""
 
+import difflib
 import enum
 import os
 import sys
@@ -10,7 +11,9 @@ from trl import TrlParser
 
 from .arguments import AdapterArguments, DataArguments, ModelArguments
 from .errors import RecipeError
-from .hub import redact
+from .hub import redact, scrub
+
+SECRET_FLAGS = ("--hub_token",)
 
 
 def has_accelerator() -> bool:
@@ -34,7 +37,24 @@ def make_recipe_parser(training_config_class) -> TrlParser:
     if not has_accelerator():
         # TRL's configs default to bf16 and refuse to build without a GPU; on a CPU-only machine, train in fp32.
         parser.set_defaults(use_cpu=True, bf16=False)
+    parser.allow_abbrev = False  # `--learning_rat` is a typo, not `--learning_rate`
     return parser
+
+
+def check_known_keys(parser: TrlParser, argv: list[str]) -> None:
+    """Every key of the YAML recipe and every flag is one the recipe knows; typos get the closest key."""
+    known = {option[2:] for action in parser._actions for option in action.option_strings if option.startswith("--")}
+    keys, config_path = _named_keys(argv)
+    unknown = [key for key in keys if key not in known and not (key.startswith("no_") and key[3:] in known)]
+    if not unknown:
+        return
+    described = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, known, n=1)
+        described.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    where = f"in {config_path} or on the command line" if config_path else "on the command line"
+    raise RecipeError(f"Unknown recipe key(s) {where}: {', '.join(described)}. The keys are the fields of TRL's "
+                      "trainer config and ModelConfig and goft's own (`--help` lists them all).")
 
 
 def _named_keys(argv: list[str]) -> tuple[list[str], str | None]:
@@ -80,15 +100,31 @@ def effective_recipe(argv: list[str], parsed) -> str:
 def parse_recipe(parser: TrlParser, argv: list[str] | None = None):
     """(data, training, model, adapter) arguments and the effective recipe YAML."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    refuse_secret_flags(argv)
     if "--config" in argv and argv.index("--config") + 1 >= len(argv):
         raise RecipeError("`--config` needs the path of a YAML recipe.")
     try:
+        check_known_keys(parser, argv)
         parsed = parser.parse_args_and_config(args=argv)
     except FileNotFoundError as error:
         raise RecipeError(f"The recipe file {error.filename!r} does not exist.") from None
+    except yaml.YAMLError as error:
+        raise RecipeError(f"The recipe file is not valid YAML: {error}") from None
     except ValueError as error:
         raise RecipeError(str(error)) from None
     return (*parsed, effective_recipe(argv, parsed))
+
+
+def refuse_secret_flags(argv: list[str]) -> None:
+    """Tokens on the command line leak: launchers print their command when a run fails, and every user of the
+    machine can read it in the process list."""
+    for token in argv:
+        flag = token.split("=", 1)[0]
+        if flag in SECRET_FLAGS:
+            raise RecipeError(f"Do not pass `{flag}` on the command line: launchers print the command line when a "
+                              "run fails, and other users can read it in the process list. Set HF_TOKEN, run "
+                              "`hf auth login`, or put `hub_token` in the YAML recipe (it is kept out of logs, "
+                              "checkpoints and model cards).")
 
 
 def run_recipe(make_parser, main, argv: list[str] | None = None) -> None:
@@ -97,7 +133,8 @@ def run_recipe(make_parser, main, argv: list[str] | None = None) -> None:
     try:
         main(*parse_recipe(make_parser(), argv))
     except RecipeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        sys.stderr.write(f"error: {scrub(str(error))}\n")  # one write: processes' lines do not interleave
+        sys.stderr.flush()
         sys.exit(2)
     finally:
         leave_process_group()

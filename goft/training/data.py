@@ -25,15 +25,21 @@ def _local_json_files(path: Path) -> list[str]:
     return [str(f) for f in files]
 
 
-def _check_first_json_record(file: str) -> None:
-    """Malformed JSON is reported with its file and line before datasets' own, vaguer, error."""
+def _check_json_records(file: str) -> None:
+    """Malformed JSON anywhere in a file is reported with its file and line, before datasets' own, vaguer, error."""
     with open(file, encoding="utf-8") as handle:
-        text = handle.read() if file.endswith(".json") else next((line for line in handle if line.strip()), "")
-    try:
-        json.loads(text)
-    except json.JSONDecodeError as error:
-        raise RecipeError(f"The dataset file {file!r} is not valid JSON{'L' if file.endswith('.jsonl') else ''}: "
-                          f"{error.msg} (line {error.lineno}, column {error.colno}).") from None
+        if file.endswith(".jsonl"):
+            numbered = ((number, line.rstrip("\r\n")) for number, line in enumerate(handle, start=1) if line.strip())
+        else:
+            numbered = [(1, handle.read())]
+        for first_line, text in numbered:
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as error:
+                line = first_line + error.lineno - 1
+                kind = "JSONL (one JSON object per line)" if file.endswith(".jsonl") else "JSON"
+                raise RecipeError(f"The dataset file {file!r} is not valid {kind}: {error.msg} (line {line}, "
+                                  f"column {error.colno}).") from None
 
 
 def load_recipe_dataset(data_args, required_columns: tuple[str, ...], seed: int) -> DatasetDict:
@@ -45,7 +51,7 @@ def load_recipe_dataset(data_args, required_columns: tuple[str, ...], seed: int)
     if local.exists():
         files = _local_json_files(local)
         for file in files:
-            _check_first_json_record(file)
+            _check_json_records(file)
         dataset = load_dataset("json", data_files={data_args.dataset_train_split: files})
     elif name.endswith(JSON_SUFFIXES) or name.startswith((".", "/", "~")):
         raise RecipeError(f"The dataset file {name!r} does not exist.")

@@ -7,18 +7,17 @@ from dataclasses import dataclass, field
 from peft import PeftConfig, PeftModel
 from transformers.trainer_utils import set_seed
 
-from ..orthogonality import orthogonality_error
-from . import adapters, checkpoints, hub, model_card
+from ..sorsa import SorsaConfig
+from . import adapters, checkpoints, hub, model_card, preflight
 from .chat_templates import use_training_chat_template
 from .data import load_recipe_dataset
 from .errors import RecipeError
 from .models import (ModelSource, is_adapter_folder, load_causal_lm, load_tokenizer, quantization_config,
                      resolve_model_source)
-from .regularized import regularizers_for, with_regularizers
+from .safeguards import checked_orthogonality_error, recipe_trainer_class
 
 logger = logging.getLogger(__name__)
 
-ORTHOGONALITY_TOLERANCE = 1e-5
 REFERENCE_ADAPTER = "ref"
 
 
@@ -37,6 +36,8 @@ class RecipeRun:
     dataset: object
     resume_from: str | None
     push_to_hub: bool
+    tokenizer: object = None
+    hub_token: str | None = field(default=None, repr=False)
     strictness_waived: bool = False
     task_metrics: dict = field(default_factory=dict)
 
@@ -68,9 +69,7 @@ class RecipeRun:
         """(model, tokenizer, peft_config): a fresh adapter is left for the trainer to add (peft_config set);
         an adapter folder is loaded trainable (peft_config None)."""
         trust = getattr(self.training_args, "trust_remote_code", False)
-        tokenizer = load_tokenizer(self.source, self.model_args.model_revision, trust)
-        if getattr(self.training_args, "assistant_only_loss", False):
-            use_training_chat_template(tokenizer)
+        tokenizer = self.tokenizer or prepare_tokenizer(self.source, self.training_args, self.model_args)
         set_seed(self.training_args.seed)  # fresh adapters and splits are reproducible
         model = load_causal_lm(self.source, dtype=self.model_args.dtype, revision=self.model_args.model_revision,
                                attn_implementation=self.model_args.attn_implementation,
@@ -82,9 +81,10 @@ class RecipeRun:
 
     def make_trainer(self, trainer_class):
         """Load model and tokenizer and build `trainer_class` (a TRL trainer) for this run; the method's regulariser
-        (qGOFT, SORSA, HRA) joins the training, and a continued adapter becomes its own frozen reference."""
+        (qGOFT, SORSA, HRA) joins the training, the safeguards guard it (complete checkpoints, a stop on a non-finite
+        loss, orthogonality before each checkpoint), and a continued adapter becomes its own frozen reference."""
         model, tokenizer, peft_config = self.load_model_and_tokenizer()
-        trainer_class = with_regularizers(trainer_class, regularizers_for(self.adapter_config, self.adapter_args))
+        trainer_class = recipe_trainer_class(trainer_class, self.adapter_config, self.adapter_args)
         trainer = trainer_class(model=model, args=self.training_args, train_dataset=self.train_dataset,
                                 eval_dataset=self.eval_dataset, processing_class=tokenizer, peft_config=peft_config)
         if self.stage == "dpo":
@@ -123,12 +123,9 @@ class RecipeRun:
         metrics = dict(self.task_metrics)
         metrics.update(_final_training_metrics(trainer))
         if adapters.is_exactly_orthogonal(self.adapter_config):
-            error = orthogonality_error(model)
+            error = checked_orthogonality_error(model, "it was not saved")
             metrics["orthogonality_error"] = error
             logger.info("orthogonality error of the adapter: %.3g", error)
-            if error > ORTHOGONALITY_TOLERANCE:
-                raise RecipeError(f"The strict adapter's orthogonality error is {error:.3g} > "
-                                  f"{ORTHOGONALITY_TOLERANCE}; it was not saved.")
         trainer.save_model(args.output_dir)
         if trainer.accelerator.is_main_process:
             card = model_card.build_model_card(
@@ -142,7 +139,8 @@ class RecipeRun:
                                                         "world_size": trainer.accelerator.num_processes,
                                                         "data": self.data_record()})
             if self.push_to_hub:
-                url = hub.push_run(args.output_dir, args, commit_message=f"goft {self.stage}: adapter and card")
+                url = hub.push_run(args.output_dir, args, self.hub_token,
+                                   commit_message=f"goft {self.stage}: adapter and card")
                 metrics["hub_url"] = url
         trainer.accelerator.wait_for_everyone()
         return metrics
@@ -157,9 +155,37 @@ def _final_training_metrics(trainer) -> dict:
     return found
 
 
+def prepare_tokenizer(source: ModelSource, training_args, model_args):
+    """The run's tokenizer, with goft's marked-up chat template when assistant-only loss needs one."""
+    trust = getattr(training_args, "trust_remote_code", False)
+    try:
+        tokenizer = load_tokenizer(source, model_args.model_revision, trust)
+    except (OSError, ValueError) as error:
+        raise RecipeError(f"Cannot load the tokenizer of {source.name!r}: {error}") from None
+    if getattr(training_args, "assistant_only_loss", False):
+        use_training_chat_template(tokenizer)
+    return tokenizer
+
+
+def check_model(source: ModelSource, adapter_config: PeftConfig, adapter_args, model_args, training_args) -> None:
+    """The adapter against the model's structure (a weightless skeleton): targets exist, layers fit, a saved
+    adapter has this base's shapes; SORSA is refused on a quantized base."""
+    trust = getattr(training_args, "trust_remote_code", False)
+    if isinstance(adapter_config, SorsaConfig) and (model_args.load_in_4bit or model_args.load_in_8bit):
+        raise RecipeError("SORSA needs full-precision weights to factorise (SVD); it cannot train a 4-/8-bit base. "
+                          "Drop `load_in_4bit`/`load_in_8bit`, or choose another adapter (GOFT supports them).")
+    if source.adapter_path:
+        preflight.check_adapters_fit(source, [source.adapter_path], model_args.model_revision, trust)
+        return
+    skeleton = preflight.build_skeleton(preflight.load_model_config(source, model_args.model_revision, trust),
+                                        source, trust)
+    preflight.check_fresh_adapter(skeleton, adapter_config, source.name, adapter_args.adapter)
+
+
 def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, recipe_yaml: str,
                 required_columns: tuple[str, ...], alignment: bool) -> RecipeRun:
-    """Every check that needs no model: config, strictness, Hub settings, output_dir, data. Cheap and first."""
+    """Every check that needs no weights, cheap and first: config, strictness, Hub settings and token, output_dir,
+    data, precision, the adapter against the model's structure, the chat template. Nothing is written before."""
     name = model_args.model_name_or_path
     adapter_folder = name and is_adapter_folder(os.path.expanduser(name))
     if adapter_folder:
@@ -170,15 +196,24 @@ def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, 
     if alignment:
         adapters.require_orthogonal_adapter(adapter_config, stage.upper(), adapter_args.allow_non_orthogonal_alignment)
         waived = not adapters.is_exactly_orthogonal(adapter_config)
-    hub.check_push_settings(training_args)
+    hub_token = hub.take_hub_token(training_args)
+    hub.check_push_settings(training_args, hub_token)
     resume_from = checkpoints.resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint,
                                                 data_args.overwrite_output_dir)
     dataset = load_recipe_dataset(data_args, required_columns, seed=training_args.seed)
     quantization_config(model_args)  # refuses 4-/8-bit without a working bitsandbytes, before anything loads
+    preflight.check_precision(training_args, model_args)
     source = resolve_model_source(name, model_args.gguf_file)
     if not adapter_folder:
         adapter_config.base_model_name_or_path = source.name
-    if data_args.overwrite_output_dir:
+    check_model(source, adapter_config, adapter_args, model_args, training_args)
+    tokenizer = prepare_tokenizer(source, training_args, model_args)
+    if not getattr(training_args, "chat_template_path", None):
+        preflight.check_chat_template(tokenizer, source.name,
+                                      preflight.is_conversational(dataset[data_args.dataset_train_split],
+                                                                  required_columns),
+                                      getattr(training_args, "assistant_only_loss", False))
+    if data_args.overwrite_output_dir and checkpoints.is_main_process():
         checkpoints.clear_previous_run(training_args.output_dir)
     if resume_from:
         logger.warning("Resuming from %s", resume_from)
@@ -187,7 +222,7 @@ def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, 
     return RecipeRun(stage=stage, data_args=data_args, training_args=training_args, model_args=model_args,
                      adapter_args=adapter_args, recipe_yaml=recipe_yaml, source=source,
                      adapter_config=adapter_config, dataset=dataset, resume_from=resume_from, push_to_hub=push,
-                     strictness_waived=waived)
+                     tokenizer=tokenizer, hub_token=hub_token, strictness_waived=waived)
 
 
 def print_summary(trainer, run: RecipeRun, metrics: dict) -> None:

@@ -30,6 +30,7 @@ from .data import DPO_COLUMNS, SFT_COLUMNS, load_recipe_dataset
 from .errors import RecipeError
 from .evaluation import exact_match
 from .models import ADAPTER_CONFIG_FILE, load_causal_lm, load_tokenizer, resolve_model_source
+from .preflight import check_adapters_fit
 
 logger = logging.getLogger(__name__)
 
@@ -545,6 +546,7 @@ def _plan(adapter_paths, base_model_name, general_text_path, task_samples, datas
             logger.warning("%s has no %s with its data record: its task metric is skipped (give `dataset_name` to "
                            "score it).", path, FINISHED_MARKER)
     source = resolve_model_source(base_model_name or next(iter(bases.values())))
+    check_adapters_fit(source, [Path(p).expanduser() for p in adapter_paths])
     return _Plan(source=source, texts=texts, adapters=[str(p) for p in adapter_paths], test_splits=tests)
 
 

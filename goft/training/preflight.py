@@ -1,0 +1,184 @@
+"""Checks that need a model's structure but not its weights, run before anything is loaded.
+
+The base model is built as a skeleton on the meta device from its config alone (no weights, no memory), and the
+adapter is injected into it: target layers that do not exist, layers an adapter cannot fit, and a saved adapter of
+the wrong shape are all caught in about a second, with the layers that do exist listed.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from peft import PeftConfig, get_peft_model
+from peft.utils import get_peft_model_state_dict
+from peft.utils.error import NoMatchingPeftModuleError
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
+from transformers.pytorch_utils import Conv1D
+
+from .cli import has_accelerator
+from .errors import RecipeError
+from .models import ModelSource
+
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+GENERATION_MARKER = "{% generation %}"
+
+
+def check_precision(training_args, model_args=None) -> None:
+    """Mixed precision the hardware cannot run is refused: bf16 on a GPU without bf16, fp16 without a GPU."""
+    wants_bf16 = bool(getattr(training_args, "bf16", False) or getattr(training_args, "bf16_full_eval", False))
+    wants_fp16 = bool(getattr(training_args, "fp16", False) or getattr(training_args, "fp16_full_eval", False))
+    wants_bf16 = wants_bf16 or getattr(model_args, "dtype", None) == "bfloat16"
+    if torch.cuda.is_available():
+        if wants_bf16 and not torch.cuda.is_bf16_supported():
+            raise RecipeError(f"bf16 was requested, but this GPU ({torch.cuda.get_device_name()}) does not support "
+                              "bfloat16. Use `fp16: true` (and `dtype: float16`) instead, or train in fp32.")
+        return
+    if wants_fp16 and not has_accelerator():
+        raise RecipeError("fp16 mixed precision was requested, but this machine has no GPU; CPUs do not train in "
+                          "float16. Drop `fp16` (train in fp32) or use `bf16: true`.")
+
+
+def load_model_config(source: ModelSource, revision: str = "main", trust_remote_code: bool = False):
+    """The base model's config (from its folder, the Hub cache or its GGUF header); custom code only when trusted."""
+    try:
+        return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file, revision=revision,
+                                          trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        if "trust_remote_code" in str(error):
+            raise RecipeError(f"The model {source.name!r} ships its own Python code (`auto_map` in its config.json), "
+                              "and goft runs such code only when the recipe sets `trust_remote_code: true`. Read "
+                              "that code first, then set the key.") from None
+        raise RecipeError(f"Cannot read the configuration of the model {source.name!r}: {error}") from None
+    except OSError as error:
+        raise RecipeError(f"Cannot read the configuration of the model {source.name!r}: {error}") from None
+
+
+def build_skeleton(config, source: ModelSource, trust_remote_code: bool = False) -> nn.Module:
+    """The causal LM on the meta device: its module tree and shapes, without weights (and without DeepSpeed's
+    ZeRO-3 init, which `from_config` would enter)."""
+    auto_map = getattr(config, "auto_map", None) or {}
+    if trust_remote_code and "AutoModelForCausalLM" in auto_map:
+        model_class = get_class_from_dynamic_module(auto_map["AutoModelForCausalLM"], source.path)
+    else:
+        try:
+            model_class = AutoModelForCausalLM._model_mapping[type(config)]
+        except KeyError:
+            raise RecipeError(f"The model {source.name!r} (model_type {config.model_type!r}) is not a causal "
+                              "language model that transformers knows.") from None
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model_class(config)
+
+
+def describe_linear_layers(model: nn.Module, limit: int = 24) -> str:
+    """The model's linear layers, grouped by their last name: ``q_proj 48→48 (×2)``, in model order."""
+    groups: OrderedDict[tuple, int] = OrderedDict()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            in_features, out_features = module.in_features, module.out_features
+        elif isinstance(module, Conv1D):
+            in_features, out_features = module.weight.shape[0], module.nf
+        else:
+            continue
+        key = (name.rsplit(".", 1)[-1], in_features, out_features)
+        groups[key] = groups.get(key, 0) + 1
+    parts = [f"{leaf} {n_in}→{n_out}" + (f" (×{count})" if count > 1 else "")
+             for (leaf, n_in, n_out), count in groups.items()]
+    if len(parts) > limit:
+        parts = parts[:limit] + [f"… {len(parts) - limit} more"]
+    return ", ".join(parts) or "none"
+
+
+def _inject(skeleton: nn.Module, adapter_config: PeftConfig):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return get_peft_model(skeleton, copy.deepcopy(adapter_config))
+
+
+def check_fresh_adapter(skeleton: nn.Module, adapter_config: PeftConfig, model_name: str, method: str) -> None:
+    """The adapter's target modules exist in the model and every targeted layer suits the method."""
+    layers = describe_linear_layers(skeleton)
+    try:
+        _inject(skeleton, adapter_config)
+    except NoMatchingPeftModuleError:
+        raise RecipeError(f"`adapter_target_modules` {adapter_config.target_modules!r} match no layer of "
+                          f"{model_name!r}. Its linear layers (in→out features) are: {layers}. Name some of "
+                          "these, give a regex, or use `all-linear`.") from None
+    except (ValueError, TypeError) as error:
+        raise RecipeError(f"The `{method}` adapter cannot be applied to {model_name!r}: {error} Its linear layers "
+                          f"(in→out features) are: {layers}. Narrow `adapter_target_modules` or change the "
+                          "method's settings.") from None
+
+
+def _saved_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    with safe_open(str(weights), framework="pt") as handle:
+        return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+
+
+def check_adapter_folder(skeleton: nn.Module, adapter_path: str, model_name: str) -> None:
+    """A saved adapter fits this base: safetensors weights, its target layers present, every tensor's shape equal."""
+    folder = Path(adapter_path)
+    weights = folder / ADAPTER_WEIGHTS_FILE
+    if not weights.is_file():
+        others = sorted(p.name for p in folder.glob("adapter_model.*"))
+        found = f"; it holds {others}" if others else ""
+        raise RecipeError(f"The adapter folder {adapter_path!r} has no {ADAPTER_WEIGHTS_FILE}{found}. goft loads "
+                          "adapters only from safetensors (pickled .bin files can run code when loaded): re-save it "
+                          "with `save_pretrained(..., safe_serialization=True)`.")
+    config = PeftConfig.from_pretrained(adapter_path)
+    model_type = getattr(getattr(skeleton, "config", None), "model_type", "?")
+    try:
+        model = _inject(skeleton, config)
+    except NoMatchingPeftModuleError:
+        raise RecipeError(f"The adapter in {adapter_path!r} does not fit the base {model_name!r} ({model_type}): "
+                          f"it adapts layers named {config.target_modules!r}, which this model does not have. Its "
+                          f"linear layers are: {describe_linear_layers(skeleton)}. Load the adapter onto the base "
+                          "it was trained on.") from None
+    expected = {key: tuple(value.shape) for key, value in get_peft_model_state_dict(model).items()}
+    saved = _saved_shapes(weights)
+    mismatched = [(key, saved[key], expected[key]) for key in saved if key in expected and saved[key] != expected[key]]
+    if mismatched or not set(saved) & set(expected):
+        shown = "; ".join(f"{key}: {list(got)} in the adapter, {list(want)} for this base"
+                          for key, got, want in mismatched[:3]) or f"none of its {len(saved)} tensors has a place"
+        more = f" (and {len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
+        raise RecipeError(f"The adapter in {adapter_path!r} does not fit the base {model_name!r} ({model_type}): "
+                          f"{shown}{more}. The base has a different width or architecture than the one the adapter "
+                          "was trained on; load it onto that base.")
+
+
+def check_adapters_fit(source: ModelSource, adapter_paths, revision: str = "main",
+                       trust_remote_code: bool = False) -> None:
+    """`check_adapter_folder` for each adapter against one base, whose config is read once."""
+    config = load_model_config(source, revision, trust_remote_code)
+    for path in adapter_paths:
+        check_adapter_folder(build_skeleton(config, source, trust_remote_code), str(path), source.name)
+
+
+def is_conversational(dataset, columns: tuple[str, ...]) -> bool:
+    """Whether the first row holds chat messages (lists of role/content dicts) in any of `columns`."""
+    if len(dataset) == 0:
+        return False
+    row = dataset[0]
+    return any(isinstance(row.get(column), list) and row[column] and isinstance(row[column][0], dict)
+               for column in columns)
+
+
+def check_chat_template(tokenizer, model_name: str, conversational: bool, assistant_only_loss: bool) -> None:
+    """Conversational data needs a chat template; assistant-only loss needs one with generation markers."""
+    template = tokenizer.chat_template
+    if conversational and not template:
+        raise RecipeError(f"The tokenizer of {model_name!r} has no chat template, and this dataset is "
+                          "conversational (lists of role/content messages). Use a chat/instruct model, or give a "
+                          "template with `chat_template_path` (SFT).")
+    if assistant_only_loss and (not isinstance(template, str) or GENERATION_MARKER not in template):
+        raise RecipeError(f"`assistant_only_loss: true` needs a chat template with `{GENERATION_MARKER}` markers "
+                          f"around the assistant's text, and the template of {model_name!r} has none (goft adds them "
+                          "for SmolLM2 only). Give such a template with `chat_template_path`, or drop "
+                          "`assistant_only_loss`.")
