@@ -6,10 +6,12 @@
 from dataclasses import dataclass, field
 from typing import Optional
 
-from transformers import HfArgumentParser
+from trl import TrlParser
 
 import goft  # noqa: F401  (registers the Givens adapter type with peft)
 from goft.export import merge_adapter_to_model
+from goft.training.cli import run_recipe
+from goft.training.errors import RecipeError
 
 
 @dataclass
@@ -23,15 +25,18 @@ class MergeArguments:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
 
 
-def make_parser() -> HfArgumentParser:
-    return HfArgumentParser(MergeArguments)
+def make_parser() -> TrlParser:
+    return TrlParser((MergeArguments,))
 
 
-def main(args: MergeArguments) -> None:
-    out = merge_adapter_to_model(args.adapter_path, args.output_dir, args.base_model, args.dtype, args.overwrite_output_dir)
+def main(args: MergeArguments, recipe_yaml: str = "") -> None:
+    try:
+        out = merge_adapter_to_model(args.adapter_path, args.output_dir, args.base_model, args.dtype,
+                                     args.overwrite_output_dir)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:  # bad paths or an adapter that does not fit
+        raise RecipeError(str(error)) from None
     print(f"Merged model written to {out}")
 
 
 if __name__ == "__main__":
-    (merge_args,) = make_parser().parse_args_into_dataclasses()
-    main(merge_args)
+    run_recipe(make_parser, main)

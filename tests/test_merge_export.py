@@ -52,3 +52,21 @@ def test_merge_refuses_to_overwrite_and_bad_paths(tmp_path, trained_adapter):
     with pytest.raises(ValueError, match="dtype must be one of"):
         merge_adapter_to_model(adapter_dir, tmp_path / "new", dtype="fp8")
     assert not (tmp_path / "new").exists()
+
+
+def test_merge_script_refuses_an_adapter_for_another_base(tmp_path, trained_adapter):
+    """A base of another width is refused with the tensors that do not fit, before its weights are loaded."""
+    from .conftest import tiny_llama_config
+
+    _, adapter_dir, _ = trained_adapter
+    wider = tmp_path / "wider-base"
+    config = tiny_llama_config()
+    config.hidden_size += 8  # 80: still divisible by the heads
+    config.save_pretrained(wider)
+    out = tmp_path / "merged"
+    cmd = [sys.executable, str(ROOT / "recipes" / "merge.py"), "--adapter_path", str(adapter_dir), "--output_dir",
+           str(out), "--base_model", str(wider)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "does not fit the base" in result.stderr and "in the adapter" in result.stderr
+    assert not out.exists()
