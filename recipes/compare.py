@@ -11,7 +11,7 @@ from pathlib import Path
 from trl import SFTConfig, TrlParser
 
 from goft.training.cli import make_recipe_parser, run_recipe
-from goft.training.comparison import CompareArguments, compare
+from goft.evaluation.compare import CompareArguments, compare
 
 SFT_SCRIPT = Path(__file__).resolve().parent / "sft.py"
 
@@ -22,9 +22,11 @@ def make_parser():
 
 def main(args: CompareArguments, recipe_yaml: str = "") -> None:
     rows = compare(args, SFT_SCRIPT, make_recipe_parser(SFTConfig))
+    if args.plan_only:
+        return
     output = Path(args.output_dir).resolve()
     print((output / "comparison.md").read_text())
-    print(f"report: {output}/comparison.md, {output}/comparison.png ({len(rows)} methods)")
+    print(f"report: {output}/comparison.md, {output}/comparison.png ({len(rows)} runs)")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from trl import DPOConfig, DPOTrainer
 
 from goft.training.cli import make_recipe_parser, run_recipe
 from goft.training.data import DPO_COLUMNS
-from goft.training.evaluation import dpo_task_metrics
+from goft.evaluation.tasks import dpo_task_metrics
 from goft.training.recipe import prepare_run, print_summary
 
 
@@ -19,14 +19,16 @@ def make_parser():
     return make_recipe_parser(DPOConfig)
 
 
-def main(data_args, training_args, model_args, adapter_args, recipe_yaml):
-    run = prepare_run("dpo", data_args, training_args, model_args, adapter_args, recipe_yaml,
+def main(data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml):
+    run = prepare_run("dpo", data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml,
                       required_columns=DPO_COLUMNS, alignment=True)
     trainer = run.make_trainer(DPOTrainer)  # continuing an SFT adapter: the reference is that adapter, frozen
     held_out = run.task_eval_dataset(trainer)
     if held_out is not None and run.resume_from is None:
         run.record_task_metrics("before", dpo_task_metrics(trainer, held_out))
+    run.record_retention(trainer, "before")
     trainer.train(resume_from_checkpoint=run.resume_from)
+    run.record_retention(trainer, "after")
     if held_out is not None:
         run.record_task_metrics("after", dpo_task_metrics(trainer, held_out))
     print_summary(trainer, run, run.finish(trainer))

@@ -3,9 +3,11 @@
     python recipes/evaluate.py --adapters runs/sft-givens runs/sft-lora [--output_dir runs/eval]
 
 Per adapter: the task metric with the adapter off and on (the held-out split its run made, rebuilt from
-goft_run.json; or `--dataset_name`'s test split), KL and perplexity change on general text, the orthogonality error
-of strict Givens adapters, and the largest change of an angle between two neurons. Writes evaluation.json and
-evaluation.md into `output_dir`. All adapters must share one base model, which is loaded once.
+goft_run.json; or `--dataset_name`'s test split), KL and perplexity change on general text, the share of the
+retention questions the base answers correctly that the tuned model still answers, the drift of its answers to open
+instructions, the orthogonality error of strict Givens adapters, and the largest change of an angle between two
+neurons. Writes evaluation.json and evaluation.md into `output_dir`. All adapters must share one base model, which
+is loaded once.
 """
 
 from dataclasses import dataclass, field
@@ -13,10 +15,10 @@ from typing import Optional
 
 from trl import TrlParser
 
-import goft  # noqa: F401  (registers the goft adapter types with peft)
+from goft.evaluation import assets
+from goft.evaluation.report import EVALUATION_JSON, check_report_dir, render_table, write_evaluation
+from goft.evaluation.runner import EvaluationSets, evaluate_adapters
 from goft.training.cli import run_recipe
-from goft.training.retention import DEFAULT_GENERAL_TEXT, evaluate_adapters
-from goft.training.retention_report import check_output_dir, render_table, write_report
 
 
 @dataclass
@@ -25,9 +27,15 @@ class EvaluateArguments:
     base_model: Optional[str] = field(
         default=None, metadata={"help": "Base model id or path; default: the one the adapters record."}
     )
-    general_text: Optional[str] = field(
-        default=None, metadata={"help": f"JSONL file of general text ({{\"text\": ...}} a line); default: "
-                                f"{DEFAULT_GENERAL_TEXT}."}
+    general_text: str = field(
+        default=str(assets.GENERAL_TEXT), metadata={"help": "JSONL file of general text ({\"text\": ...} a line)."}
+    )
+    retention_questions: str = field(
+        default=str(assets.RETENTION_QUESTIONS),
+        metadata={"help": "JSONL of general-knowledge questions ({\"id\", \"topic\", \"question\", \"answers\"})."},
+    )
+    open_instructions: str = field(
+        default=str(assets.OPEN_INSTRUCTIONS), metadata={"help": "JSONL of open instructions ({\"instruction\"})."}
     )
     dataset_name: Optional[str] = field(
         default=None, metadata={"help": "Score every adapter's task on this dataset's test split instead of the "
@@ -45,15 +53,13 @@ def make_parser() -> TrlParser:
 
 
 def main(args: EvaluateArguments, recipe_yaml: str) -> None:
-    check_output_dir(args.output_dir, args.overwrite_output_dir)
-    general_text = args.general_text or DEFAULT_GENERAL_TEXT
-    results = evaluate_adapters(args.adapters, base_model_name=args.base_model, general_text_path=general_text,
-                                task_samples=args.task_eval_samples, max_length=args.max_length,
-                                dataset_name=args.dataset_name, dtype=args.dtype)
-    settings = {"base_model": args.base_model or results[0]["base_model"], "general_text": str(general_text),
-                "dataset_name": args.dataset_name, "task_eval_samples": args.task_eval_samples,
-                "max_length": args.max_length, "dtype": args.dtype}
-    results_path, table_path = write_report(results, args.output_dir, settings, args.overwrite_output_dir)
+    check_report_dir(args.output_dir, EVALUATION_JSON, args.overwrite_output_dir, "an evaluation")
+    sets = EvaluationSets(general_text=args.general_text, retention_questions=args.retention_questions,
+                          open_instructions=args.open_instructions, task_samples=args.task_eval_samples,
+                          max_length=args.max_length, dataset_name=args.dataset_name)
+    results = evaluate_adapters(args.adapters, base_model_name=args.base_model, sets=sets, dtype=args.dtype)
+    settings = {"base_model": args.base_model or results[0]["base_model"], **sets.describe(), "dtype": args.dtype}
+    results_path, table_path = write_evaluation(results, args.output_dir, settings, args.overwrite_output_dir)
     print(render_table(results))
     print(f"results: {results_path}\ntable: {table_path}", flush=True)
 

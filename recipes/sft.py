@@ -10,7 +10,7 @@ from trl import SFTConfig, SFTTrainer
 
 from goft.training.cli import make_recipe_parser, run_recipe
 from goft.training.data import SFT_COLUMNS
-from goft.training.evaluation import sft_task_metrics
+from goft.evaluation.tasks import sft_task_metrics
 from goft.training.recipe import prepare_run, print_summary
 
 
@@ -18,14 +18,16 @@ def make_parser():
     return make_recipe_parser(SFTConfig)
 
 
-def main(data_args, training_args, model_args, adapter_args, recipe_yaml):
-    run = prepare_run("sft", data_args, training_args, model_args, adapter_args, recipe_yaml,
+def main(data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml):
+    run = prepare_run("sft", data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml,
                       required_columns=SFT_COLUMNS, alignment=False)
     trainer = run.make_trainer(SFTTrainer)
     held_out = run.task_eval_dataset(trainer)
     if held_out is not None and trainer.accelerator.is_main_process:
         run.record_task_metrics("before", sft_task_metrics(trainer, held_out, adapter_enabled=False))
+    run.record_retention(trainer, "before")
     trainer.train(resume_from_checkpoint=run.resume_from)
+    run.record_retention(trainer, "after")
     if held_out is not None and trainer.accelerator.is_main_process:
         run.record_task_metrics("after", sft_task_metrics(trainer, held_out, adapter_enabled=True))
     print_summary(trainer, run, run.finish(trainer))

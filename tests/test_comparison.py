@@ -10,7 +10,8 @@ import yaml
 from trl import SFTConfig
 
 from goft.training.cli import make_recipe_parser
-from goft.training.comparison import CompareArguments, compare
+from goft.evaluation.compare import CompareArguments, compare
+from goft.evaluation.frontier import Point, forgetting_at, pareto_frontier
 from goft.training.errors import RecipeError
 
 from .test_recipes import REPO, assets, check_ok, recipe_env  # noqa: F401  (assets is a fixture)
@@ -33,9 +34,9 @@ def comparison(assets, tmp_path):  # noqa: F811
     config.write_text(yaml.safe_dump({
         "sft_config": str(sft_config), "output_dir": str(tmp_path / "out"), "general_text": str(general),
         "task_eval_samples": 4, "max_length": 64,
-        "methods": {"givens": {"adapter": "givens", "learning_rate": 0.02},
+        "methods": {"givens": {"adapter": "givens", "learning_rate": [0.02, 0.08]},
                     "hra": {"adapter": "hra", "hra_r": 4, "learning_rate": 0.01},
-                    "lora": {"adapter": "lora", "lora_r": 4, "learning_rate": 0.01}}}))
+                    "lora": {"adapter": "lora", "lora_r": 4, "learning_rate": [0.005, 0.02]}}}))
     return {"config": config, "out": tmp_path / "out", "tmp": tmp_path}
 
 
@@ -44,32 +45,69 @@ def run_compare(*args):
                           env=recipe_env(), capture_output=True, text=True, timeout=900)
 
 
-def test_comparison_trains_evaluates_and_reports(comparison):
+def test_learning_rate_sweep_trains_evaluates_reports_and_reuses_finished_runs(comparison):
     result = run_compare("--config", comparison["config"], "--only", "givens", "lora")
     check_ok(result)
+    assert "[compare] 4 runs planned: 0 finished (reused), 4 to train and evaluate; about " in result.stdout
     out = comparison["out"]
-    rows = json.loads((out / "comparison.json").read_text())["rows"]
-    assert [r["name"] for r in rows] == ["givens", "lora"]  # `only` picks from `methods`, in its order
+    report = json.loads((out / "comparison.json").read_text())
+    rows = report["rows"]
+    names = ["givens@lr=0.02", "givens@lr=0.08", "lora@lr=0.005", "lora@lr=0.02"]
+    assert [r["name"] for r in rows] == names  # `only` picks from `methods`, in its order; one run per rate
     for row in rows:
         assert row["steps"] == 3 and row["trainable_parameters"] > 0
         assert row["kl_base_tuned"] > 0 and row["task"]["samples"] == 4
         assert row["task"]["answer_nll_tuned"] < row["task"]["answer_nll_base"]  # training fit the held-out answers
-    givens, lora = rows
-    assert givens["orthogonality_error"] <= 1e-5 and lora["orthogonality_error"] is None
-    assert givens["max_neuron_angle_change_deg"] < 1e-3 < lora["max_neuron_angle_change_deg"]
+        assert row["drift"]["instructions"] >= 10 and row["drift"]["answer_kl_base_tuned"] > 0
+    assert {r["learning_rate"] for r in rows} == {0.02, 0.08, 0.005}
+    givens = [r for r in rows if r["group"] == "givens"]
+    lora = [r for r in rows if r["group"] == "lora"]
+    assert all(r["orthogonality_error"] <= 1e-5 for r in givens) and all(r["orthogonality_error"] is None for r in lora)
+    assert max(r["max_neuron_angle_change_deg"] for r in givens) < 1e-3 < min(r["max_neuron_angle_change_deg"]
+                                                                              for r in lora)
+    # the sweep summary is the frontier of the rows' own points, interpolated as `frontier` does
+    sweep = report["sweep"]["kl"]
+    for group, runs in (("givens", givens), ("lora", lora)):
+        points = [Point(r["task"]["answer_nll_tuned"], r["kl_base_tuned"], r["name"]) for r in runs]
+        frontier = pareto_frontier(points)
+        assert [p["run"] for p in sweep["methods"][group]["frontier"]] == [p.label for p in frontier]
+        base = Point(runs[0]["task"]["answer_nll_base"], 0.0)
+        for level, value in sweep["methods"][group]["at_level"].items():
+            assert value == forgetting_at(frontier, float(level), base)
     table = (out / "comparison.md").read_text()
-    assert table.count("\n| givens") == 1 and table.count("\n| lora") == 1 and "max_steps 3" in table
+    assert all(f"| {name} |" in table for name in names) and "max_steps 3" in table
+    assert "at equal task level" in table
     assert (out / "comparison.png").read_bytes()[:8] == PNG_MAGIC
-    assert (out / "logs" / "lora.log").is_file()
+    assert (out / "logs" / "lora-lr0.005.log").is_file()
 
-    # the report is never replaced silently; with overwrite, finished runs are reused rather than retrained
+    # the report is never replaced silently; with overwrite, finished runs and their evaluations are reused
     again = run_compare("--config", comparison["config"], "--only", "givens", "lora")
     assert again.returncode == 2 and "already holds a comparison" in again.stderr
-    adapter = (out / "runs" / "givens" / "adapter_model.safetensors").read_bytes()
+    adapter = (out / "runs" / "givens-lr0.02" / "adapter_model.safetensors").read_bytes()
     redo = run_compare("--config", comparison["config"], "--only", "givens", "lora", "--overwrite_output_dir", "true")
     check_ok(redo)
+    assert "4 runs planned: 4 finished (reused), 0 to train" in redo.stdout
     assert "reusing the finished run" in redo.stderr and "[compare] training" not in redo.stdout
-    assert (out / "runs" / "givens" / "adapter_model.safetensors").read_bytes() == adapter
+    assert "[compare] evaluating" not in redo.stdout
+    assert (out / "runs" / "givens-lr0.02" / "adapter_model.safetensors").read_bytes() == adapter
+    reused = json.loads((out / "comparison.json").read_text())["rows"]
+    assert [{k: v for k, v in r.items() if r[k] != rows[i][k]} for i, r in enumerate(reused)] == [{}] * 4
+
+    # a method added to the sweep trains and evaluates that run alone; the estimate uses the measured runs
+    plus = run_compare("--config", comparison["config"], "--overwrite_output_dir", "true")
+    check_ok(plus)
+    assert "5 runs planned: 4 finished (reused), 1 to train" in plus.stdout and "median of 4 runs timed" in plus.stdout
+    assert plus.stdout.count("[compare] training ") == 1 and "[compare] training hra" in plus.stdout
+    assert plus.stdout.count("[compare] evaluating ") == 1
+
+
+def test_plan_only_prints_the_runs_and_trains_nothing(comparison):
+    result = run_compare("--config", comparison["config"], "--plan_only", "true")
+    check_ok(result)
+    assert "5 runs planned: 0 finished (reused), 5 to train and evaluate; about " in result.stdout
+    assert "first guess from model size" in result.stdout
+    assert "givens@lr=0.08: --adapter givens --learning_rate 0.08 (to train)" in result.stdout
+    assert not (comparison["out"] / "runs").exists()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -78,6 +116,10 @@ def test_comparison_trains_evaluates_and_reports(comparison):
     ({"only": ["dora"]}, "which `methods` does not define"),
     ({"general_text": "missing.jsonl"}, "does not exist"),
     ({"methods": {}}, "`methods` is empty"),
+    ({"methods": {"lora": {"adapter": "lora", "learning_rate": [0.01, 0.01]}}}, "lists a value twice"),
+    ({"methods": {"lora": {"adapter": "lora", "learning_rate": [0.01, -1]}}}, "positive number"),
+    ({"retention_questions": "missing.jsonl"}, "retention question file"),
+    ({"task_levels": [0.5, 0]}, "`task_levels` must be positive"),
 ])
 def test_bad_comparisons_are_refused_before_training(comparison, change, message):
     config = yaml.safe_load(comparison["config"].read_text())

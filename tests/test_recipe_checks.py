@@ -99,7 +99,7 @@ def test_defaults_then_yaml_then_cli(tmp_path, data):
     recipe.write_text(yaml.safe_dump({"model_name_or_path": MODEL, "dataset_name": str(data["sft"]),
                                       "output_dir": str(tmp_path / "out"), "learning_rate": 1e-3,
                                       "max_steps": 7, "hub_token": "hf_secret_value"}))
-    data_args, training_args, model_args, adapter_args, recipe_yaml = parse_recipe(
+    data_args, training_args, model_args, adapter_args, _, recipe_yaml = parse_recipe(
         SFT.make_parser(), ["--config", str(recipe), "--learning_rate", "2e-3", "--givens_quasi", "true"])
     assert training_args.learning_rate == 2e-3  # CLI beats YAML
     assert training_args.max_steps == 7  # YAML beats the default

@@ -96,3 +96,37 @@ class AdapterArguments:
             "GOFT. Off by default; recorded in the model card."
         },
     )
+
+
+@dataclass
+class RetentionArguments:
+    """What the run keeps of the base model's knowledge: measured before and after training, and bounded during it."""
+
+    retention_eval: bool = field(
+        default=False,
+        metadata={"help": "Ask the retention questions before and after training and report the share of those the "
+                  "base answers correctly that the model still answers correctly (main process; not under "
+                  "DeepSpeed)."},
+    )
+    retention_questions: str | None = field(
+        default=None,
+        metadata={"help": "JSONL of general-knowledge questions (id, topic, question, answers); default: the set "
+                  "that ships with goft."},
+    )
+    forgetting_budget: float | None = field(
+        default=None,
+        metadata={"help": "Largest allowed forgetting, as the mean KL(base || tuned) per token on a small general-text "
+                  "set, measured every `forgetting_eval_steps`. A run that would exceed it stops, and the result "
+                  "is the adapter of the last measurement within the budget."},
+    )
+    forgetting_eval_steps: int = field(
+        default=10, metadata={"help": "Optimizer steps between two measurements of the forgetting budget."}
+    )
+    forgetting_texts: int = field(
+        default=8, metadata={"help": "Paragraphs of the general text the forgetting budget is measured on."}
+    )
+    general_text: str | None = field(
+        default=None,
+        metadata={"help": "JSONL of general text ({\"text\": ...} a line) for the forgetting budget; default: the "
+                  "set that ships with goft (never trained on)."},
+    )

@@ -9,7 +9,7 @@ import torch
 import yaml
 from trl import TrlParser
 
-from .arguments import AdapterArguments, DataArguments, ModelArguments
+from .arguments import AdapterArguments, DataArguments, ModelArguments, RetentionArguments
 from .errors import RecipeError
 from .hub import redact, scrub
 
@@ -33,7 +33,7 @@ def use_all_cpu_cores() -> None:
 
 def make_recipe_parser(training_config_class) -> TrlParser:
     """A `TrlParser` over goft's dataclasses and TRL's `training_config_class` (SFTConfig, DPOConfig)."""
-    parser = TrlParser((DataArguments, training_config_class, ModelArguments, AdapterArguments))
+    parser = TrlParser((DataArguments, training_config_class, ModelArguments, AdapterArguments, RetentionArguments))
     if not has_accelerator():
         # TRL's configs default to bf16 and refuse to build without a GPU; on a CPU-only machine, train in fp32.
         parser.set_defaults(use_cpu=True, bf16=False)
@@ -98,7 +98,7 @@ def effective_recipe(argv: list[str], parsed) -> str:
 
 
 def parse_recipe(parser: TrlParser, argv: list[str] | None = None):
-    """(data, training, model, adapter) arguments and the effective recipe YAML."""
+    """(data, training, model, adapter, retention) arguments and the effective recipe YAML."""
     argv = list(sys.argv[1:] if argv is None else argv)
     refuse_secret_flags(argv)
     if "--config" in argv and argv.index("--config") + 1 >= len(argv):

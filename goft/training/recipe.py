@@ -8,7 +8,7 @@ from peft import PeftConfig, PeftModel
 from transformers.trainer_utils import set_seed
 
 from ..sorsa import SorsaConfig
-from . import adapters, checkpoints, hub, model_card, preflight
+from . import adapters, checkpoints, forgetting, hub, model_card, preflight
 from .chat_templates import use_training_chat_template
 from .data import load_recipe_dataset
 from .errors import RecipeError
@@ -30,6 +30,7 @@ class RecipeRun:
     training_args: object
     model_args: object
     adapter_args: object
+    retention_args: object
     recipe_yaml: str
     source: ModelSource
     adapter_config: PeftConfig
@@ -40,6 +41,8 @@ class RecipeRun:
     hub_token: str | None = field(default=None, repr=False)
     strictness_waived: bool = False
     task_metrics: dict = field(default_factory=dict)
+    retention_check: object = None
+    budget: object = None
 
     @property
     def train_dataset(self):
@@ -85,8 +88,10 @@ class RecipeRun:
         loss, orthogonality before each checkpoint), and a continued adapter becomes its own frozen reference."""
         model, tokenizer, peft_config = self.load_model_and_tokenizer()
         trainer_class = recipe_trainer_class(trainer_class, self.adapter_config, self.adapter_args)
+        self.budget = forgetting.forgetting_budget_callback(self.retention_args, tokenizer)
         trainer = trainer_class(model=model, args=self.training_args, train_dataset=self.train_dataset,
-                                eval_dataset=self.eval_dataset, processing_class=tokenizer, peft_config=peft_config)
+                                eval_dataset=self.eval_dataset, processing_class=tokenizer, peft_config=peft_config,
+                                callbacks=[self.budget] if self.budget else None)
         if self.stage == "dpo":
             self.use_adapter_as_reference(trainer)
         return trainer
@@ -114,6 +119,25 @@ class RecipeRun:
         self.task_metrics.update({f"task/{when}/{key}": value for key, value in metrics.items()})
         logger.info("task metrics %s training: %s", when, metrics)
 
+    def record_retention(self, trainer, when: str) -> None:
+        """With `retention_eval`, the retention share of the model as it is now (`when`: before or after training),
+        on the main process; skipped under DeepSpeed, whose engine is built only when training starts."""
+        if not self.retention_args.retention_eval or not trainer.accelerator.is_main_process:
+            return
+        if trainer.is_deepspeed_enabled:
+            if when == "before":
+                logger.warning("retention_eval is ignored under DeepSpeed; run recipes/evaluate.py on the result.")
+            return
+        if self.retention_check is None:
+            self.retention_check = forgetting.RetentionCheck(self.retention_args.retention_questions)
+        result = self.retention_check.measure(trainer)
+        self.task_metrics[f"retention/{when}"] = result["retention"]
+        self.task_metrics["retention/known_to_base"] = result["known_to_base"]
+        if when == "after":
+            self.task_metrics["retention/lost"] = " ".join(result["lost"]) or "none"
+        logger.info("retention %s training: %.3f of %d questions the base answers", when, result["retention"],
+                    result["known_to_base"])
+
     def finish(self, trainer) -> dict:
         """Check orthogonality, save adapter + tokenizer + card, mark the run finished, push; returns the metrics."""
         args = self.training_args
@@ -122,6 +146,8 @@ class RecipeRun:
             model.delete_adapter(REFERENCE_ADAPTER)  # the frozen reference is not part of the result
         metrics = dict(self.task_metrics)
         metrics.update(_final_training_metrics(trainer))
+        if self.budget is not None:
+            metrics.update(self.budget.metrics())
         if adapters.is_exactly_orthogonal(self.adapter_config):
             error = checked_orthogonality_error(model, "it was not saved")
             metrics["orthogonality_error"] = error
@@ -182,7 +208,7 @@ def check_model(source: ModelSource, adapter_config: PeftConfig, adapter_args, m
     preflight.check_fresh_adapter(skeleton, adapter_config, source.name, adapter_args.adapter)
 
 
-def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, recipe_yaml: str,
+def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml: str,
                 required_columns: tuple[str, ...], alignment: bool) -> RecipeRun:
     """Every check that needs no weights, cheap and first: config, strictness, Hub settings and token, output_dir,
     data, precision, the adapter against the model's structure, the chat template. Nothing is written before."""
@@ -201,6 +227,7 @@ def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, 
     resume_from = checkpoints.resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint,
                                                 data_args.overwrite_output_dir)
     dataset = load_recipe_dataset(data_args, required_columns, seed=training_args.seed)
+    forgetting.check_retention_arguments(retention_args, training_args)
     quantization_config(model_args)  # refuses 4-/8-bit without a working bitsandbytes, before anything loads
     preflight.check_precision(training_args, model_args)
     source = resolve_model_source(name, model_args.gguf_file)
@@ -220,7 +247,7 @@ def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, 
     push = training_args.push_to_hub
     training_args.push_to_hub = False  # the recipe pushes the finished adapter and card itself, once
     return RecipeRun(stage=stage, data_args=data_args, training_args=training_args, model_args=model_args,
-                     adapter_args=adapter_args, recipe_yaml=recipe_yaml, source=source,
+                     adapter_args=adapter_args, retention_args=retention_args, recipe_yaml=recipe_yaml, source=source,
                      adapter_config=adapter_config, dataset=dataset, resume_from=resume_from, push_to_hub=push,
                      tokenizer=tokenizer, hub_token=hub_token, strictness_waived=waived)
 
@@ -231,8 +258,13 @@ def print_summary(trainer, run: RecipeRun, metrics: dict) -> None:
         return
     lines = [f"== goft {run.stage} finished after {metrics.get('global_step')} steps =="]
     for key, value in metrics.items():
-        if key.startswith("task/") or key == "orthogonality_error":
+        if key.startswith(("task/", "retention/", "forgetting/")) or key == "orthogonality_error":
             lines.append(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
+    if "forgetting/stopped_at_step" in metrics:
+        lines.append(f"  forgetting budget: KL {metrics['forgetting/stopped_kl']:.4g} > "
+                     f"{metrics['forgetting/budget_kl']:g} at step {metrics['forgetting/stopped_at_step']}; training "
+                     f"stopped and the saved adapter is the one of step {metrics['forgetting/kept_step']} "
+                     f"(KL {metrics['forgetting/kept_kl']:.4g})")
     output = os.path.abspath(run.training_args.output_dir)
     lines.append(f"  adapter: {output}/adapter_model.safetensors")
     lines.append(f"  model card: {output}/README.md")

@@ -19,14 +19,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 import goft
 from goft.quantized import read_weight
-from goft.training import retention
+from goft.evaluation import assets, runner
+from goft.evaluation.report import EVALUATION_JSON, check_report_dir, render_table, write_evaluation
+from goft.evaluation.runner import (BaseReference, EvaluationSets, evaluate_adapter, evaluate_adapters,
+                                    held_out_split)
+from goft.evaluation.shift import BaseLogitsCache, general_text_shift, load_general_text
+from goft.evaluation.tasks import task_metrics
+from goft.evaluation.weights import (adapted_linear_layers, effective_weight, max_neuron_angle_change,
+                                     neuron_angle_change, neuron_angle_changes)
 from goft.training.arguments import DataArguments
 from goft.training.data import SFT_COLUMNS, load_recipe_dataset
 from goft.training.errors import RecipeError
-from goft.training.retention import (BaseLogitsCache, adapted_linear_layers, effective_weight, evaluate_adapter,
-                                     evaluate_adapters, general_text_shift, held_out_split, load_general_text,
-                                     max_neuron_angle_change, neuron_angle_change, neuron_angle_changes, task_metrics)
-from goft.training.retention_report import check_output_dir, render_table, write_report
 
 from .recipe_assets import build_tiny_chat_model, dpo_rows, sft_rows, write_jsonl
 
@@ -233,9 +236,7 @@ def test_load_general_text_reads_the_paragraphs_and_refuses_bad_files(tmp_path):
             (tmp_path / name).write_text(content)
         with pytest.raises(RecipeError, match=messages[name]):
             load_general_text(tmp_path / name)
-    shipped = REPO / "data" / "general_text.jsonl"
-    if shipped.is_file():
-        assert len(load_general_text(shipped)) >= 10
+    assert len(load_general_text(assets.GENERAL_TEXT)) >= 30  # shipped as package data
 
 
 # ---- task metrics ------------------------------------------------------------------------------------------------
@@ -305,7 +306,9 @@ def test_evaluate_adapter_unloads_and_leaves_the_base_unchanged(base, tokenizer,
         logits_before = base(input_ids=ids).logits
     results = {}
     for name, folder in (("givens", strict_dir), ("lora", lora_dir)):
-        results[name] = evaluate_adapter(base, tokenizer, folder, texts=TEXTS[:3], max_length=48)
+        sets = EvaluationSets(general_text=None, retention_questions=None, open_instructions=None, max_length=48)
+        reference = BaseReference(texts=TEXTS[:3], questions=None, instructions=None)
+        results[name] = evaluate_adapter(base, tokenizer, folder, reference, sets)
         after = base.state_dict()
         assert set(after) == set(before)
         assert all(torch.equal(after[key], before[key]) for key in before)
@@ -336,7 +339,9 @@ def test_evaluate_adapters_rebuilds_each_runs_held_out_split(base, tiny_dir, tmp
     expected = load_recipe_dataset(DataArguments(dataset_name=str(data), dataset_test_size=0.25), SFT_COLUMNS, 7)
     assert held_out_split(with_run)["messages"] == expected["test"]["messages"]
     assert held_out_split(without_run) is None
-    results = evaluate_adapters([with_run, without_run], general_text_path=texts, task_samples=3, max_length=48)
+    sets = EvaluationSets(general_text=texts, retention_questions=None, open_instructions=None, task_samples=3,
+                          max_length=48)
+    results = evaluate_adapters([with_run, without_run], sets=sets)
     assert [r["adapter"] for r in results] == [str(with_run), str(without_run)]
     assert results[0]["task"]["task"] == "exact_match" and results[0]["task"]["samples"] == 3
     assert results[1]["task"] is None
@@ -347,7 +352,7 @@ def test_bad_input_is_refused_before_any_model_is_loaded(base, tmp_path, monkeyp
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(retention, "load_causal_lm", no_loading)
+    monkeypatch.setattr(runner, "load_causal_lm", no_loading)
     texts = write_jsonl([{"text": t} for t in TEXTS], tmp_path / "texts.jsonl")
     good = save_adapter(base, lora(), tmp_path / "good")
     (tmp_path / "no-config").mkdir()
@@ -362,11 +367,11 @@ def test_bad_input_is_refused_before_any_model_is_loaded(base, tmp_path, monkeyp
              ([], texts, "at least one adapter")]
     for adapters, general_text, message in cases:
         with pytest.raises(RecipeError, match=message):
-            evaluate_adapters(adapters, general_text_path=general_text)
-    write_report([], tmp_path / "eval")
+            evaluate_adapters(adapters, sets=EvaluationSets(general_text=general_text))
+    write_evaluation([], tmp_path / "eval")
     with pytest.raises(RecipeError, match="already holds an evaluation"):
-        check_output_dir(tmp_path / "eval", overwrite=False)
-    check_output_dir(tmp_path / "eval", overwrite=True)
+        check_report_dir(tmp_path / "eval", EVALUATION_JSON, overwrite=False, what="an evaluation")
+    check_report_dir(tmp_path / "eval", EVALUATION_JSON, overwrite=True, what="an evaluation")
 
 
 # ---- the recipe --------------------------------------------------------------------------------------------------

@@ -1,0 +1,336 @@
+"""Methods side by side on one SFT recipe with a matched budget, optionally over a learning-rate grid per method.
+
+Every run trains through the SFT recipe with the same model, data, split, seed, batch and steps (only the method's
+own keys and its learning rate differ), then is evaluated on one base model loaded once (`runner.Evaluator`). A run
+that finished before is reused, and so is its evaluation when the evaluation sets and the adapter are unchanged. The
+report (table, sweep frontiers, JSON and plot) is rewritten after every run, so a long sweep shows its progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..training.checkpoints import FINISHED_MARKER
+from ..training.errors import RecipeError
+from . import assets
+from .report import (TASK_LEVELS, check_report_dir, plot_sweep, render_sweep, render_table, sweep_summary,
+                     write_json)
+from ..training.models import resolve_model_source
+from .runner import BaseReference, EvaluationSets, Evaluator, held_out_split
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "comparison.json"
+TABLE_FILE = "comparison.md"
+PLOT_FILE = "comparison.png"
+TIMINGS_FILE = "timings.json"
+# What makes the budget matched: a method may not change these.
+MATCHED_KEYS = ("model_name_or_path", "gguf_file", "dtype", "dataset_name", "dataset_test_size", "seed", "max_steps",
+                "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
+                "output_dir", "lr_scheduler_type", "warmup_steps", "warmup_ratio")
+STEP_EFFICIENCY = 0.5  # share of the measured matmul speed a training step reaches (first guess, before timings)
+
+
+@dataclass
+class CompareArguments:
+    """`python recipes/compare.py --config recipes/configs/smollm2/compare.yaml [--only givens lora]`"""
+
+    sft_config: str = field(default="recipes/configs/smollm2/sft_givens.yaml",
+                            metadata={"help": "The SFT recipe every method trains with (model, data, budget)."})
+    methods: dict = field(default_factory=dict, metadata={
+        "help": "Method name -> the SFT recipe keys it changes (`adapter`, its hyper-parameters, `learning_rate`). "
+                "A list of learning rates sweeps them: one run per value."})
+    only: list[str] | None = field(default=None, metadata={"help": "Run just these methods from `methods`."})
+    output_dir: str = field(default="runs/smollm2-compare", metadata={"help": "Runs, logs and the report go here."})
+    general_text: str = field(default=str(assets.GENERAL_TEXT),
+                              metadata={"help": "JSONL with a `text` column: the forgetting set, never trained on."})
+    retention_questions: str = field(default=str(assets.RETENTION_QUESTIONS),
+                                     metadata={"help": "JSONL of general-knowledge questions (the retention set)."})
+    open_instructions: str = field(default=str(assets.OPEN_INSTRUCTIONS),
+                                   metadata={"help": "JSONL of open instructions (drift of the answers)."})
+    task_eval_samples: int = field(default=40, metadata={"help": "Held-out examples for the task metric."})
+    max_length: int = field(default=256, metadata={"help": "Tokens per general-text paragraph in evaluation."})
+    task_levels: list[float] = field(default_factory=lambda: list(TASK_LEVELS), metadata={
+        "help": "Held-out answer NLL per token at which each method's forgetting is interpolated."})
+    plan_only: bool = field(default=False, metadata={"help": "Print the planned runs and the time estimate; stop."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier report in output_dir."})
+
+    def evaluation_sets(self) -> EvaluationSets:
+        return EvaluationSets(general_text=self.general_text, retention_questions=self.retention_questions,
+                              open_instructions=self.open_instructions, task_samples=self.task_eval_samples,
+                              max_length=self.max_length)
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str  # the method's name, with "@lr=<value>" when the method sweeps learning rates
+    group: str  # the method's name
+    overrides: dict
+    output_dir: Path
+
+    def flags(self) -> list[str]:
+        flags = []
+        for key, value in self.overrides.items():
+            values = value if isinstance(value, list) else [value]
+            flags += [f"--{key}", *(_flag_value(v) for v in values)]
+        return flags
+
+    @property
+    def learning_rate(self):
+        return self.overrides.get("learning_rate")
+
+
+def _flag_value(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _method_runs(name: str, overrides: dict, root: Path) -> list[Run]:
+    rates = overrides.get("learning_rate")
+    if not isinstance(rates, list):
+        return [Run(name, name, overrides, root / name)]
+    if not rates or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in rates):
+        raise RecipeError(f"Method {name!r}: `learning_rate` must be a positive number or a non-empty list of them, "
+                          f"got {rates!r}.")
+    if len(set(rates)) != len(rates):
+        raise RecipeError(f"Method {name!r}: `learning_rate` lists a value twice ({rates}).")
+    return [Run(f"{name}@lr={rate:g}", name, {**overrides, "learning_rate": rate}, root / f"{name}-lr{rate:g}")
+            for rate in rates]
+
+
+def plan_runs(args: CompareArguments, sft_parser) -> list[Run]:
+    """The runs to make, each checked by parsing its full SFT recipe; refuses bad input before any training."""
+    if not Path(args.sft_config).is_file():
+        raise RecipeError(f"The SFT recipe {args.sft_config!r} does not exist.")
+    if not args.methods:
+        raise RecipeError("`methods` is empty: give each method's recipe keys, e.g. `lora: {adapter: lora}`.")
+    names = list(args.methods) if args.only is None else list(args.only)
+    unknown = [n for n in names if n not in args.methods]
+    if unknown:
+        raise RecipeError(f"`only` names {unknown}, which `methods` does not define ({', '.join(args.methods)}).")
+    for label, path in (("general-text", args.general_text), ("retention question", args.retention_questions),
+                        ("open-instruction", args.open_instructions)):
+        if not Path(path).is_file():
+            raise RecipeError(f"The {label} file {path!r} does not exist.")
+    if not args.task_levels or any(not level > 0 for level in args.task_levels):
+        raise RecipeError(f"`task_levels` must be positive answer NLLs per token, got {args.task_levels}.")
+    runs = []
+    for name in names:
+        overrides = args.methods[name] or {}
+        if not isinstance(overrides, dict):
+            raise RecipeError(f"Method {name!r} must map recipe keys to values, got {overrides!r}.")
+        fixed = [k for k in overrides if k in MATCHED_KEYS]
+        if fixed:
+            raise RecipeError(f"Method {name!r} changes {fixed}: those keys are the matched budget, the same for "
+                              "every method (set them in the SFT recipe).")
+        for run in _method_runs(name, overrides, Path(args.output_dir) / "runs"):
+            try:  # unknown keys and bad values fail here, for every run, before anything trains
+                sft_parser.parse_args_and_config(args=["--config", args.sft_config, *run.flags()])
+            except (ValueError, SystemExit) as error:
+                raise RecipeError(f"Method {name!r}: its recipe keys do not parse ({error}).") from None
+            runs.append(run)
+    return runs
+
+
+# ---- how long it will take ----------------------------------------------------------------------------------------
+
+
+def matmul_flops_per_second(seconds: float = 0.3, size: int = 512) -> float:
+    """This machine's float32 matmul speed, measured on the threads torch uses."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * size ** 3 * count / (time.perf_counter() - start)
+
+
+def _recipe(args: CompareArguments) -> dict:
+    with open(args.sft_config) as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def _model_parameters(recipe: dict) -> int:
+    from ..training.preflight import build_skeleton, load_model_config
+
+    source = resolve_model_source(recipe.get("model_name_or_path"), recipe.get("gguf_file"))
+    skeleton = build_skeleton(load_model_config(source), source)
+    return sum(p.numel() for p in skeleton.parameters())
+
+
+def estimated_run_seconds(args: CompareArguments, timings: dict) -> tuple[float, str]:
+    """(seconds per run, how it was estimated): the median of this comparison's finished runs when there are any,
+    else from the model's size, the recipe's steps and tokens, and this machine's measured matmul speed."""
+    measured = sorted(timings.values())
+    if measured:
+        return measured[len(measured) // 2], f"median of {len(measured)} runs timed here"
+    recipe = _recipe(args)
+    tokens = (recipe.get("per_device_train_batch_size", 8) * recipe.get("gradient_accumulation_steps", 1)
+              * recipe.get("max_length", 1024))
+    steps = recipe.get("max_steps", 0)
+    if not steps or steps < 0:
+        return float("nan"), "unknown: the recipe sets no max_steps"
+    # a step with frozen weights: forward 2·N·T and backward (input gradients only) 2·N·T multiply-adds
+    flops = 4 * _model_parameters(recipe) * tokens * steps
+    rate = matmul_flops_per_second() * STEP_EFFICIENCY
+    evaluation = 0.5 * flops / steps * 10  # evaluation: about the work of ten training steps (a first guess)
+    return (flops + evaluation) / rate + 30.0, "first guess from model size, steps and this machine's matmul speed"
+
+
+def _minutes(seconds: float) -> str:
+    return "?" if math.isnan(seconds) else f"{seconds / 60:.0f} min"
+
+
+# ---- training and evaluating one run ------------------------------------------------------------------------------
+
+
+def train(run: Run, sft_script: Path, sft_config: str) -> float | None:
+    """Train one run with the SFT recipe in its own process; a finished run is reused (None). Returns seconds."""
+    if (run.output_dir / FINISHED_MARKER).is_file():
+        logger.warning("%s: reusing the finished run in %s", run.name, run.output_dir)
+        return None
+    log_file = run.output_dir.parent.parent / "logs" / f"{run.output_dir.name}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, str(sft_script), "--config", sft_config, "--output_dir", str(run.output_dir),
+               "--task_eval_samples", "0", *run.flags()]
+    print(f"[compare] training {run.name}: {' '.join(command[1:])}", flush=True)
+    start = time.perf_counter()
+    with open(log_file, "a") as log:  # a resumed run appends to the log of its interrupted start
+        finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    if finished.returncode != 0:
+        tail = log_file.read_text().strip().splitlines()[-5:]
+        raise RecipeError(f"Training {run.name!r} failed (exit {finished.returncode}); see {log_file}:\n  "
+                          + "\n  ".join(tail))
+    return time.perf_counter() - start
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def evaluation_key(run: Run, sets: EvaluationSets) -> str:
+    """What an evaluation depends on: the adapter's weights and the evaluation sets and settings."""
+    parts = {"adapter": _file_digest(run.output_dir / "adapter_model.safetensors"),
+             "general_text": _file_digest(sets.general_text), "questions": _file_digest(sets.retention_questions),
+             "instructions": _file_digest(sets.open_instructions), "task_samples": sets.task_samples,
+             "max_length": sets.max_length}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _training_record(run: Run) -> dict:
+    return json.loads((run.output_dir / FINISHED_MARKER).read_text()).get("metrics", {})
+
+
+class Comparison:
+    """The runs of one comparison, trained and evaluated one after another, the report rewritten after each."""
+
+    def __init__(self, args: CompareArguments, sft_script: Path, runs: list[Run], plan_source, reference):
+        self.args, self.sft_script, self.runs = args, sft_script, runs
+        self.sets = args.evaluation_sets()
+        self.folder = Path(args.output_dir)
+        self.source, self.reference = plan_source, reference
+        self.evaluator: Evaluator | None = None
+        self.timings_path = self.folder / TIMINGS_FILE
+        self.timings = json.loads(self.timings_path.read_text()) if self.timings_path.is_file() else {}
+
+    def cached_evaluation(self, run: Run, key: str) -> dict | None:
+        path = self.folder / "evaluations" / f"{run.output_dir.name}.json"
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            if stored.get("key") == key:
+                return stored["result"]
+        return None
+
+    def evaluate(self, run: Run) -> dict:
+        key = evaluation_key(run, self.sets)
+        cached = self.cached_evaluation(run, key)
+        if cached is not None:
+            return cached
+        if self.evaluator is None:
+            self.evaluator = Evaluator(self.source, self.sets, self.reference)
+        print(f"[compare] evaluating {run.name}", flush=True)
+        test = held_out_split(run.output_dir) if self.sets.task_samples > 0 else None
+        result = self.evaluator.evaluate(run.output_dir, test)
+        path = self.folder / "evaluations" / f"{run.output_dir.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"key": key, "result": result})
+        return result
+
+    def row(self, run: Run, result: dict) -> dict:
+        training = _training_record(run)
+        return {"name": run.name, "group": run.group, "learning_rate": run.learning_rate,
+                "overrides": run.overrides, "wall_seconds": self.timings.get(run.name),
+                "train_runtime": training.get("train_runtime"), "train_loss": training.get("train_loss"),
+                "steps": training.get("global_step"), **result}
+
+    def run_all(self) -> list[dict]:
+        rows = []
+        for index, run in enumerate(self.runs, start=1):
+            start = time.perf_counter()
+            trained = train(run, self.sft_script, self.args.sft_config)
+            result = self.evaluate(run)
+            if trained is not None:  # training and evaluation: what the estimate of the next runs uses
+                self.timings[run.name] = time.perf_counter() - start
+                write_json(self.timings_path, self.timings)
+            rows.append(self.row(run, result))
+            write_report(rows, self.args)
+            left = [r for r in self.runs[index:] if not (r.output_dir / FINISHED_MARKER).is_file()]
+            if left:
+                seconds, _ = estimated_run_seconds(self.args, self.timings)
+                print(f"[compare] {index}/{len(self.runs)} done; {len(left)} to train, about "
+                      f"{_minutes(seconds * len(left))} left", flush=True)
+        return rows
+
+
+def compare(args: CompareArguments, sft_script: Path, sft_parser) -> list[dict]:
+    """Train every run (matched budget), evaluate each on the same base, write the report; returns the rows."""
+    check_report_dir(args.output_dir, RESULTS_FILE, args.overwrite_output_dir or args.plan_only, "a comparison")
+    runs = plan_runs(args, sft_parser)
+    sets = args.evaluation_sets()
+    reference = BaseReference.load(sets)  # the evaluation sets are checked before anything trains
+    to_train = [run for run in runs if not (run.output_dir / FINISHED_MARKER).is_file()]
+    folder = Path(args.output_dir)
+    timings = json.loads((folder / TIMINGS_FILE).read_text()) if (folder / TIMINGS_FILE).is_file() else {}
+    seconds, how = estimated_run_seconds(args, timings) if to_train else (0.0, "nothing to train")
+    print(f"[compare] {len(runs)} runs planned: {len(runs) - len(to_train)} finished (reused), {len(to_train)} to "
+          f"train and evaluate; about {_minutes(seconds * len(to_train))} ({how})", flush=True)
+    for run in runs:
+        state = "to train" if run in to_train else "finished: reused"
+        print(f"[compare]   {run.name}: {' '.join(run.flags())} ({state})", flush=True)
+    if args.plan_only:
+        return []
+    recipe = _recipe(args)
+    source = resolve_model_source(recipe.get("model_name_or_path"), recipe.get("gguf_file"))
+    return Comparison(args, sft_script, runs, source, reference).run_all()
+
+
+# ---- the report ---------------------------------------------------------------------------------------------------
+
+
+def write_report(rows: list[dict], args: CompareArguments) -> None:
+    folder = Path(args.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    recipe = _recipe(args)
+    budget = {k: recipe.get(k) for k in MATCHED_KEYS if k in recipe and k != "output_dir"}
+    summary = sweep_summary(rows, args.task_levels)
+    settings = {"sft_config": args.sft_config, "budget": budget, **args.evaluation_sets().describe(),
+                "task_levels": args.task_levels}
+    write_json(folder / RESULTS_FILE, {"settings": settings, "rows": rows, "sweep": summary})
+    budget_line = ", ".join(f"{k} {v}" for k, v in budget.items())
+    text = f"# Method comparison\n\nMatched budget: {budget_line}.\n\n" + render_table(rows)
+    if summary:
+        text += "\n" + render_sweep(summary, args.task_levels)
+    (folder / TABLE_FILE).write_text(text)
+    title = f"{budget.get('model_name_or_path', 'model')}: {budget.get('max_steps', '?')} SFT steps per run"
+    plot_sweep(rows, folder / PLOT_FILE, title)

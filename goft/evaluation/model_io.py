@@ -1,0 +1,111 @@
+"""Running a (peft) model for evaluation: scoring mode, the adapter switched off, greedy answers, and the
+log-probability of a completion given its prompt."""
+
+import contextlib
+
+import torch
+from torch import nn
+
+from ..training.errors import RecipeError
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def adapter_off(model):
+    """A context in which the peft model runs its base layers alone."""
+    if not hasattr(model, "disable_adapter"):
+        raise TypeError(f"Expected a peft model (with `disable_adapter`), got {type(model).__name__}.")
+    return model.disable_adapter()
+
+
+def adapter_switch(model, enabled: bool):
+    """`adapter_off(model)` when `enabled` is false, else a context that changes nothing."""
+    return contextlib.nullcontext() if enabled else adapter_off(model)
+
+
+def as_base(model):
+    """A context in which `model` runs as its base: a peft model with its adapters off, any other model as it is."""
+    return adapter_off(model) if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def scoring_mode(model, tokenizer, padding_side: str = "right"):
+    """Eval mode, the given padding side and a pad token for the duration; everything restored afterwards."""
+    was_training, side, pad = model.training, tokenizer.padding_side, tokenizer.pad_token
+    model.eval()
+    tokenizer.padding_side = padding_side
+    if pad is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    try:
+        yield
+    finally:
+        model.train(was_training)
+        tokenizer.padding_side = side
+        if pad is None:
+            tokenizer.pad_token = pad
+
+
+@torch.no_grad()
+def greedy_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
+                   batch_size: int = 16) -> list[str]:
+    """The model's greedy reply to each conversation (rendered with the chat template, generation prompt added),
+    decoded without special tokens."""
+    replies = []
+    with scoring_mode(model, tokenizer, padding_side="left"):
+        device = model_device(model)
+        prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                   for c in conversations]
+        for start in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
+                              add_special_tokens=False).to(device)
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                       pad_token_id=tokenizer.pad_token_id)
+            replies += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return replies
+
+
+def prompt_completion_ids(tokenizer, prompt, completion, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt + completion, and where the completion starts; the prompt is cut from the left when
+    the pair is longer than `max_length`."""
+    if isinstance(prompt, str) and isinstance(completion, str):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    elif isinstance(prompt, list) and isinstance(completion, list):
+        prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
+        if not full_text.startswith(prompt_text):
+            raise RecipeError("The chat template renders a prompt differently on its own than followed by its "
+                              "answer, so the answer's tokens cannot be told apart; use a prefix-stable template.")
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        # the answer and its end-of-turn token; whitespace the template puts after the turn is not the model's answer
+        completion_ids = tokenizer(full_text[len(prompt_text):].rstrip(), add_special_tokens=False)["input_ids"]
+    else:
+        raise RecipeError("Preference rows need `prompt` and `chosen`/`rejected` both as strings or both as lists "
+                          f"of messages, got {type(prompt).__name__} and {type(completion).__name__}.")
+    completion_ids = completion_ids[:max(max_length - 1, 1)]
+    prompt_ids = prompt_ids[-max(max_length - len(completion_ids), 1):] if prompt_ids else []
+    return prompt_ids + completion_ids, max(len(prompt_ids), 1)
+
+
+@torch.no_grad()
+def completion_logps(model, tokenizer, sequences: list[tuple[list[int], int]], batch_size: int = 4) -> torch.Tensor:
+    """log p(completion | prompt) = Σ over completion tokens of log p(token | everything before it), float64."""
+    device = model_device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    totals = []
+    for start in range(0, len(sequences), batch_size):
+        batch = sequences[start:start + batch_size]
+        longest = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), longest), pad, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for row, (tokens, _) in enumerate(batch):
+            ids[row, :len(tokens)] = torch.tensor(tokens, device=device)
+            mask[row, :len(tokens)] = 1
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        for row, (tokens, first) in enumerate(batch):
+            log_probs = torch.log_softmax(logits[row, first - 1:len(tokens) - 1].double(), dim=-1)
+            totals.append(log_probs.gather(1, ids[row, first:len(tokens)].unsqueeze(1)).sum())
+    return torch.stack(totals).cpu()
+

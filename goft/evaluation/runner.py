@@ -1,0 +1,238 @@
+"""Evaluating saved adapters against their base: each adapter is loaded onto one base model, measured and unloaded.
+
+Per adapter: the task metric with the adapter off and on (held-out split of its run), the shift of the next-token
+distribution on general text (KL, perplexity), knowledge retention on the retention questions, drift on open
+instructions, the orthogonality error of strict Givens adapters and the largest change of an angle between two
+neurons. What depends on the base alone (its logits on the general text, the questions it knows, its own answers
+to the instructions) is computed once and reused for every adapter."""
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+from peft import PeftModel
+
+from ..training.arguments import DataArguments
+from ..training.checkpoints import FINISHED_MARKER
+from ..training.data import load_recipe_dataset
+from ..training.errors import RecipeError
+from ..training.models import ADAPTER_CONFIG_FILE, load_causal_lm, load_tokenizer, resolve_model_source
+from ..training.preflight import check_adapters_fit
+from . import assets
+from .drift import BaseAnswers, answer_drift, base_answers, load_instructions
+from .knowledge import Question, knowledge_retention, known_questions, load_questions
+from .model_io import as_base
+from .shift import BaseLogitsCache, general_text_shift, load_general_text
+from .tasks import task_kind, task_metrics
+from .weights import adapter_parameter_count, method_label, neuron_angle_changes, strict_orthogonality_error
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEED = 42  # TRL's default training seed: the split an explicit `dataset_name` gets without a run record
+
+
+@dataclasses.dataclass
+class EvaluationSets:
+    """What every adapter is measured on; a path of None skips that measure."""
+
+    general_text: str | Path | None = assets.GENERAL_TEXT
+    retention_questions: str | Path | None = assets.RETENTION_QUESTIONS
+    open_instructions: str | Path | None = assets.OPEN_INSTRUCTIONS
+    task_samples: int = 40
+    max_length: int = 256
+    dataset_name: str | None = None  # score every adapter's task on this dataset's test split
+
+    def describe(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass
+class BaseReference:
+    """What depends on the base model alone, computed on first use and reused for every adapter."""
+
+    texts: list[str] | None
+    questions: list[Question] | None
+    instructions: list[str] | None
+    logits: BaseLogitsCache = dataclasses.field(default_factory=BaseLogitsCache)
+    known: list[Question] | None = None
+    answers: BaseAnswers | None = None
+
+    @classmethod
+    def load(cls, sets: EvaluationSets) -> "BaseReference":
+        return cls(texts=load_general_text(sets.general_text) if sets.general_text else None,
+                   questions=load_questions(sets.retention_questions) if sets.retention_questions else None,
+                   instructions=load_instructions(sets.open_instructions) if sets.open_instructions else None)
+
+    def known_questions(self, model, tokenizer) -> list[Question]:
+        if self.known is None:
+            with as_base(model):
+                self.known = known_questions(model, tokenizer, self.questions)
+            logger.info("the base answers %d of %d retention questions correctly", len(self.known),
+                        len(self.questions))
+        return self.known
+
+    def base_answers(self, model, tokenizer) -> BaseAnswers:
+        if self.answers is None:
+            self.answers = base_answers(model, tokenizer, self.instructions)
+        return self.answers
+
+
+def read_adapter_config(adapter_path) -> dict:
+    """adapter_config.json of an adapter folder, with clear errors for a missing folder or file."""
+    folder = Path(adapter_path).expanduser()
+    if not folder.exists():
+        raise RecipeError(f"The adapter folder {str(adapter_path)!r} does not exist.")
+    if not folder.is_dir():
+        raise RecipeError(f"{str(adapter_path)!r} is a file, not an adapter folder.")
+    config_file = folder / ADAPTER_CONFIG_FILE
+    if not config_file.is_file():
+        raise RecipeError(f"{str(adapter_path)!r} is not an adapter folder: it has no {ADAPTER_CONFIG_FILE}.")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise RecipeError(f"{config_file} is not valid JSON: {error.msg} (line {error.lineno}).") from None
+    if not isinstance(config, dict):
+        raise RecipeError(f"{config_file} does not hold a JSON object.")
+    return config
+
+
+def measure(model, tokenizer, reference: BaseReference, sets: EvaluationSets, test_dataset=None) -> dict:
+    """Every measure of the active adapter of the peft `model` against its base (the same model, adapter off)."""
+    name = model.active_adapter
+    config = model.peft_config[name]
+    angles = neuron_angle_changes(model)
+    result = {"method": str(getattr(config.peft_type, "value", config.peft_type)), "label": method_label(config),
+              "base_model": config.base_model_name_or_path,
+              "trainable_parameters": adapter_parameter_count(model, name),
+              "orthogonality_error": strict_orthogonality_error(model, name),
+              "max_neuron_angle_change_deg": max(angles.values(), default=0.0),
+              "neuron_angle_change_deg_by_layer": angles, "task": None, "knowledge": None, "drift": None}
+    if reference.texts is not None:
+        result.update(general_text_shift(model, tokenizer, reference.texts, max_length=sets.max_length,
+                                         base_cache=reference.logits))
+    if reference.questions is not None:
+        result["knowledge"] = knowledge_retention(model, tokenizer, reference.known_questions(model, tokenizer))
+    if reference.instructions is not None:
+        result["drift"] = answer_drift(model, tokenizer, reference.base_answers(model, tokenizer),
+                                       max_length=sets.max_length)
+    if test_dataset is not None and sets.task_samples > 0:
+        result["task"] = task_metrics(model, tokenizer, test_dataset, sets.task_samples, max_length=sets.max_length)
+    return result
+
+
+def evaluate_adapter(base_model, tokenizer, adapter_path, reference: BaseReference, sets: EvaluationSets,
+                     test_dataset=None) -> dict:
+    """Load the adapter onto `base_model`, measure it, and unload it again: `base_model` comes back unchanged,
+    ready for the next adapter. The task metric needs `test_dataset` and `sets.task_samples` > 0."""
+    read_adapter_config(adapter_path)
+    was_training = base_model.training
+    try:
+        model = PeftModel.from_pretrained(base_model, str(Path(adapter_path).expanduser()))
+    except (RuntimeError, KeyError, ValueError) as error:  # e.g. another architecture's modules or shapes
+        raise RecipeError(f"The adapter {str(adapter_path)!r} does not fit the base model "
+                          f"{base_model.name_or_path!r}: {error}") from None
+    try:
+        model.eval()
+        return {"adapter": str(adapter_path), **measure(model, tokenizer, reference, sets, test_dataset)}
+    finally:
+        model.unload()
+        base_model.train(was_training)
+
+
+def _run_record(adapter_path) -> dict | None:
+    """The `data` record a finished recipe run wrote next to its adapter, or None."""
+    marker = Path(adapter_path).expanduser() / FINISHED_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        record = json.loads(marker.read_text()).get("data")
+    except (json.JSONDecodeError, AttributeError):
+        raise RecipeError(f"{marker} is not a valid run record (a JSON object).") from None
+    if record is not None and not (isinstance(record, dict) and record.get("dataset_name")):
+        raise RecipeError(f"The `data` record in {marker} names no `dataset_name`.")
+    return record
+
+
+def held_out_split(adapter_path, dataset_name: str | None = None):
+    """The held-out rows to score `adapter_path` on: `dataset_name`'s test split when given (carved with the
+    recipe defaults when it has none), else the split its run made, rebuilt from goft_run.json; None when neither."""
+    if dataset_name:
+        args, seed = DataArguments(dataset_name=dataset_name), DEFAULT_SEED
+    else:
+        record = _run_record(adapter_path)
+        if record is None:
+            return None
+        args = DataArguments(dataset_name=record["dataset_name"], dataset_config=record.get("dataset_config"),
+                             dataset_train_split=record.get("dataset_train_split", "train"),
+                             dataset_test_split=record.get("dataset_test_split", "test"),
+                             dataset_test_size=record.get("dataset_test_size", 0.1))
+        seed = record.get("seed", DEFAULT_SEED)
+    dataset = load_recipe_dataset(args, (), seed=seed)
+    test = dataset[args.dataset_test_split]
+    task_kind(test.column_names)
+    return test
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything checked before a model is loaded: the shared base, the adapters, the sets, the held-out splits."""
+
+    source: object
+    adapters: list[str]
+    test_splits: list
+    reference: BaseReference
+
+
+def plan_evaluation(adapter_paths, base_model_name: str | None, sets: EvaluationSets) -> Plan:
+    """Every check that needs no model: adapter folders, one shared base, the evaluation sets, held-out splits."""
+    if not adapter_paths:
+        raise RecipeError("Name at least one adapter folder to evaluate (`--adapters runs/a runs/b`).")
+    bases = {}
+    for path in adapter_paths:
+        base = read_adapter_config(path).get("base_model_name_or_path")
+        if base:
+            local = os.path.expanduser(base)
+            bases[str(path)] = os.path.abspath(local) if os.path.exists(local) else base  # one spelling per folder
+        elif not base_model_name:
+            raise RecipeError(f"The adapter {str(path)!r} does not name its base model (`base_model_name_or_path` "
+                              "in adapter_config.json); pass `--base_model`.")
+    if len(set(bases.values())) > 1:
+        listing = ", ".join(f"{path} -> {base}" for path, base in bases.items())
+        raise RecipeError(f"The adapters were trained on different base models ({listing}); evaluate the adapters "
+                          "of each base separately.")
+    reference = BaseReference.load(sets)
+    tests = [held_out_split(p, sets.dataset_name) if sets.task_samples > 0 else None for p in adapter_paths]
+    for path, test in zip(adapter_paths, tests):
+        if test is None and sets.task_samples > 0:
+            logger.warning("%s has no %s with its data record: its task metric is skipped (give `dataset_name` to "
+                           "score it).", path, FINISHED_MARKER)
+    source = resolve_model_source(base_model_name or next(iter(bases.values())))
+    check_adapters_fit(source, [Path(p).expanduser() for p in adapter_paths])
+    return Plan(source=source, adapters=[str(p) for p in adapter_paths], test_splits=tests, reference=reference)
+
+
+class Evaluator:
+    """One base model, loaded once, on which adapters are evaluated one after another."""
+
+    def __init__(self, source, sets: EvaluationSets, reference: BaseReference, dtype: str | None = "float32"):
+        self.source, self.sets, self.reference = source, sets, reference
+        self.model = load_causal_lm(source, dtype=dtype)
+
+    def evaluate(self, adapter_path, test_dataset=None) -> dict:
+        tokenizer = load_tokenizer(dataclasses.replace(self.source, adapter_path=str(Path(adapter_path).expanduser())))
+        return evaluate_adapter(self.model, tokenizer, adapter_path, self.reference, self.sets, test_dataset)
+
+
+def evaluate_adapters(adapter_paths, base_model_name: str | None = None, sets: EvaluationSets | None = None,
+                      dtype: str | None = "float32") -> list[dict]:
+    """Evaluate adapters trained on one base: the base (default: the adapters' `base_model_name_or_path`) is
+    loaded once, and each adapter is loaded onto it, measured (see `measure`) and unloaded.
+
+    Each adapter's task metric uses its run's held-out split (rebuilt from goft_run.json), or `sets.dataset_name`'s
+    test split for all of them when given. Bad input is refused before any model is loaded."""
+    sets = sets or EvaluationSets()
+    plan = plan_evaluation(list(adapter_paths), base_model_name, sets)
+    evaluator = Evaluator(plan.source, sets, plan.reference, dtype)
+    return [evaluator.evaluate(path, test) for path, test in zip(plan.adapters, plan.test_splits)]

@@ -1,0 +1,102 @@
+"""Task metrics on held-out examples: exact match of greedy answers and the answers' NLL per token (SFT data), or
+implicit-reward accuracy and margin (preference pairs); and the before/after metrics a recipe prints."""
+
+from ..training.data import DPO_COLUMNS, SFT_COLUMNS
+from ..training.errors import RecipeError
+from .model_io import (adapter_off, adapter_switch, completion_logps, greedy_answers, prompt_completion_ids,
+                       scoring_mode)
+
+EXTRA_TOKENS = 4  # generated beyond the longest reference answer of a batch, so that a longer reply is not cut to fit
+
+
+def normalise_label(text: str) -> str:
+    return text.strip().rstrip(".").strip().casefold()
+
+
+def exact_match(model, tokenizer, dataset, batch_size: int = 16) -> float:
+    """Share of conversations whose last assistant turn the model reproduces exactly when answering greedily."""
+    rows = [m for m in dataset["messages"] if m and m[-1]["role"] == "assistant"]
+    if not rows:
+        return float("nan")
+    hits = 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start:start + batch_size]
+        answers = [m[-1]["content"] for m in batch]
+        longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+        replies = greedy_answers(model, tokenizer, [m[:-1] for m in batch], longest + EXTRA_TOKENS, batch_size)
+        hits += sum(normalise_label(r) == normalise_label(a) for r, a in zip(replies, answers))
+    return hits / len(rows)
+
+
+def preference_metrics(model, tokenizer, rows, max_length: int = 256, batch_size: int = 4) -> dict:
+    """DPO-style implicit rewards (β = 1) of the tuned model against the base on preference pairs."""
+    chosen = [prompt_completion_ids(tokenizer, r["prompt"], r["chosen"], max_length) for r in rows]
+    rejected = [prompt_completion_ids(tokenizer, r["prompt"], r["rejected"], max_length) for r in rows]
+    with scoring_mode(model, tokenizer):
+        tuned_c = completion_logps(model, tokenizer, chosen, batch_size)
+        tuned_r = completion_logps(model, tokenizer, rejected, batch_size)
+        with adapter_off(model):
+            base_c = completion_logps(model, tokenizer, chosen, batch_size)
+            base_r = completion_logps(model, tokenizer, rejected, batch_size)
+    # implicit reward r(x, y) = log p_tuned(y|x) − log p_base(y|x); margin = r(x, chosen) − r(x, rejected)
+    margins = (tuned_c - base_c) - (tuned_r - base_r)
+    return {"task": "preference", "samples": len(chosen),
+            "preference_accuracy": (margins > 0).double().mean().item(), "reward_margin": margins.mean().item(),
+            "chosen_preferred_base": (base_c > base_r).double().mean().item(),
+            "chosen_preferred_tuned": (tuned_c > tuned_r).double().mean().item()}
+
+
+def answer_nll(model, tokenizer, rows, max_length: int = 256, batch_size: int = 4) -> dict:
+    """Mean negative log-likelihood per token of the reference answers (the last assistant turn of each
+    conversation) given their prompts, with the adapter off and on: a task measure that does not saturate."""
+    sequences = [prompt_completion_ids(tokenizer, m[:-1], m[-1:], max_length) for m in rows["messages"]
+                 if m and m[-1]["role"] == "assistant"]
+    if not sequences:
+        return {}
+    tokens = sum(len(ids) - first for ids, first in sequences)
+    with scoring_mode(model, tokenizer):
+        tuned = completion_logps(model, tokenizer, sequences, batch_size).sum().item()
+        with adapter_off(model):
+            base = completion_logps(model, tokenizer, sequences, batch_size).sum().item()
+    # NLL per answer token = −Σ log p(answer token | prompt, earlier answer tokens) / number of answer tokens
+    return {"answer_nll_base": -base / tokens, "answer_nll_tuned": -tuned / tokens}
+
+
+def task_kind(columns) -> str:
+    if all(c in columns for c in SFT_COLUMNS):
+        return "sft"
+    if all(c in columns for c in DPO_COLUMNS):
+        return "preference"
+    raise RecipeError(f"Cannot score a task on columns {list(columns)}: need {list(SFT_COLUMNS)} (SFT) or "
+                      f"{list(DPO_COLUMNS)} (preference pairs).")
+
+
+def task_metrics(model, tokenizer, test_dataset, n: int, max_length: int = 256) -> dict:
+    """The first `n` held-out rows: exact match of the greedy answer with the adapter off and on (SFT data,
+    column `messages`), or preference accuracy and reward margin (columns prompt / chosen / rejected)."""
+    rows = test_dataset.select(range(min(n, len(test_dataset))))
+    if len(rows) == 0:
+        raise RecipeError("No held-out rows to score the task on.")
+    if task_kind(test_dataset.column_names) == "sft":
+        tuned = exact_match(model, tokenizer, rows)
+        with adapter_off(model):
+            base = exact_match(model, tokenizer, rows)
+        return {"task": "exact_match", "samples": len(rows), "exact_match_base": base, "exact_match_tuned": tuned,
+                **answer_nll(model, tokenizer, rows, max_length=max_length)}
+    return preference_metrics(model, tokenizer, rows, max_length=max_length)
+
+
+
+def sft_task_metrics(trainer, dataset, adapter_enabled: bool) -> dict:
+    """Exact match on `dataset`, with the adapter on or off (off = the base model)."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    with adapter_switch(model, adapter_enabled):
+        return {"exact_match": exact_match(model, trainer.processing_class, dataset)}
+
+
+def dpo_task_metrics(trainer, dataset) -> dict:
+    """Held-out implicit-reward margin and accuracy (chosen beats rejected) of the policy against its reference."""
+    metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="eval")
+    return {"reward_margin": metrics.get("eval_rewards/margins", float("nan")),
+            "reward_accuracy": metrics.get("eval_rewards/accuracies", float("nan")),
+            "chosen_logratio": metrics.get("eval_rewards/chosen", float("nan"))}
