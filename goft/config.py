@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -64,6 +65,8 @@ class GivensConfig(PeftConfig):
         strict: angles only, exactly orthogonal. Must be False to use ``quasi`` or ``scaling``.
         quasi: free 2×2 blocks instead of rotations (qGOFT).
         scaling: learn a per-input scale (GOFT*).
+        max_angle: bound on every rotation angle, ``θ = max_angle · tanh(a)`` (π: unbounded in effect). A small
+            bound limits how far each input pair can turn, whatever the learning rate.
         orthogonality_penalty_weight: λ of the qGOFT penalty ``λ Σ (M00·M01 + M10·M11)²`` (paper: 0.01 for LLaMA).
         init_weights: True starts at the identity (the adapted model equals the base model); False starts from a
             random, non-identity adapter (for tests).
@@ -89,6 +92,10 @@ class GivensConfig(PeftConfig):
         default=False, metadata={"help": "qGOFT: free 2x2 blocks (4(d-1) parameters), softly kept orthogonal."}
     )
     scaling: bool = field(default=False, metadata={"help": "GOFT*: learn a per-input norm scale (d parameters)."})
+    max_angle: float = field(
+        default=math.pi,
+        metadata={"help": "Bound on every rotation angle (radians), theta = max_angle * tanh(a); in (0, pi]."},
+    )
     orthogonality_penalty_weight: float = field(
         default=0.01, metadata={"help": "Weight of the qGOFT soft orthogonality penalty (quasi mode only)."}
     )
@@ -121,6 +128,8 @@ class GivensConfig(PeftConfig):
                 f"(angles only), and {asked} makes the adapter non-orthogonal. Pass strict=False to use {asked}, "
                 "or drop it to keep the adapter strictly orthogonal."
             )
+        if not 0 < self.max_angle <= math.pi:
+            raise ValueError(f"max_angle must be in (0, pi], got {self.max_angle}.")
         if self.orthogonality_penalty_weight < 0:
             raise ValueError(
                 f"orthogonality_penalty_weight must be >= 0, got {self.orthogonality_penalty_weight}."

@@ -61,9 +61,9 @@ def givens_blocks(theta: torch.Tensor) -> torch.Tensor:
     return torch.stack((cos, -sin, sin, cos), -1).unflatten(-1, (2, 2))
 
 
-def angles_from_raw(raw: torch.Tensor) -> torch.Tensor:
-    """``θ = π · tanh(a)``: bounded angles, ``a = 0`` is the identity."""
-    return math.pi * torch.tanh(raw)
+def angles_from_raw(raw: torch.Tensor, max_angle: float = math.pi) -> torch.Tensor:
+    """``θ = θ_max · tanh(a)``: angles bounded by ``θ_max`` (π by default), ``a = 0`` is the identity."""
+    return max_angle * torch.tanh(raw)
 
 
 def invert_blocks(blocks: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Optional
 
@@ -36,7 +37,7 @@ class GivensLayer(BaseTunerLayer):
     """
 
     adapter_layer_names: tuple[str, ...] = ("givens_angles", "givens_blocks", "givens_scale")
-    other_param_names: tuple[str, ...] = ("givens_penalty_weight",)
+    other_param_names: tuple[str, ...] = ("givens_penalty_weight", "givens_max_angle")
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
         self.base_layer = base_layer
@@ -44,6 +45,7 @@ class GivensLayer(BaseTunerLayer):
         self.givens_blocks = nn.ParameterDict({})
         self.givens_scale = nn.ParameterDict({})
         self.givens_penalty_weight: dict[str, float] = {}
+        self.givens_max_angle: dict[str, float] = {}
         self._disable_adapters = False
         self.merged_adapters = []
         base = self.get_base_layer()
@@ -66,6 +68,7 @@ class GivensLayer(BaseTunerLayer):
         if config.scaling:
             self.givens_scale[adapter_name] = nn.Parameter(torch.empty(d))
         self.givens_penalty_weight[adapter_name] = float(config.orthogonality_penalty_weight) if config.quasi else 0.0
+        self.givens_max_angle[adapter_name] = float(config.max_angle)
         self.reset_givens_parameters(adapter_name, config.init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
@@ -102,7 +105,8 @@ class GivensLayer(BaseTunerLayer):
         # bases): any angle gives an exact rotation, but cos/sin rounded to bf16 would not be orthogonal.
         if adapter_name in self.givens_angles:
             raw = self.givens_angles[adapter_name]
-            return givens_blocks(angles_from_raw(raw.to(compute_dtype(raw.dtype)))), True
+            max_angle = self.givens_max_angle.get(adapter_name, math.pi)
+            return givens_blocks(angles_from_raw(raw.to(compute_dtype(raw.dtype)), max_angle)), True
         blocks = self.givens_blocks[adapter_name]
         return blocks.to(compute_dtype(blocks.dtype)), False
 

@@ -1,4 +1,5 @@
-"""Train every adapter method on one SFT recipe with a matched budget, then compare task gain and forgetting.
+"""Train every adapter method on one recipe (SFT or DPO) with a matched budget, optionally sweeping each method's
+learning rate, then compare task gain and forgetting.
 
     python recipes/compare.py --config recipes/configs/smollm2/compare.yaml [--only givens lora] [--output_dir DIR]
 
@@ -8,12 +9,12 @@ forgetting) to `output_dir`, next to each method's run under `runs/` and its tra
 
 from pathlib import Path
 
-from trl import SFTConfig, TrlParser
+from trl import DPOConfig, SFTConfig, TrlParser
 
-from goft.training.cli import make_recipe_parser, run_recipe
 from goft.evaluation.compare import CompareArguments, compare
+from goft.training.cli import make_recipe_parser, run_recipe
 
-SFT_SCRIPT = Path(__file__).resolve().parent / "sft.py"
+SCRIPTS = {stage: Path(__file__).resolve().parent / f"{stage}.py" for stage in ("sft", "dpo")}
 
 
 def make_parser():
@@ -21,7 +22,8 @@ def make_parser():
 
 
 def main(args: CompareArguments, recipe_yaml: str = "") -> None:
-    rows = compare(args, SFT_SCRIPT, make_recipe_parser(SFTConfig))
+    parsers = {"sft": make_recipe_parser(SFTConfig), "dpo": make_recipe_parser(DPOConfig)}
+    rows = compare(args, SCRIPTS, parsers)
     if args.plan_only:
         return
     output = Path(args.output_dir).resolve()

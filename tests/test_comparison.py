@@ -32,7 +32,7 @@ def comparison(assets, tmp_path):  # noqa: F811
         "Bread rises because yeast feeds on sugar and gives off small bubbles of gas inside the dough.")))
     config = tmp_path / "compare.yaml"
     config.write_text(yaml.safe_dump({
-        "sft_config": str(sft_config), "output_dir": str(tmp_path / "out"), "general_text": str(general),
+        "recipe": str(sft_config), "output_dir": str(tmp_path / "out"), "general_text": str(general),
         "task_eval_samples": 4, "max_length": 64,
         "methods": {"givens": {"adapter": "givens", "learning_rate": [0.02, 0.08]},
                     "hra": {"adapter": "hra", "hra_r": 4, "learning_rate": 0.01},
@@ -120,11 +120,37 @@ def test_plan_only_prints_the_runs_and_trains_nothing(comparison):
     ({"methods": {"lora": {"adapter": "lora", "learning_rate": [0.01, -1]}}}, "positive number"),
     ({"retention_questions": "missing.jsonl"}, "retention question file"),
     ({"task_levels": [0.5, 0]}, "`task_levels` must be positive"),
+    ({"stage": "ppo"}, "`stage` must be one of sft, dpo"),
+    ({"recipe": "missing.yaml"}, "does not exist"),
 ])
 def test_bad_comparisons_are_refused_before_training(comparison, change, message):
     config = yaml.safe_load(comparison["config"].read_text())
     config.update(change)
     args = CompareArguments(**config)
     with pytest.raises(RecipeError, match=re.escape(message)):
-        compare(args, REPO / "recipes" / "sft.py", make_recipe_parser(SFTConfig))
+        compare(args, {"sft": REPO / "recipes" / "sft.py"}, {"sft": make_recipe_parser(SFTConfig)})
     assert not comparison["out"].exists()
+
+
+def test_dpo_stage_comparison_strict_goft_against_a_lora_baseline(assets, tmp_path):  # noqa: F811
+    dpo_config = tmp_path / "dpo.yaml"
+    dpo_config.write_text(yaml.safe_dump({
+        "model_name_or_path": str(assets["model"]), "dataset_name": str(assets["dpo"]), "dataset_test_size": 0.25,
+        "max_steps": 3, "per_device_train_batch_size": 4, "max_length": 64, "save_steps": 3, "report_to": "none",
+        "seed": 3, "dataloader_num_workers": 0}))
+    config = tmp_path / "compare-dpo.yaml"
+    config.write_text(yaml.safe_dump({
+        "recipe": str(dpo_config), "stage": "dpo", "output_dir": str(tmp_path / "out"), "task_eval_samples": 4,
+        "max_length": 64,
+        "methods": {"givens": {"adapter": "givens", "learning_rate": 0.05},
+                    "lora": {"adapter": "lora", "lora_r": 4, "allow_non_orthogonal_alignment": True,
+                             "learning_rate": [0.01, 0.02]}}}))
+    result = run_compare("--config", config)
+    check_ok(result)
+    report = json.loads((tmp_path / "out" / "comparison.json").read_text())
+    assert [r["name"] for r in report["rows"]] == ["givens", "lora@lr=0.01", "lora@lr=0.02"]
+    for row in report["rows"]:
+        assert row["task"]["task"] == "preference" and row["task"]["samples"] == 4
+        assert row["knowledge"] is not None and row["kl_base_tuned"] > 0
+    assert report["settings"]["stage"] == "dpo" and report["sweep"] == {}  # no answer NLL: no frontier to draw
+    assert json.loads((tmp_path / "out" / "runs" / "givens" / "goft_run.json").read_text())["stage"] == "dpo"

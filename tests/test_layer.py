@@ -236,3 +236,31 @@ def test_cuda_forward_backward_and_merge():
 def test_givens_layer_is_exported():
     model = adapted("linear", 10, 4, "strict")
     assert isinstance(model.base_model.model.proj, GivensLayer)
+
+
+def test_max_angle_bounds_every_rotation_and_survives_save_and_load(tmp_path):
+    from peft import PeftModel
+
+    import goft
+
+    bound = 0.05
+    config = GivensConfig(target_modules=["proj"], max_angle=bound)
+    model = get_peft_model(make_base("linear", 16, 8), config)
+    layer = model.base_model.model.proj
+    with torch.no_grad():
+        layer.givens_angles["default"].fill_(50.0)  # tanh saturates: every angle sits at the bound
+    blocks, exact = layer.rotation_blocks("default")
+    assert exact
+    torch.testing.assert_close(blocks[:, 1, 0], torch.full((15,), torch.sin(torch.tensor(bound)).item()))
+    assert goft.orthogonality_error(model) < 1e-6
+    x = torch.randn(3, 16)
+    expected = model(x)
+    model.save_pretrained(tmp_path / "bounded")
+    loaded = PeftModel.from_pretrained(make_base("linear", 16, 8), tmp_path / "bounded")
+    assert loaded.peft_config["default"].max_angle == bound
+    torch.testing.assert_close(loaded(x), expected)
+    merged = loaded.merge_and_unload()
+    torch.testing.assert_close(merged(x), expected, atol=1e-5, rtol=0)
+    for wrong in (0.0, -1.0, 3.5):
+        with pytest.raises(ValueError, match=r"max_angle must be in \(0, pi\]"):
+            GivensConfig(max_angle=wrong)

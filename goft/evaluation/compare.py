@@ -1,7 +1,8 @@
-"""Methods side by side on one SFT recipe with a matched budget, optionally over a learning-rate grid per method.
+"""Methods side by side on one recipe (SFT or DPO) with a matched budget, optionally over a learning-rate grid per
+method.
 
-Every run trains through the SFT recipe with the same model, data, split, seed, batch and steps (only the method's
-own keys and its learning rate differ), then is evaluated on one base model loaded once (`runner.Evaluator`). A run
+Every run trains through the stage's recipe with the same model, data, split, seed, batch and steps (only the
+method's own keys and its learning rate differ), then is evaluated on one base model loaded once (`runner.Evaluator`). A run
 that finished before is reused, and so is its evaluation when the evaluation sets and the adapter are unchanged. The
 report (table, sweep frontiers, JSON and plot) is rewritten after every run, so a long sweep shows its progress.
 """
@@ -38,7 +39,8 @@ TIMINGS_FILE = "timings.json"
 # What makes the budget matched: a method may not change these.
 MATCHED_KEYS = ("model_name_or_path", "gguf_file", "dtype", "dataset_name", "dataset_test_size", "seed", "max_steps",
                 "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
-                "output_dir", "lr_scheduler_type", "warmup_steps", "warmup_ratio")
+                "output_dir", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "beta")
+STAGES = ("sft", "dpo")
 STEP_EFFICIENCY = 0.5  # share of the measured matmul speed a training step reaches (first guess, before timings)
 
 
@@ -46,10 +48,11 @@ STEP_EFFICIENCY = 0.5  # share of the measured matmul speed a training step reac
 class CompareArguments:
     """`python recipes/compare.py --config recipes/configs/smollm2/compare.yaml [--only givens lora]`"""
 
-    sft_config: str = field(default="recipes/configs/smollm2/sft_givens.yaml",
-                            metadata={"help": "The SFT recipe every method trains with (model, data, budget)."})
+    recipe: str = field(default="recipes/configs/smollm2/sft_givens.yaml",
+                        metadata={"help": "The recipe every method trains with (model, data, budget)."})
+    stage: str = field(default="sft", metadata={"help": "The recipe's stage: sft or dpo.", "choices": list(STAGES)})
     methods: dict = field(default_factory=dict, metadata={
-        "help": "Method name -> the SFT recipe keys it changes (`adapter`, its hyper-parameters, `learning_rate`). "
+        "help": "Method name -> the recipe keys it changes (`adapter`, its hyper-parameters, `learning_rate`). "
                 "A list of learning rates sweeps them: one run per value."})
     only: list[str] | None = field(default=None, metadata={"help": "Run just these methods from `methods`."})
     output_dir: str = field(default="runs/smollm2-compare", metadata={"help": "Runs, logs and the report go here."})
@@ -108,10 +111,13 @@ def _method_runs(name: str, overrides: dict, root: Path) -> list[Run]:
             for rate in rates]
 
 
-def plan_runs(args: CompareArguments, sft_parser) -> list[Run]:
-    """The runs to make, each checked by parsing its full SFT recipe; refuses bad input before any training."""
-    if not Path(args.sft_config).is_file():
-        raise RecipeError(f"The SFT recipe {args.sft_config!r} does not exist.")
+def plan_runs(args: CompareArguments, parser) -> list[Run]:
+    """The runs to make, each checked by parsing its full recipe with the stage's `parser`; refuses bad input before
+    any training."""
+    if args.stage not in STAGES:
+        raise RecipeError(f"`stage` must be one of {', '.join(STAGES)}, got {args.stage!r}.")
+    if not Path(args.recipe).is_file():
+        raise RecipeError(f"The recipe {args.recipe!r} does not exist.")
     if not args.methods:
         raise RecipeError("`methods` is empty: give each method's recipe keys, e.g. `lora: {adapter: lora}`.")
     names = list(args.methods) if args.only is None else list(args.only)
@@ -132,10 +138,10 @@ def plan_runs(args: CompareArguments, sft_parser) -> list[Run]:
         fixed = [k for k in overrides if k in MATCHED_KEYS]
         if fixed:
             raise RecipeError(f"Method {name!r} changes {fixed}: those keys are the matched budget, the same for "
-                              "every method (set them in the SFT recipe).")
+                              "every method (set them in the recipe).")
         for run in _method_runs(name, overrides, Path(args.output_dir) / "runs"):
             try:  # unknown keys and bad values fail here, for every run, before anything trains
-                sft_parser.parse_args_and_config(args=["--config", args.sft_config, *run.flags()])
+                parser.parse_args_and_config(args=["--config", args.recipe, *run.flags()])
             except (ValueError, SystemExit) as error:
                 raise RecipeError(f"Method {name!r}: its recipe keys do not parse ({error}).") from None
             runs.append(run)
@@ -157,7 +163,7 @@ def matmul_flops_per_second(seconds: float = 0.3, size: int = 512) -> float:
 
 
 def _recipe(args: CompareArguments) -> dict:
-    with open(args.sft_config) as handle:
+    with open(args.recipe) as handle:
         return yaml.safe_load(handle) or {}
 
 
@@ -195,14 +201,14 @@ def _minutes(seconds: float) -> str:
 # ---- training and evaluating one run ------------------------------------------------------------------------------
 
 
-def train(run: Run, sft_script: Path, sft_config: str) -> float | None:
-    """Train one run with the SFT recipe in its own process; a finished run is reused (None). Returns seconds."""
+def train(run: Run, script: Path, recipe: str) -> float | None:
+    """Train one run with the stage's recipe script in its own process; a finished run is reused (None). Returns seconds."""
     if (run.output_dir / FINISHED_MARKER).is_file():
         logger.warning("%s: reusing the finished run in %s", run.name, run.output_dir)
         return None
     log_file = run.output_dir.parent.parent / "logs" / f"{run.output_dir.name}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, str(sft_script), "--config", sft_config, "--output_dir", str(run.output_dir),
+    command = [sys.executable, str(script), "--config", recipe, "--output_dir", str(run.output_dir),
                "--task_eval_samples", "0", *run.flags()]
     print(f"[compare] training {run.name}: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
@@ -235,8 +241,8 @@ def _training_record(run: Run) -> dict:
 class Comparison:
     """The runs of one comparison, trained and evaluated one after another, the report rewritten after each."""
 
-    def __init__(self, args: CompareArguments, sft_script: Path, runs: list[Run], plan_source, reference):
-        self.args, self.sft_script, self.runs = args, sft_script, runs
+    def __init__(self, args: CompareArguments, script: Path, runs: list[Run], plan_source, reference):
+        self.args, self.script, self.runs = args, script, runs
         self.sets = args.evaluation_sets()
         self.folder = Path(args.output_dir)
         self.source, self.reference = plan_source, reference
@@ -278,7 +284,7 @@ class Comparison:
         rows = []
         for index, run in enumerate(self.runs, start=1):
             start = time.perf_counter()
-            trained = train(run, self.sft_script, self.args.sft_config)
+            trained = train(run, self.script, self.args.recipe)
             result = self.evaluate(run)
             if trained is not None:  # training and evaluation: what the estimate of the next runs uses
                 self.timings[run.name] = time.perf_counter() - start
@@ -293,10 +299,11 @@ class Comparison:
         return rows
 
 
-def compare(args: CompareArguments, sft_script: Path, sft_parser) -> list[dict]:
-    """Train every run (matched budget), evaluate each on the same base, write the report; returns the rows."""
+def compare(args: CompareArguments, scripts: dict[str, Path], parsers: dict) -> list[dict]:
+    """Train every run (matched budget) with the stage's recipe script (`scripts[stage]`, its arguments checked by
+    `parsers[stage]`), evaluate each on the same base, write the report; returns the rows."""
     check_report_dir(args.output_dir, RESULTS_FILE, args.overwrite_output_dir or args.plan_only, "a comparison")
-    runs = plan_runs(args, sft_parser)
+    runs = plan_runs(args, parsers.get(args.stage))
     sets = args.evaluation_sets()
     reference = BaseReference.load(sets)  # the evaluation sets are checked before anything trains
     to_train = [run for run in runs if not (run.output_dir / FINISHED_MARKER).is_file()]
@@ -312,7 +319,7 @@ def compare(args: CompareArguments, sft_script: Path, sft_parser) -> list[dict]:
         return []
     recipe = _recipe(args)
     source = resolve_model_source(recipe.get("model_name_or_path"), recipe.get("gguf_file"))
-    return Comparison(args, sft_script, runs, source, reference).run_all()
+    return Comparison(args, scripts[args.stage], runs, source, reference).run_all()
 
 
 # ---- the report ---------------------------------------------------------------------------------------------------
@@ -324,7 +331,7 @@ def write_report(rows: list[dict], args: CompareArguments) -> None:
     recipe = _recipe(args)
     budget = {k: recipe.get(k) for k in MATCHED_KEYS if k in recipe and k != "output_dir"}
     summary = sweep_summary(rows, args.task_levels)
-    settings = {"sft_config": args.sft_config, "budget": budget, **args.evaluation_sets().describe(),
+    settings = {"recipe": args.recipe, "stage": args.stage, "budget": budget, **args.evaluation_sets().describe(),
                 "task_levels": args.task_levels}
     write_json(folder / RESULTS_FILE, {"settings": settings, "rows": rows, "sweep": summary})
     budget_line = ", ".join(f"{k} {v}" for k, v in budget.items())
@@ -332,5 +339,6 @@ def write_report(rows: list[dict], args: CompareArguments) -> None:
     if summary:
         text += "\n" + render_sweep(summary, args.task_levels)
     (folder / TABLE_FILE).write_text(text)
-    title = f"{budget.get('model_name_or_path', 'model')}: {budget.get('max_steps', '?')} SFT steps per run"
+    title = (f"{budget.get('model_name_or_path', 'model')}: {budget.get('max_steps', '?')} {args.stage.upper()} "
+             "steps per run")
     plot_sweep(rows, folder / PLOT_FILE, title)

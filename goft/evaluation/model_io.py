@@ -60,7 +60,7 @@ def greedy_answers(model, tokenizer, conversations: list[list[dict]], max_new_to
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                        pad_token_id=tokenizer.pad_token_id)
             replies += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     return replies

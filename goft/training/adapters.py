@@ -33,7 +33,8 @@ def _givens_config(adapter_args, model_args, target_modules) -> PeftConfig:
     orthogonal = not (adapter_args.givens_quasi or adapter_args.givens_scaling)
     return GivensConfig(task_type=TASK_TYPE, target_modules=target_modules, strict=orthogonal,
                         quasi=adapter_args.givens_quasi, scaling=adapter_args.givens_scaling,
-                        orthogonality_penalty_weight=adapter_args.givens_penalty_weight)
+                        orthogonality_penalty_weight=adapter_args.givens_penalty_weight,
+                        max_angle=adapter_args.givens_max_angle)
 
 
 def _sorsa_config(adapter_args, model_args, target_modules) -> PeftConfig:

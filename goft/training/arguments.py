@@ -3,6 +3,7 @@
 YAML keys and CLI flags are these field names; TRL's `TrlParser` merges defaults < YAML < CLI.
 """
 
+import math
 from dataclasses import dataclass, field
 
 from trl import ModelConfig, ScriptArguments
@@ -57,6 +58,10 @@ class AdapterArguments:
         metadata={"help": "qGOFT: free 2x2 blocks, kept near orthogonal by a penalty added to the loss."},
     )
     givens_scaling: bool = field(default=False, metadata={"help": "GOFT*: learnable per-neuron norm scaling."})
+    givens_max_angle: float = field(
+        default=math.pi,
+        metadata={"help": "Bound on every Givens rotation angle in radians, theta = max_angle * tanh(a); in (0, pi]."},
+    )
     givens_penalty_weight: float = field(
         default=0.01, metadata={"help": "Weight of the qGOFT orthogonality penalty in the training loss."}
     )
@@ -116,11 +121,18 @@ class RetentionArguments:
     forgetting_budget: float | None = field(
         default=None,
         metadata={"help": "Largest allowed forgetting, as the mean KL(base || tuned) per token on a small general-text "
-                  "set, measured every `forgetting_eval_steps`. A run that would exceed it stops, and the result "
+                  "set, measured every `measure_steps`. A run that would exceed it stops, and the result "
                   "is the adapter of the last measurement within the budget."},
     )
-    forgetting_eval_steps: int = field(
-        default=10, metadata={"help": "Optimizer steps between two measurements of the forgetting budget."}
+    task_target_nll: float | None = field(
+        default=None,
+        metadata={"help": "SFT: stop training once the held-out answers' NLL per token is at most this (measured every "
+                  "`measure_steps` on the `task_eval_samples` held-out conversations, 32 when that is 0): no "
+                  "training past the task target."},
+    )
+    measure_steps: int = field(
+        default=5, metadata={"help": "Optimizer steps between two measurements of `forgetting_budget` and "
+                             "`task_target_nll`."}
     )
     forgetting_texts: int = field(
         default=8, metadata={"help": "Paragraphs of the general text the forgetting budget is measured on."}

@@ -3,14 +3,18 @@
 - `RetentionCheck`: the retention questions before and after training: the share of the questions the base answers
   correctly that the model (its adapter on) still answers correctly.
 - `ForgettingBudget`: a callback that measures KL(base ‖ tuned) per token on a few general-text paragraphs every
-  `forgetting_eval_steps` optimizer steps. When a measurement exceeds the budget, training stops and the adapter
-  goes back to its weights at the last measurement within the budget; that adapter is the run's result.
+  `measure_steps` optimizer steps. When a measurement exceeds the budget, training stops and the adapter goes back
+  to its weights at the last measurement within the budget; that adapter is the run's result.
+- `TaskTarget`: a callback that measures the held-out answers' NLL per token every `measure_steps` and stops training
+  once it reaches the target, so that the run does not go on learning (and forgetting) past what was asked.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -19,6 +23,7 @@ from ..evaluation import assets
 from ..evaluation.knowledge import Question, knowledge_retention, known_questions, load_questions
 from ..evaluation.model_io import adapter_off
 from ..evaluation.shift import BaseLogitsCache, general_text_shift, load_general_text
+from ..evaluation.tasks import answer_nll
 from .errors import RecipeError
 
 logger = logging.getLogger(__name__)
@@ -31,23 +36,30 @@ def under_deepspeed_or_fsdp(training_args) -> bool:
         os.environ.get(f"ACCELERATE_USE_{kind}", "").lower() in ("1", "true") for kind in ("DEEPSPEED", "FSDP"))
 
 
-def check_retention_arguments(args, training_args) -> None:
+def check_retention_arguments(args, training_args, stage: str) -> None:
     """Every retention/forgetting key checked, and their files read, before any model is loaded."""
     if args.retention_questions and not args.retention_eval:
         raise RecipeError("`retention_questions` is set but `retention_eval` is off; set `retention_eval: true`.")
     if args.retention_eval:
         load_questions(args.retention_questions or assets.RETENTION_QUESTIONS)
-    if args.forgetting_budget is None:
-        return
-    if not args.forgetting_budget > 0:
-        raise RecipeError(f"`forgetting_budget` must be a positive KL per token, got {args.forgetting_budget}.")
-    if args.forgetting_eval_steps < 1 or args.forgetting_texts < 1:
-        raise RecipeError("`forgetting_eval_steps` and `forgetting_texts` must be at least 1, got "
-                          f"{args.forgetting_eval_steps} and {args.forgetting_texts}.")
-    if under_deepspeed_or_fsdp(training_args):
-        raise RecipeError("`forgetting_budget` is not supported under DeepSpeed or FSDP (the adapter would have to "
-                          "be gathered and restored across shards); use one process or DDP.")
-    load_general_text(args.general_text or assets.GENERAL_TEXT)
+    if args.measure_steps < 1 or args.forgetting_texts < 1:
+        raise RecipeError("`measure_steps` and `forgetting_texts` must be at least 1, got "
+                          f"{args.measure_steps} and {args.forgetting_texts}.")
+    if args.task_target_nll is not None:
+        if stage != "sft":
+            raise RecipeError("`task_target_nll` is an SFT key (the held-out answers' NLL); DPO has no such target.")
+        if not args.task_target_nll > 0:
+            raise RecipeError(f"`task_target_nll` must be a positive NLL per token, got {args.task_target_nll}.")
+    if args.forgetting_budget is not None:
+        if not args.forgetting_budget > 0:
+            raise RecipeError(f"`forgetting_budget` must be a positive KL per token, got {args.forgetting_budget}.")
+        load_general_text(args.general_text or assets.GENERAL_TEXT)
+    elif args.general_text:
+        raise RecipeError("`general_text` is set but `forgetting_budget` is not; set the budget, or drop the key.")
+    if (args.forgetting_budget is not None or args.task_target_nll is not None) and \
+            under_deepspeed_or_fsdp(training_args):
+        raise RecipeError("`forgetting_budget` and `task_target_nll` are not supported under DeepSpeed or FSDP (the "
+                          "adapter would have to be gathered for each measurement); use one process or DDP.")
 
 
 def _peft_model(trainer):
@@ -55,19 +67,36 @@ def _peft_model(trainer):
 
 
 class RetentionCheck:
-    """The retention questions asked with the adapter off (once: which questions the base knows) and on."""
+    """The retention questions asked with the adapter off (once: which questions the base knows) and on.
 
-    def __init__(self, path: str | None):
-        self.questions: list[Question] = load_questions(path or assets.RETENTION_QUESTIONS)
+    A run that continues an adapter whose own run measured retention on the same questions takes the questions its
+    base knows, and its retention, from that run's record (`prior`): the starting adapter is the same model."""
+
+    def __init__(self, path: str | None, prior: dict | None = None):
+        path = path or assets.RETENTION_QUESTIONS
+        self.questions: list[Question] = load_questions(path)
+        self.digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
         self.known: list[Question] | None = None
+        self.prior_retention: float | None = None
+        if prior and prior.get("questions_sha256") == self.digest:
+            by_id = {q.id: q for q in self.questions}
+            self.known = [by_id[i] for i in prior["known_ids"] if i in by_id]
+            self.prior_retention = prior.get("retention")
 
-    def measure(self, trainer) -> dict:
+    def measure(self, trainer, when: str) -> dict:
         """Retention of the model as it is now (adapter on), on the questions its base answers correctly."""
         model, tokenizer = _peft_model(trainer), trainer.processing_class
         if self.known is None:
             with adapter_off(model):
                 self.known = known_questions(model, tokenizer, self.questions)
+        if when == "before" and self.prior_retention is not None:
+            return {"retention": self.prior_retention, "known_to_base": len(self.known), "lost": [],
+                    "from_previous_run": True}
         return knowledge_retention(model, tokenizer, self.known)
+
+    def record(self, retention: float) -> dict:
+        """What goft_run.json keeps, so that a run continuing this adapter need not ask the base again."""
+        return {"questions_sha256": self.digest, "known_ids": [q.id for q in self.known], "retention": retention}
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
@@ -136,8 +165,42 @@ class ForgettingBudget(TrainerCallback):
         return found
 
 
-def forgetting_budget_callback(args, tokenizer) -> ForgettingBudget | None:
-    if args.forgetting_budget is None:
-        return None
-    texts = load_general_text(args.general_text or assets.GENERAL_TEXT)[:args.forgetting_texts]
-    return ForgettingBudget(texts, args.forgetting_budget, args.forgetting_eval_steps, tokenizer)
+class TaskTarget(TrainerCallback):
+    """Stops training once the held-out answers' NLL per token is at most `target`; see the module text."""
+
+    def __init__(self, rows, target: float, every: int, tokenizer, max_length: int):
+        self.rows, self.target, self.every = rows, target, every
+        self.tokenizer, self.max_length = tokenizer, max_length
+        self.reached: tuple[int, float] | None = None
+        self.last: tuple[int, float] | None = None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every or self.reached is not None:
+            return
+        nll = answer_nll(model, self.tokenizer, self.rows, max_length=self.max_length)["answer_nll_tuned"]
+        self.last = (state.global_step, nll)
+        logger.info("held-out answer NLL at step %d: %.4g (target %g)", state.global_step, nll, self.target)
+        if nll <= self.target:
+            self.reached = (state.global_step, nll)
+            control.should_training_stop = True
+            control.should_save = False  # the run ends here and saves its adapter itself
+
+    def metrics(self) -> dict:
+        found = {"task_target/nll": self.target}
+        if self.last is not None:
+            found["task_target/last_measured_nll"] = self.last[1]
+        if self.reached is not None:
+            found.update({"task_target/reached_at_step": self.reached[0]})
+        return found
+
+
+def make_callbacks(args, tokenizer, test_dataset, task_samples: int, max_length: int) -> list[TrainerCallback]:
+    """The measuring callbacks the recipe keys ask for."""
+    callbacks = []
+    if args.task_target_nll is not None:
+        rows = test_dataset.select(range(min(task_samples or 32, len(test_dataset))))
+        callbacks.append(TaskTarget(rows, args.task_target_nll, args.measure_steps, tokenizer, max_length))
+    if args.forgetting_budget is not None:
+        texts = load_general_text(args.general_text or assets.GENERAL_TEXT)[:args.forgetting_texts]
+        callbacks.append(ForgettingBudget(texts, args.forgetting_budget, args.measure_steps, tokenizer))
+    return callbacks

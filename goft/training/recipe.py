@@ -1,5 +1,6 @@
 """What every recipe stage does around its TRL trainer: check, load, train, save, describe, publish."""
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -42,7 +43,8 @@ class RecipeRun:
     strictness_waived: bool = False
     task_metrics: dict = field(default_factory=dict)
     retention_check: object = None
-    budget: object = None
+    retention_record: dict | None = None
+    measures: list = field(default_factory=list)
 
     @property
     def train_dataset(self):
@@ -88,10 +90,11 @@ class RecipeRun:
         loss, orthogonality before each checkpoint), and a continued adapter becomes its own frozen reference."""
         model, tokenizer, peft_config = self.load_model_and_tokenizer()
         trainer_class = recipe_trainer_class(trainer_class, self.adapter_config, self.adapter_args)
-        self.budget = forgetting.forgetting_budget_callback(self.retention_args, tokenizer)
+        self.measures = forgetting.make_callbacks(self.retention_args, tokenizer, self.test_dataset,
+                                                  self.data_args.task_eval_samples, self.training_args.max_length)
         trainer = trainer_class(model=model, args=self.training_args, train_dataset=self.train_dataset,
                                 eval_dataset=self.eval_dataset, processing_class=tokenizer, peft_config=peft_config,
-                                callbacks=[self.budget] if self.budget else None)
+                                callbacks=self.measures or None)
         if self.stage == "dpo":
             self.use_adapter_as_reference(trainer)
         return trainer
@@ -129,14 +132,28 @@ class RecipeRun:
                 logger.warning("retention_eval is ignored under DeepSpeed; run recipes/evaluate.py on the result.")
             return
         if self.retention_check is None:
-            self.retention_check = forgetting.RetentionCheck(self.retention_args.retention_questions)
-        result = self.retention_check.measure(trainer)
+            self.retention_check = forgetting.RetentionCheck(self.retention_args.retention_questions,
+                                                             prior=self.previous_run_record().get("retention"))
+        result = self.retention_check.measure(trainer, when)
         self.task_metrics[f"retention/{when}"] = result["retention"]
         self.task_metrics["retention/known_to_base"] = result["known_to_base"]
         if when == "after":
-            self.task_metrics["retention/lost"] = " ".join(result["lost"]) or "none"
+            self.task_metrics["retention/lost"] = len(result["lost"])
+            self.retention_record = self.retention_check.record(result["retention"])
         logger.info("retention %s training: %.3f of %d questions the base answers", when, result["retention"],
                     result["known_to_base"])
+
+    def previous_run_record(self) -> dict:
+        """goft_run.json of the run whose adapter this run continues ({} when there is none)."""
+        if not self.source.adapter_path:
+            return {}
+        marker = os.path.join(self.source.adapter_path, checkpoints.FINISHED_MARKER)
+        try:
+            with open(marker) as handle:
+                record = json.load(handle)
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return record if isinstance(record, dict) else {}
 
     def finish(self, trainer) -> dict:
         """Check orthogonality, save adapter + tokenizer + card, mark the run finished, push; returns the metrics."""
@@ -146,8 +163,8 @@ class RecipeRun:
             model.delete_adapter(REFERENCE_ADAPTER)  # the frozen reference is not part of the result
         metrics = dict(self.task_metrics)
         metrics.update(_final_training_metrics(trainer))
-        if self.budget is not None:
-            metrics.update(self.budget.metrics())
+        for measure in self.measures:
+            metrics.update(measure.metrics())
         if adapters.is_exactly_orthogonal(self.adapter_config):
             error = checked_orthogonality_error(model, "it was not saved")
             metrics["orthogonality_error"] = error
@@ -163,7 +180,8 @@ class RecipeRun:
             card.save(os.path.join(args.output_dir, "README.md"))
             checkpoints.mark_finished(args.output_dir, {"stage": self.stage, "metrics": metrics,
                                                         "world_size": trainer.accelerator.num_processes,
-                                                        "data": self.data_record()})
+                                                        "data": self.data_record(),
+                                                        "retention": self.retention_record})
             if self.push_to_hub:
                 url = hub.push_run(args.output_dir, args, self.hub_token,
                                    commit_message=f"goft {self.stage}: adapter and card")
@@ -227,7 +245,7 @@ def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, 
     resume_from = checkpoints.resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint,
                                                 data_args.overwrite_output_dir)
     dataset = load_recipe_dataset(data_args, required_columns, seed=training_args.seed)
-    forgetting.check_retention_arguments(retention_args, training_args)
+    forgetting.check_retention_arguments(retention_args, training_args, stage)
     quantization_config(model_args)  # refuses 4-/8-bit without a working bitsandbytes, before anything loads
     preflight.check_precision(training_args, model_args)
     source = resolve_model_source(name, model_args.gguf_file)
@@ -258,7 +276,7 @@ def print_summary(trainer, run: RecipeRun, metrics: dict) -> None:
         return
     lines = [f"== goft {run.stage} finished after {metrics.get('global_step')} steps =="]
     for key, value in metrics.items():
-        if key.startswith(("task/", "retention/", "forgetting/")) or key == "orthogonality_error":
+        if key.startswith(("task/", "retention/", "forgetting/", "task_target/")) or key == "orthogonality_error":
             lines.append(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
     if "forgetting/stopped_at_step" in metrics:
         lines.append(f"  forgetting budget: KL {metrics['forgetting/stopped_kl']:.4g} > "
