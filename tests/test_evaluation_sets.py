@@ -1,6 +1,10 @@
 """The retention set, answer normalisation and scoring, open-instruction drift, and the sweep frontier."""
 
 import copy
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -220,3 +224,13 @@ def test_instructions_file_errors(tmp_path):
         load_instructions(tmp_path / "broken.jsonl")
     assert load_instructions(write_jsonl([{"instruction": "Explain tides."}], tmp_path / "ok.jsonl")) == \
         ["Explain tides."]
+
+
+def test_the_evaluation_sets_ship_inside_the_wheel(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation", "-q",
+                    "-w", str(tmp_path)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("goft-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for path in (assets.GENERAL_TEXT, assets.RETENTION_QUESTIONS, assets.OPEN_INSTRUCTIONS):
+        assert f"goft/evaluation/data/{path.name}" in names

@@ -208,8 +208,9 @@ def train(run: Run, script: Path, recipe: str) -> float | None:
         return None
     log_file = run.output_dir.parent.parent / "logs" / f"{run.output_dir.name}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    # the comparison evaluates every run itself, on one base: the recipe's own before/after measures are skipped
     command = [sys.executable, str(script), "--config", recipe, "--output_dir", str(run.output_dir),
-               "--task_eval_samples", "0", *run.flags()]
+               "--task_eval_samples", "0", "--retention_eval", "false", *run.flags()]
     print(f"[compare] training {run.name}: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
     with open(log_file, "a") as log:  # a resumed run appends to the log of its interrupted start

@@ -115,8 +115,8 @@ class RetentionArguments:
     )
     retention_questions: str | None = field(
         default=None,
-        metadata={"help": "JSONL of general-knowledge questions (id, topic, question, answers); default: the set "
-                  "that ships with goft."},
+        metadata={"help": "With `retention_eval`: JSONL of general-knowledge questions (id, topic, question, "
+                  "answers); default: the set that ships with goft."},
     )
     forgetting_budget: float | None = field(
         default=None,
@@ -126,9 +126,9 @@ class RetentionArguments:
     )
     task_target_nll: float | None = field(
         default=None,
-        metadata={"help": "SFT: stop training once the held-out answers' NLL per token is at most this (measured every "
-                  "`measure_steps` on the `task_eval_samples` held-out conversations, 32 when that is 0): no "
-                  "training past the task target."},
+        metadata={"help": "SFT: stop training once the answers' NLL per token is at most this, measured every "
+                  "`measure_steps` on a fixed sample of 32 training conversations (the held-out split stays "
+                  "untouched): no training past the task target."},
     )
     measure_steps: int = field(
         default=5, metadata={"help": "Optimizer steps between two measurements of `forgetting_budget` and "
@@ -139,6 +139,6 @@ class RetentionArguments:
     )
     general_text: str | None = field(
         default=None,
-        metadata={"help": "JSONL of general text ({\"text\": ...} a line) for the forgetting budget; default: the "
+        metadata={"help": "With `forgetting_budget`: JSONL of general text ({\"text\": ...} a line); default: the "
                   "set that ships with goft (never trained on)."},
     )

@@ -5,8 +5,9 @@
 - `ForgettingBudget`: a callback that measures KL(base ‖ tuned) per token on a few general-text paragraphs every
   `measure_steps` optimizer steps. When a measurement exceeds the budget, training stops and the adapter goes back
   to its weights at the last measurement within the budget; that adapter is the run's result.
-- `TaskTarget`: a callback that measures the held-out answers' NLL per token every `measure_steps` and stops training
-  once it reaches the target, so that the run does not go on learning (and forgetting) past what was asked.
+- `TaskTarget`: a callback that measures the answers' NLL per token on a fixed sample of training conversations
+  every `measure_steps` and stops training once it reaches the target, so that the run does not go on learning (and
+  forgetting) past what was asked. The held-out split is never looked at, so it stays an unbiased test.
 """
 
 from __future__ import annotations
@@ -38,8 +39,6 @@ def under_deepspeed_or_fsdp(training_args) -> bool:
 
 def check_retention_arguments(args, training_args, stage: str) -> None:
     """Every retention/forgetting key checked, and their files read, before any model is loaded."""
-    if args.retention_questions and not args.retention_eval:
-        raise RecipeError("`retention_questions` is set but `retention_eval` is off; set `retention_eval: true`.")
     if args.retention_eval:
         load_questions(args.retention_questions or assets.RETENTION_QUESTIONS)
     if args.measure_steps < 1 or args.forgetting_texts < 1:
@@ -54,8 +53,6 @@ def check_retention_arguments(args, training_args, stage: str) -> None:
         if not args.forgetting_budget > 0:
             raise RecipeError(f"`forgetting_budget` must be a positive KL per token, got {args.forgetting_budget}.")
         load_general_text(args.general_text or assets.GENERAL_TEXT)
-    elif args.general_text:
-        raise RecipeError("`general_text` is set but `forgetting_budget` is not; set the budget, or drop the key.")
     if (args.forgetting_budget is not None or args.task_target_nll is not None) and \
             under_deepspeed_or_fsdp(training_args):
         raise RecipeError("`forgetting_budget` and `task_target_nll` are not supported under DeepSpeed or FSDP (the "
@@ -166,7 +163,8 @@ class ForgettingBudget(TrainerCallback):
 
 
 class TaskTarget(TrainerCallback):
-    """Stops training once the held-out answers' NLL per token is at most `target`; see the module text."""
+    """Stops training once the answers' NLL per token on `rows` (training conversations) is at most `target`; see
+    the module text."""
 
     def __init__(self, rows, target: float, every: int, tokenizer, max_length: int):
         self.rows, self.target, self.every = rows, target, every
@@ -194,11 +192,14 @@ class TaskTarget(TrainerCallback):
         return found
 
 
-def make_callbacks(args, tokenizer, test_dataset, task_samples: int, max_length: int) -> list[TrainerCallback]:
+TARGET_ROWS = 32  # training conversations the task target is measured on
+
+
+def make_callbacks(args, tokenizer, train_dataset, max_length: int) -> list[TrainerCallback]:
     """The measuring callbacks the recipe keys ask for."""
     callbacks = []
     if args.task_target_nll is not None:
-        rows = test_dataset.select(range(min(task_samples or 32, len(test_dataset))))
+        rows = train_dataset.select(range(min(TARGET_ROWS, len(train_dataset))))
         callbacks.append(TaskTarget(rows, args.task_target_nll, args.measure_steps, tokenizer, max_length))
     if args.forgetting_budget is not None:
         texts = load_general_text(args.general_text or assets.GENERAL_TEXT)[:args.forgetting_texts]

@@ -90,8 +90,8 @@ class RecipeRun:
         loss, orthogonality before each checkpoint), and a continued adapter becomes its own frozen reference."""
         model, tokenizer, peft_config = self.load_model_and_tokenizer()
         trainer_class = recipe_trainer_class(trainer_class, self.adapter_config, self.adapter_args)
-        self.measures = forgetting.make_callbacks(self.retention_args, tokenizer, self.test_dataset,
-                                                  self.data_args.task_eval_samples, self.training_args.max_length)
+        self.measures = forgetting.make_callbacks(self.retention_args, tokenizer, self.train_dataset,
+                                                  self.training_args.max_length)
         trainer = trainer_class(model=model, args=self.training_args, train_dataset=self.train_dataset,
                                 eval_dataset=self.eval_dataset, processing_class=tokenizer, peft_config=peft_config,
                                 callbacks=self.measures or None)
