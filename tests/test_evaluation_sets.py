@@ -75,7 +75,8 @@ def test_the_shipped_sets_are_well_formed():
 @pytest.mark.parametrize("content, message", [
     (None, "does not exist"),
     ("", "is empty"),
-    ('{"id": "a", "topic": "t", "question": "q?"}\n', "must be an object with"),
+    ('{"id": "a", "topic": "t", "question": "q?"}\n', "must have"),
+    ('[1, 2]\n', "is not a JSON object"),
     ('{"id": "a", "topic": "t", "question": "q?", "answers": []}\n', "non-empty list"),
     ('{"id": "a", "topic": "t", "question": "q?", "answers": ["?"]}\n', "with words in them"),
     ('{"id": "a", "topic": "t", "question": "q?", "answers": ["x"]}\n'

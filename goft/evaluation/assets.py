@@ -1,7 +1,10 @@
 """The evaluation sets that ship with goft as package data, so that they are found wherever goft is installed."""
 
+import json
 from importlib import resources
 from pathlib import Path
+
+from ..training.errors import RecipeError
 
 _DATA = resources.files("goft.evaluation") / "data"
 
@@ -11,3 +14,27 @@ GENERAL_TEXT = Path(str(_DATA / "general_text.jsonl"))
 RETENTION_QUESTIONS = Path(str(_DATA / "retention_questions.jsonl"))
 # Open instructions (explain, list, write): how far tuned answers drift from the base's own.
 OPEN_INSTRUCTIONS = Path(str(_DATA / "open_instructions.jsonl"))
+
+
+def read_jsonl(path, what: str) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-blank line of a JSON Lines file; `what` names the file in errors
+    ("general-text", "retention question", ...). A missing or empty file, invalid JSON or a line that is not an
+    object is a `RecipeError` naming the file and the line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise RecipeError(f"The {what} file {str(path)!r} does not exist.")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise RecipeError(f"The {what} file {str(path)!r} is not valid JSONL: {error.msg} (line {number}, "
+                              f"column {error.colno}).") from None
+        if not isinstance(record, dict):
+            raise RecipeError(f"Line {number} of the {what} file {str(path)!r} is not a JSON object.")
+        records.append((number, record))
+    if not records:
+        raise RecipeError(f"The {what} file {str(path)!r} is empty.")
+    return records

@@ -3,13 +3,12 @@
 Two measures: the KL(base ‖ tuned) per token along the base's own greedy answers (teacher-forced, so the tuned model
 is scored on exactly what the base would say), and the length of each model's greedy answer in tokens."""
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from ..training.errors import RecipeError
+from .assets import read_jsonl
 from .model_io import adapter_off, as_base, greedy_answers, model_device, prompt_completion_ids, scoring_mode
 from .shift import token_divergence
 
@@ -27,25 +26,12 @@ class BaseAnswers:
 
 def load_instructions(path) -> list[str]:
     """The `instruction` of each line of a JSON Lines file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise RecipeError(f"The open-instruction file {str(path)!r} does not exist.")
     instructions = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RecipeError(f"Line {number} of the open-instruction file {str(path)!r} is not valid JSON: "
-                              f"{error.msg}.") from None
-        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str) \
-                or not record["instruction"].strip():
+    for number, record in read_jsonl(path, "open-instruction"):
+        if not isinstance(record.get("instruction"), str) or not record["instruction"].strip():
             raise RecipeError(f"Line {number} of the open-instruction file {str(path)!r} needs a non-empty "
                               "`instruction` string.")
         instructions.append(record["instruction"])
-    if not instructions:
-        raise RecipeError(f"The open-instruction file {str(path)!r} is empty.")
     return instructions
 
 

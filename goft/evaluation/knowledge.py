@@ -2,15 +2,14 @@
 normalised match. Only the questions the base model answers correctly count; retention is the share of those the
 tuned model still answers correctly."""
 
-import json
 import logging
 import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..training.errors import RecipeError
+from .assets import read_jsonl
 from .model_io import greedy_answers
 
 logger = logging.getLogger(__name__)
@@ -94,21 +93,11 @@ def is_correct(reply: str, answers) -> bool:
 
 def load_questions(path) -> list[Question]:
     """The questions of a JSON Lines file, one {"id", "topic", "question", "answers"} object a line."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise RecipeError(f"The retention question file {str(path)!r} does not exist.")
     questions, seen = [], set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in read_jsonl(path, "retention question"):
         where = f"line {number} of the retention question file {str(path)!r}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RecipeError(f"{where[0].upper()}{where[1:]} is not valid JSON: {error.msg} "
-                              f"(column {error.colno}).") from None
-        if not isinstance(record, dict) or any(k not in record for k in QUESTION_KEYS):
-            raise RecipeError(f"{where[0].upper()}{where[1:]} must be an object with {list(QUESTION_KEYS)}.")
+        if any(k not in record for k in QUESTION_KEYS):
+            raise RecipeError(f"The object on {where} must have {list(QUESTION_KEYS)}.")
         answers = record["answers"]
         if (not isinstance(answers, list) or not answers
                 or not all(isinstance(a, str) and normalise_answer(a) for a in answers)):
@@ -119,8 +108,6 @@ def load_questions(path) -> list[Question]:
             raise RecipeError(f"The id {record['id']!r} on {where} is used twice.")
         seen.add(record["id"])
         questions.append(Question(str(record["id"]), str(record["topic"]), record["question"], tuple(answers)))
-    if not questions:
-        raise RecipeError(f"The retention question file {str(path)!r} is empty.")
     return questions
 
 

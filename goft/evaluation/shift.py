@@ -1,13 +1,12 @@
 """Distribution shift on general text: how far an adapter moved the next-token distribution (KL against the base,
 perplexity with the adapter off and on) on prose it was never trained on."""
 
-import json
 import math
-from pathlib import Path
 
 import torch
 
 from ..training.errors import RecipeError
+from .assets import read_jsonl
 from .model_io import adapter_off, model_device, scoring_mode
 
 POSITIONS = 256  # token positions whose full-vocabulary log-probabilities are held at once
@@ -15,30 +14,16 @@ POSITIONS = 256  # token positions whose full-vocabulary log-probabilities are h
 
 def load_general_text(path) -> list[str]:
     """The paragraphs of a JSON Lines file with one `{"text": ...}` object a line."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise RecipeError(f"The general-text file {str(path)!r} does not exist (JSON Lines, one {{\"text\": ...}} "
-                          "object a line).")
     texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RecipeError(f"The general-text file {str(path)!r} is not valid JSONL: {error.msg} "
-                              f"(line {number}, column {error.colno}).") from None
-        if not isinstance(record, dict) or "text" not in record:
+    for number, record in read_jsonl(path, "general-text"):
+        if "text" not in record:
             raise RecipeError(f"Line {number} of the general-text file {str(path)!r} has no `text` column; every "
                               "line must be an object like {\"text\": \"...\"}.")
         if not isinstance(record["text"], str) or not record["text"].strip():
             raise RecipeError(f"Line {number} of the general-text file {str(path)!r}: `text` must be a non-empty "
                               "string.")
         texts.append(record["text"])
-    if not texts:
-        raise RecipeError(f"The general-text file {str(path)!r} is empty.")
     return texts
-
 
 
 def token_divergence(base_logits: torch.Tensor, tuned_logits: torch.Tensor,
