@@ -154,3 +154,22 @@ def test_dpo_stage_comparison_strict_goft_against_a_lora_baseline(assets, tmp_pa
         assert row["knowledge"] is not None and row["kl_base_tuned"] > 0
     assert report["settings"]["stage"] == "dpo" and report["sweep"] == {}  # no answer NLL: no frontier to draw
     assert json.loads((tmp_path / "out" / "runs" / "givens" / "goft_run.json").read_text())["stage"] == "dpo"
+
+
+def test_an_evaluation_is_reused_only_while_what_it_measured_is_unchanged(tmp_path, monkeypatch):
+    from goft.evaluation import compare as runner, knowledge
+    from goft.evaluation.runner import EvaluationSets
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    run = runner.Run("givens", "givens", {}, folder)
+    sets = EvaluationSets(task_samples=8)
+    key = runner.evaluation_key(run, sets)
+    assert runner.evaluation_key(run, EvaluationSets(task_samples=8)) == key
+    assert runner.evaluation_key(run, EvaluationSets(task_samples=9)) != key
+    monkeypatch.setattr(knowledge, "ANSWER_TOKENS", knowledge.ANSWER_TOKENS + 1)
+    assert runner.evaluation_key(run, sets) != key  # a longer answer budget can change what counts as correct
+    monkeypatch.undo()
+    (folder / "adapter_model.safetensors").write_bytes(b"other weights")
+    assert runner.evaluation_key(run, sets) != key

@@ -24,7 +24,7 @@ import yaml
 
 from ..training.checkpoints import FINISHED_MARKER
 from ..training.errors import RecipeError
-from . import assets
+from . import assets, drift, knowledge
 from .report import (TASK_LEVELS, check_report_dir, plot_sweep, render_sweep, render_table, sweep_summary,
                      write_json)
 from ..training.models import resolve_model_source
@@ -229,6 +229,7 @@ def _file_digest(path: Path) -> str:
 def evaluation_key(run: Run, sets: EvaluationSets) -> str:
     """What an evaluation depends on: the adapter's weights and the evaluation sets and settings."""
     parts = {"adapter": _file_digest(run.output_dir / "adapter_model.safetensors"),
+             "answer_tokens": [knowledge.ANSWER_TOKENS, drift.ANSWER_TOKENS],
              "general_text": _file_digest(sets.general_text), "questions": _file_digest(sets.retention_questions),
              "instructions": _file_digest(sets.open_instructions), "task_samples": sets.task_samples,
              "max_length": sets.max_length}

@@ -14,7 +14,7 @@ from .model_io import greedy_answers
 
 logger = logging.getLogger(__name__)
 
-ANSWER_TOKENS = 24  # a direct answer fits; the key phrase must appear within this many generated tokens
+ANSWER_TOKENS = 48  # room for a sentence of lead-in before the answer; the key phrase must appear within these tokens
 QUESTION_KEYS = ("id", "topic", "question", "answers")
 
 UNITS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
