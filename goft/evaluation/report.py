@@ -184,6 +184,9 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
                          alpha=0.35, zorder=2)
         axis.set_xscale("log")
         axis.invert_xaxis()
+        if measure == "kl":  # KL spans decades and is 0 at the base: logarithmic above 1e-4, linear below
+            axis.set_yscale("symlog", linthresh=1e-4)
+        axis.set_ylim(bottom=0)
         axis.set_xlabel("held-out answer NLL per token (log scale; more learned →)")
         axis.set_ylabel(FORGETTING_MEASURES[measure][0])
         axis.grid(True, which="both", alpha=0.3)
