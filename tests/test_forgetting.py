@@ -105,6 +105,9 @@ def test_task_target_stops_training_once_reached(assets, tmp_path):  # noqa: F81
     (dict(forgetting_budget=-1.0), "must be a positive KL"),
     (dict(forgetting_budget=0.1, measure_steps=0), "must be at least 1"),
     (dict(task_target_nll=0.0), "must be a positive NLL"),
+    (dict(task_target_nll=float("inf")), "must be a positive NLL"),
+    (dict(forgetting_budget=float("nan")), "must be a positive KL"),
+    (dict(retention_eval=True, retention_questions="/"), "is a folder"),
     (dict(retention_eval=True, retention_questions="/no/such/file.jsonl"), "does not exist"),
     (dict(forgetting_budget=0.1, general_text="/no/such/file.jsonl"), "does not exist"),
 ])

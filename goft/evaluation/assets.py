@@ -21,6 +21,8 @@ def read_jsonl(path, what: str) -> list[tuple[int, dict]]:
     ("general-text", "retention question", ...). A missing or empty file, invalid JSON or a line that is not an
     object is a `RecipeError` naming the file and the line."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise RecipeError(f"The {what} file {str(path)!r} is a folder; give the path of a JSON Lines file.")
     if not path.is_file():
         raise RecipeError(f"The {what} file {str(path)!r} does not exist.")
     records = []

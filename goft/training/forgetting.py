@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -47,10 +48,10 @@ def check_retention_arguments(args, training_args, stage: str) -> None:
     if args.task_target_nll is not None:
         if stage != "sft":
             raise RecipeError("`task_target_nll` is an SFT key (the held-out answers' NLL); DPO has no such target.")
-        if not args.task_target_nll > 0:
+        if not 0 < args.task_target_nll < math.inf:
             raise RecipeError(f"`task_target_nll` must be a positive NLL per token, got {args.task_target_nll}.")
     if args.forgetting_budget is not None:
-        if not args.forgetting_budget > 0:
+        if not 0 < args.forgetting_budget < math.inf:
             raise RecipeError(f"`forgetting_budget` must be a positive KL per token, got {args.forgetting_budget}.")
         load_general_text(args.general_text or assets.GENERAL_TEXT)
     if (args.forgetting_budget is not None or args.task_target_nll is not None) and \
