@@ -80,11 +80,9 @@ def test_learning_rate_sweep_trains_evaluates_reports_and_reuses_finished_runs(c
     assert (out / "comparison.png").read_bytes()[:8] == PNG_MAGIC
     assert (out / "logs" / "lora-lr0.005.log").is_file()
 
-    # the report is never replaced silently; with overwrite, finished runs and their evaluations are reused
-    again = run_compare("--config", comparison["config"], "--only", "givens", "lora")
-    assert again.returncode == 2 and "already holds a comparison" in again.stderr
+    # the same comparison again continues it: its finished runs and their evaluations are reused
     adapter = (out / "runs" / "givens-lr0.02" / "adapter_model.safetensors").read_bytes()
-    redo = run_compare("--config", comparison["config"], "--only", "givens", "lora", "--overwrite_output_dir", "true")
+    redo = run_compare("--config", comparison["config"], "--only", "givens", "lora")
     check_ok(redo)
     assert "4 runs planned: 4 finished (reused), 0 to train" in redo.stdout
     assert "reusing the finished run" in redo.stderr and "[compare] training" not in redo.stdout
@@ -93,12 +91,32 @@ def test_learning_rate_sweep_trains_evaluates_reports_and_reuses_finished_runs(c
     reused = json.loads((out / "comparison.json").read_text())["rows"]
     assert [{k: v for k, v in r.items() if r[k] != rows[i][k]} for i, r in enumerate(reused)] == [{}] * 4
 
+    # another comparison (other settings) is never written over silently
+    other = run_compare("--config", comparison["config"], "--only", "givens", "lora", "--task_levels", "0.3")
+    assert other.returncode == 2 and "already holds another comparison" in other.stderr
+    # a method changed under the same name is not reused as if it were the old one
+    changed = yaml.safe_load(comparison["config"].read_text())
+    changed["methods"]["lora"]["lora_r"] = 8
+    changed_config = comparison["tmp"] / "changed.yaml"
+    changed_config.write_text(yaml.safe_dump(changed))
+    refused = run_compare("--config", changed_config, "--only", "lora")
+    assert refused.returncode == 2 and "lora@lr=0.005: " in refused.stderr
+    assert "was trained with other settings (the method's keys changed" in refused.stderr
+    # nor is a folder the comparison did not make
+    (out / "runs" / "hra").mkdir()
+    stray = run_compare("--config", comparison["config"])
+    assert stray.returncode == 2 and "was not made by a comparison" in stray.stderr
+    assert "[compare] training" not in refused.stdout + stray.stdout
+    (out / "runs" / "hra").rmdir()
+
     # a method added to the sweep trains and evaluates that run alone; the estimate uses the measured runs
-    plus = run_compare("--config", comparison["config"], "--overwrite_output_dir", "true")
+    plus = run_compare("--config", comparison["config"])
     check_ok(plus)
     assert "5 runs planned: 4 finished (reused), 1 to train" in plus.stdout and "median of 4 runs timed" in plus.stdout
     assert plus.stdout.count("[compare] training ") == 1 and "[compare] training hra" in plus.stdout
     assert plus.stdout.count("[compare] evaluating ") == 1
+    assert json.loads((out / "runs" / "hra" / "compare_run.json").read_text())["flags"] == [
+        "--adapter", "hra", "--hra_r", "4", "--learning_rate", "0.01"]
 
 
 def test_plan_only_prints_the_runs_and_trains_nothing(comparison):

@@ -23,6 +23,7 @@ from goft.evaluation import assets, runner
 from goft.evaluation.report import EVALUATION_JSON, check_report_dir, render_table, write_evaluation
 from goft.evaluation.runner import (BaseReference, EvaluationSets, evaluate_adapter, evaluate_adapters,
                                     held_out_split)
+from goft.evaluation.model_io import adapter_off, merged_for_scoring
 from goft.evaluation.shift import BaseLogitsCache, general_text_shift, load_general_text
 from goft.evaluation.tasks import task_metrics
 from goft.evaluation.weights import (adapted_linear_layers, effective_weight, max_neuron_angle_change,
@@ -292,6 +293,45 @@ def test_sft_task_metric_is_exact_match_with_the_adapter_off_and_on(base, tokeni
     answer = ids[0, len(prompt_ids):]
     direct = -log_probs[len(prompt_ids) - 1:-1].gather(1, answer.unsqueeze(1)).mean().item()
     assert changed["answer_nll_tuned"] == pytest.approx(direct, rel=1e-6)
+
+
+# ---- scoring with the adapter merged ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_merged_scoring_matches_the_adapter_and_restores_the_exact_base(base, method):
+    model = perturb(get_peft_model(copy.deepcopy(base), METHODS[method]()), 0.3).eval()
+    ids = torch.tensor([[5, 9, 2, 33, 17, 8, 41]])
+    with torch.no_grad():
+        tuned, plain = model(input_ids=ids).logits, base(input_ids=ids).logits
+        with adapter_off(model):
+            assert torch.equal(model(input_ids=ids).logits, plain)
+        weights = {name: t.clone() for name, t in model.state_dict().items()}
+        with merged_for_scoring(model):
+            assert all(m.merged for m in model.modules() if isinstance(m, BaseTunerLayer))
+            merged = model(input_ids=ids).logits
+            with adapter_off(model):  # the saved base weights, exactly
+                assert torch.equal(model(input_ids=ids).logits, plain)
+            assert torch.equal(model(input_ids=ids).logits, merged)
+        assert not any(m.merged for m in model.modules() if isinstance(m, BaseTunerLayer))
+        assert all(torch.equal(t, weights[name]) for name, t in model.state_dict().items())
+        assert torch.equal(model(input_ids=ids).logits, tuned)
+    assert not torch.allclose(tuned, plain, atol=1e-4)  # the adapter does change the output ...
+    torch.testing.assert_close(merged, tuned, atol=2e-5, rtol=1e-4)  # ... and merged it changes it the same way
+
+
+def test_merged_scoring_restores_the_base_after_an_error_and_skips_quantized_bases(base, tiny_dir):
+    model = perturb(get_peft_model(copy.deepcopy(base), givens()), 0.3)
+    weights = {name: t.clone() for name, t in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match="stop"), merged_for_scoring(model):
+        raise RuntimeError("stop")
+    assert all(torch.equal(t, weights[name]) for name, t in model.state_dict().items())
+    assert not hasattr(model, "_goft_merged_for_scoring")
+    quantized = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=BitsAndBytesConfig(
+        load_in_8bit=True), dtype=torch.float32)
+    model = get_peft_model(quantized, givens())
+    with merged_for_scoring(model):  # a quantized base is scored unmerged: merging would re-quantize it
+        assert not any(m.merged for m in model.modules() if isinstance(m, BaseTunerLayer))
 
 
 # ---- one adapter, several adapters -------------------------------------------------------------------------------

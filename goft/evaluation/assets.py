@@ -14,6 +14,9 @@ GENERAL_TEXT = Path(str(_DATA / "general_text.jsonl"))
 RETENTION_QUESTIONS = Path(str(_DATA / "retention_questions.jsonl"))
 # Open instructions (explain, list, write): how far tuned answers drift from the base's own.
 OPEN_INSTRUCTIONS = Path(str(_DATA / "open_instructions.jsonl"))
+# Everyday requests (write, advise, describe, plan), none of them a retention question or an open instruction: the
+# prompts that SFT replay asks the base model to answer, its answers becoming training rows.
+REPLAY_PROMPTS = Path(str(_DATA / "replay_prompts.jsonl"))
 
 
 def read_jsonl(path, what: str) -> list[tuple[int, dict]]:

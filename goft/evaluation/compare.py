@@ -2,8 +2,9 @@
 method.
 
 Every run trains through the stage's recipe with the same model, data, split, seed, batch and steps (only the
-method's own keys and its learning rate differ), then is evaluated on one base model loaded once (`runner.Evaluator`). A run
-that finished before is reused, and so is its evaluation when the evaluation sets and the adapter are unchanged. The
+method's own keys and its learning rate differ), then is evaluated on one base model loaded once
+(`runner.Evaluator`). A run that finished before with the same settings is reused, and so is its evaluation when the
+evaluation sets and the adapter are unchanged; the same comparison started again continues where it stopped. The
 report (table, sweep frontiers, JSON and plot) is rewritten after every run, so a long sweep shows its progress.
 """
 
@@ -36,6 +37,7 @@ RESULTS_FILE = "comparison.json"
 TABLE_FILE = "comparison.md"
 PLOT_FILE = "comparison.png"
 TIMINGS_FILE = "timings.json"
+RUN_SPEC_FILE = "compare_run.json"  # in each run's folder: what it was trained with, checked before it is reused
 # What makes the budget matched: a method may not change these.
 MATCHED_KEYS = ("model_name_or_path", "gguf_file", "dtype", "dataset_name", "dataset_test_size", "seed", "max_steps",
                 "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps", "max_length",
@@ -201,13 +203,47 @@ def _minutes(seconds: float) -> str:
 # ---- training and evaluating one run ------------------------------------------------------------------------------
 
 
-def train(run: Run, script: Path, recipe: str) -> float | None:
-    """Train one run with the stage's recipe script in its own process; a finished run is reused (None). Returns seconds."""
+def run_spec(run: Run, args: CompareArguments) -> dict:
+    """What a run is trained with: the stage, the recipe's keys (parsed, so comments do not count) and the method's
+    flags. A run folder is reused only when its recorded spec is this one."""
+    return {"stage": args.stage, "recipe": _recipe(args), "flags": run.flags()}
+
+
+def check_run_folders(runs: list[Run], args: CompareArguments) -> None:
+    """Refuse, before anything trains, to reuse or resume a run folder made with other settings (or not by a
+    comparison at all): its adapter would be reported under a name it was not trained with."""
+    for run in runs:
+        if not run.output_dir.exists():
+            continue
+        spec_file = run.output_dir / RUN_SPEC_FILE
+        if not spec_file.is_file():
+            raise RecipeError(f"{run.name}: {run.output_dir} exists but was not made by a comparison (it has no "
+                              f"{RUN_SPEC_FILE}); move it away or choose another `output_dir`.")
+        try:
+            recorded = json.loads(spec_file.read_text())
+        except json.JSONDecodeError:
+            raise RecipeError(f"{spec_file} is not valid JSON; remove {run.output_dir} to train {run.name} "
+                              "again.") from None
+        expected = run_spec(run, args)
+        changed = [key for key in expected if recorded.get(key) != expected[key]]
+        if changed:
+            what = {"stage": "the stage", "recipe": f"the recipe's keys ({args.recipe})", "flags": "the method's keys"}
+            raise RecipeError(f"{run.name}: {run.output_dir} was trained with other settings ("
+                              f"{', '.join(what[k] for k in changed)} changed: recorded flags "
+                              f"{' '.join(recorded.get('flags', []))!r}). Give the changed method a new name, or "
+                              f"remove that folder to train it again.")
+
+
+def train(run: Run, script: Path, recipe: str, spec: dict) -> float | None:
+    """Train one run with the stage's recipe script in its own process, its `spec` recorded in its folder; a
+    finished run is reused (None). Returns seconds."""
     if (run.output_dir / FINISHED_MARKER).is_file():
         logger.warning("%s: reusing the finished run in %s", run.name, run.output_dir)
         return None
     log_file = run.output_dir.parent.parent / "logs" / f"{run.output_dir.name}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run.output_dir / RUN_SPEC_FILE, spec)
     # the comparison evaluates every run itself, on one base: the recipe's own before/after measures are skipped
     command = [sys.executable, str(script), "--config", recipe, "--output_dir", str(run.output_dir),
                "--task_eval_samples", "0", "--retention_eval", "false", *run.flags()]
@@ -286,7 +322,7 @@ class Comparison:
         rows = []
         for index, run in enumerate(self.runs, start=1):
             start = time.perf_counter()
-            trained = train(run, self.script, self.args.recipe)
+            trained = train(run, self.script, self.args.recipe, run_spec(run, self.args))
             result = self.evaluate(run)
             if trained is not None:  # training and evaluation: what the estimate of the next runs uses
                 self.timings[run.name] = time.perf_counter() - start
@@ -304,8 +340,10 @@ class Comparison:
 def compare(args: CompareArguments, scripts: dict[str, Path], parsers: dict) -> list[dict]:
     """Train every run (matched budget) with the stage's recipe script (`scripts[stage]`, its arguments checked by
     `parsers[stage]`), evaluate each on the same base, write the report; returns the rows."""
-    check_report_dir(args.output_dir, RESULTS_FILE, args.overwrite_output_dir or args.plan_only, "a comparison")
     runs = plan_runs(args, parsers.get(args.stage))
+    check_report_dir(args.output_dir, RESULTS_FILE, args.overwrite_output_dir or args.plan_only
+                     or continues_comparison(args), "another comparison")
+    check_run_folders(runs, args)
     sets = args.evaluation_sets()
     reference = BaseReference.load(sets)  # the evaluation sets are checked before anything trains
     to_train = [run for run in runs if not (run.output_dir / FINISHED_MARKER).is_file()]
@@ -327,14 +365,29 @@ def compare(args: CompareArguments, scripts: dict[str, Path], parsers: dict) -> 
 # ---- the report ---------------------------------------------------------------------------------------------------
 
 
+def report_settings(args: CompareArguments) -> dict:
+    recipe = _recipe(args)
+    budget = {k: recipe.get(k) for k in MATCHED_KEYS if k in recipe and k != "output_dir"}
+    return {"recipe": args.recipe, "stage": args.stage, "budget": budget, **args.evaluation_sets().describe(),
+            "task_levels": args.task_levels}
+
+
+def continues_comparison(args: CompareArguments) -> bool:
+    """Whether output_dir holds a report of this same comparison (same recipe, budget, sets and task levels): it is
+    then continued, its finished runs reused, without `overwrite_output_dir`."""
+    path = Path(args.output_dir).expanduser() / RESULTS_FILE
+    try:
+        return json.loads(path.read_text()).get("settings") == json.loads(json.dumps(report_settings(args)))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
 def write_report(rows: list[dict], args: CompareArguments) -> None:
     folder = Path(args.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    recipe = _recipe(args)
-    budget = {k: recipe.get(k) for k in MATCHED_KEYS if k in recipe and k != "output_dir"}
+    settings = report_settings(args)
+    budget = settings["budget"]
     summary = sweep_summary(rows, args.task_levels)
-    settings = {"recipe": args.recipe, "stage": args.stage, "budget": budget, **args.evaluation_sets().describe(),
-                "task_levels": args.task_levels}
     write_json(folder / RESULTS_FILE, {"settings": settings, "rows": rows, "sweep": summary})
     budget_line = ", ".join(f"{k} {v}" for k, v in budget.items())
     text = f"# Method comparison\n\nMatched budget: {budget_line}.\n\n" + render_table(rows)

@@ -14,10 +14,69 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def adapter_off(model):
-    """A context in which the peft model runs its base layers alone."""
+    """A context in which the peft model runs its base layers alone (inside `merged_for_scoring`: the saved base
+    weights swapped in, so that nothing is unmerged and re-merged)."""
     if not hasattr(model, "disable_adapter"):
         raise TypeError(f"Expected a peft model (with `disable_adapter`), got {type(model).__name__}.")
-    return model.disable_adapter()
+    merged = getattr(model, _MERGED_STATE, None)
+    return merged.base_weights() if merged is not None else model.disable_adapter()
+
+
+_MERGED_STATE = "_goft_merged_for_scoring"
+
+
+class _MergedState:
+    """Base and merged tensors of every adapted layer, swapped by reference (no copies, exact both ways)."""
+
+    def __init__(self, tensors: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]]):
+        self.tensors = tensors  # (parameter, its base data, its merged data)
+
+    @contextlib.contextmanager
+    def base_weights(self):
+        for parameter, base, _ in self.tensors:
+            parameter.data = base
+        try:
+            yield
+        finally:
+            for parameter, _, merged in self.tensors:
+                parameter.data = merged
+
+
+def _mergeable_layers(model) -> list | None:
+    """The adapted layers when each one wraps a plain float nn.Linear (merging is then exact up to rounding), else
+    None: quantized or other base layers are scored unmerged."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    plain = all(type(getattr(m, "base_layer", None)) is nn.Linear and m.base_layer.weight.is_floating_point()
+                for m in layers)
+    return layers if layers and plain and not any(m.merged for m in layers) else None
+
+
+@contextlib.contextmanager
+def merged_for_scoring(model):
+    """Score the active adapter at the base model's speed: merge it into the base weights for the duration and
+    put the exact base weights back afterwards (the copies are kept, never recomputed by unmerging). Inside,
+    `adapter_off(model)` swaps the base weights in. A model that cannot be merged exactly is scored as it is."""
+    layers = _mergeable_layers(model) if hasattr(model, "disable_adapter") else None
+    if layers is None:
+        yield model
+        return
+    originals = [(p, p.data) for m in layers for p in m.base_layer.parameters(recurse=False)]
+    for parameter, data in originals:
+        parameter.data = data.clone()  # merging writes into these copies; the originals stay untouched
+    try:
+        for layer in layers:
+            layer.merge()
+        setattr(model, _MERGED_STATE, _MergedState([(p, base, p.data) for p, base in originals]))
+        yield model
+    finally:
+        if hasattr(model, _MERGED_STATE):
+            delattr(model, _MERGED_STATE)
+        for parameter, base in originals:
+            parameter.data = base
+        for layer in layers:
+            layer.merged_adapters.clear()
 
 
 def adapter_switch(model, enabled: bool):
@@ -47,23 +106,39 @@ def scoring_mode(model, tokenizer, padding_side: str = "right"):
             tokenizer.pad_token = pad
 
 
+def end_token_ids(model, tokenizer) -> set[int]:
+    """The ids that end a reply: the generation config's end-of-sequence ids and the tokenizer's."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(configured if isinstance(configured, (list, tuple)) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return {i for i in ids if i is not None}
+
+
 @torch.no_grad()
-def greedy_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-                   batch_size: int = 16) -> list[str]:
-    """The model's greedy reply to each conversation (rendered with the chat template, generation prompt added),
-    decoded without special tokens."""
+def greedy_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
+                   batch_size: int = 16) -> list[tuple[str, bool]]:
+    """(reply, finished) per conversation: the model's greedy reply (rendered with the chat template, generation
+    prompt added; decoded without special tokens) and whether it ended within `max_new_tokens`."""
     replies = []
     with scoring_mode(model, tokenizer, padding_side="left"):
         device = model_device(model)
+        ends = torch.tensor(sorted(end_token_ids(model, tokenizer)), device=device)
         prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                    for c in conversations]
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
                               add_special_tokens=False).to(device)
             generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                       pad_token_id=tokenizer.pad_token_id)
-            replies += tokenizer.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+                                       pad_token_id=tokenizer.pad_token_id)[:, batch["input_ids"].shape[1]:]
+            finished = torch.isin(generated, ends).any(dim=1).tolist()
+            replies += zip(tokenizer.batch_decode(generated, skip_special_tokens=True), finished)
     return replies
+
+
+def greedy_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
+                   batch_size: int = 16) -> list[str]:
+    """The model's greedy reply to each conversation (see `greedy_replies`)."""
+    return [reply for reply, _ in greedy_replies(model, tokenizer, conversations, max_new_tokens, batch_size)]
 
 
 def prompt_completion_ids(tokenizer, prompt, completion, max_length: int) -> tuple[list[int], int]:

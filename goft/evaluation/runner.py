@@ -23,7 +23,7 @@ from ..training.preflight import check_adapters_fit
 from . import assets
 from .drift import BaseAnswers, answer_drift, base_answers, load_instructions
 from .knowledge import Question, knowledge_retention, known_questions, load_questions
-from .model_io import as_base
+from .model_io import as_base, merged_for_scoring
 from .shift import BaseLogitsCache, general_text_shift, load_general_text
 from .tasks import task_kind, task_metrics
 from .weights import adapter_parameter_count, method_label, neuron_angle_changes, strict_orthogonality_error
@@ -99,7 +99,8 @@ def read_adapter_config(adapter_path) -> dict:
 
 
 def measure(model, tokenizer, reference: BaseReference, sets: EvaluationSets, test_dataset=None) -> dict:
-    """Every measure of the active adapter of the peft `model` against its base (the same model, adapter off)."""
+    """Every measure of the active adapter of the peft `model` against its base (the same model, adapter off).
+    The weights are read first; the forward passes then run with the adapter merged (`merged_for_scoring`)."""
     name = model.active_adapter
     config = model.peft_config[name]
     angles = neuron_angle_changes(model)
@@ -109,16 +110,17 @@ def measure(model, tokenizer, reference: BaseReference, sets: EvaluationSets, te
               "orthogonality_error": strict_orthogonality_error(model, name),
               "max_neuron_angle_change_deg": max(angles.values(), default=0.0),
               "neuron_angle_change_deg_by_layer": angles, "task": None, "knowledge": None, "drift": None}
-    if reference.texts is not None:
-        result.update(general_text_shift(model, tokenizer, reference.texts, max_length=sets.max_length,
-                                         base_cache=reference.logits))
-    if reference.questions is not None:
-        result["knowledge"] = knowledge_retention(model, tokenizer, reference.known_questions(model, tokenizer))
-    if reference.instructions is not None:
-        result["drift"] = answer_drift(model, tokenizer, reference.base_answers(model, tokenizer),
-                                       max_length=sets.max_length)
-    if test_dataset is not None and sets.task_samples > 0:
-        result["task"] = task_metrics(model, tokenizer, test_dataset, sets.task_samples, max_length=sets.max_length)
+    with merged_for_scoring(model):  # the forward passes below run at the base model's speed
+        if reference.texts is not None:
+            result.update(general_text_shift(model, tokenizer, reference.texts, max_length=sets.max_length,
+                                             base_cache=reference.logits))
+        if reference.questions is not None:
+            result["knowledge"] = knowledge_retention(model, tokenizer, reference.known_questions(model, tokenizer))
+        if reference.instructions is not None:
+            result["drift"] = answer_drift(model, tokenizer, reference.base_answers(model, tokenizer),
+                                           max_length=sets.max_length)
+        if test_dataset is not None and sets.task_samples > 0:
+            result["task"] = task_metrics(model, tokenizer, test_dataset, sets.task_samples, max_length=sets.max_length)
     return result
 
 

@@ -142,3 +142,19 @@ class RetentionArguments:
         metadata={"help": "With `forgetting_budget`: JSONL of general text ({\"text\": ...} a line); default: the "
                   "set that ships with goft (never trained on)."},
     )
+    replay_share: float = field(
+        default=0.0,
+        metadata={"help": "SFT: share of the training rows that replay the base model's own answers to everyday "
+                  "requests (`replay_prompts`), generated at the start of the run: the adapter learns the task while "
+                  "keeping the model's behaviour elsewhere. 0 turns replay off."},
+    )
+    replay_prompts: str | None = field(
+        default=None,
+        metadata={"help": "With `replay_share`: JSONL of requests ({\"prompt\": ...} a line); default: the set that "
+                  "ships with goft (none of them a retention question)."},
+    )
+    replay_answer_tokens: int = field(
+        default=128,
+        metadata={"help": "With `replay_share`: the longest base answer replayed, in tokens; longer answers are "
+                  "left out (a cut answer would teach the model to stop mid-sentence)."},
+    )

@@ -27,6 +27,7 @@ from ..evaluation.model_io import adapter_off
 from ..evaluation.shift import BaseLogitsCache, general_text_shift, load_general_text
 from ..evaluation.tasks import answer_nll
 from .errors import RecipeError
+from .replay import check_replay_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -54,10 +55,14 @@ def check_retention_arguments(args, training_args, stage: str) -> None:
         if not 0 < args.forgetting_budget < math.inf:
             raise RecipeError(f"`forgetting_budget` must be a positive KL per token, got {args.forgetting_budget}.")
         load_general_text(args.general_text or assets.GENERAL_TEXT)
+    check_replay_arguments(args, stage)
     if (args.forgetting_budget is not None or args.task_target_nll is not None) and \
             under_deepspeed_or_fsdp(training_args):
         raise RecipeError("`forgetting_budget` and `task_target_nll` are not supported under DeepSpeed or FSDP (the "
                           "adapter would have to be gathered for each measurement); use one process or DDP.")
+    if args.replay_share and under_deepspeed_or_fsdp(training_args):
+        raise RecipeError("`replay_share` is not supported under DeepSpeed or FSDP (the base answers its replay "
+                          "prompts before training, on one process); use one process or DDP.")
 
 
 def _peft_model(trainer):
@@ -178,7 +183,7 @@ class TaskTarget(TrainerCallback):
             return
         nll = answer_nll(model, self.tokenizer, self.rows, max_length=self.max_length)["answer_nll_tuned"]
         self.last = (state.global_step, nll)
-        logger.info("held-out answer NLL at step %d: %.4g (target %g)", state.global_step, nll, self.target)
+        logger.info("training answers' NLL at step %d: %.4g (target %g)", state.global_step, nll, self.target)
         if nll <= self.target:
             self.reached = (state.global_step, nll)
             control.should_training_stop = True

@@ -9,7 +9,7 @@ from peft import PeftConfig, PeftModel
 from transformers.trainer_utils import set_seed
 
 from ..sorsa import SorsaConfig
-from . import adapters, checkpoints, forgetting, hub, model_card, preflight
+from . import adapters, checkpoints, forgetting, hub, model_card, preflight, replay
 from .chat_templates import use_training_chat_template
 from .data import load_recipe_dataset
 from .errors import RecipeError
@@ -92,12 +92,25 @@ class RecipeRun:
         trainer_class = recipe_trainer_class(trainer_class, self.adapter_config, self.adapter_args)
         self.measures = forgetting.make_callbacks(self.retention_args, tokenizer, self.train_dataset,
                                                   self.training_args.max_length)
+        if self.retention_args.replay_share:  # after the task target took its rows: those are the task's alone
+            self.add_replay(model, tokenizer)
         trainer = trainer_class(model=model, args=self.training_args, train_dataset=self.train_dataset,
                                 eval_dataset=self.eval_dataset, processing_class=tokenizer, peft_config=peft_config,
                                 callbacks=self.measures or None)
         if self.stage == "dpo":
             self.use_adapter_as_reference(trainer)
         return trainer
+
+    def add_replay(self, model, tokenizer) -> None:
+        """Mix the base's own answers to the replay prompts into the training split (see `replay`)."""
+        args = self.retention_args
+        if getattr(model, "hf_quantizer", None) is None:  # answer on the training device (where the trainer puts it)
+            model.to(self.training_args.device)
+        answers = replay.replay_answers(args, model, tokenizer, self.training_args.output_dir, self.source.name,
+                                        self.training_args.main_process_first)
+        mixed, record = replay.mix_replay(self.train_dataset, answers, args.replay_share)
+        self.dataset[self.data_args.dataset_train_split] = mixed
+        self.task_metrics.update(record)
 
     def use_adapter_as_reference(self, trainer) -> None:
         """When training continues an adapter, the reference is that adapter as loaded, frozen (not the base)."""
@@ -276,7 +289,8 @@ def print_summary(trainer, run: RecipeRun, metrics: dict) -> None:
         return
     lines = [f"== goft {run.stage} finished after {metrics.get('global_step')} steps =="]
     for key, value in metrics.items():
-        if key.startswith(("task/", "retention/", "forgetting/", "task_target/")) or key == "orthogonality_error":
+        if key.startswith(("task/", "retention/", "replay/", "forgetting/", "task_target/")) or \
+                key == "orthogonality_error":
             lines.append(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
     if "forgetting/stopped_at_step" in metrics:
         lines.append(f"  forgetting budget: KL {metrics['forgetting/stopped_kl']:.4g} > "

@@ -1,0 +1,116 @@
+"""SFT replay: training rows in which the base model answers everyday requests itself.
+
+With `replay_share` s > 0, the SFT training split is mixed with replay rows until they make up a share s of it: each
+row is an everyday request (`replay_prompts`, not the task's) with the base model's own greedy answer. Training on
+them asks the adapter to leave the model's behaviour on other requests as it was while it learns the task from the
+rest of the rows (self-distillation). Only answers the base finishes within `replay_answer_tokens` are used: a cut
+answer would teach the model to stop mid-sentence. The answers are written to `replay.json` in the output folder, so
+that a resumed run trains on the same rows without generating them again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from datasets import Dataset, concatenate_datasets
+
+from ..evaluation import assets
+from ..evaluation.model_io import as_base, greedy_replies
+from .errors import RecipeError
+
+logger = logging.getLogger(__name__)
+
+REPLAY_FILE = "replay.json"
+MAX_SHARE = 0.9
+
+
+def load_replay_prompts(path) -> list[str]:
+    """The `prompt` of every line of a replay-prompt JSONL file; refuses missing, empty or repeated prompts."""
+    prompts = []
+    for number, record in assets.read_jsonl(path, "replay prompt"):
+        prompt = record.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RecipeError(f"Line {number} of the replay prompt file {str(path)!r} has no `prompt` text.")
+        if prompt in prompts:
+            raise RecipeError(f"Line {number} of the replay prompt file {str(path)!r} repeats an earlier prompt.")
+        prompts.append(prompt)
+    return prompts
+
+
+def check_replay_arguments(args, stage: str) -> None:
+    """The replay keys checked, and the prompt file read, before any model is loaded."""
+    if not args.replay_share:
+        return
+    if stage != "sft":
+        raise RecipeError("`replay_share` is an SFT key (replay rows are conversations); DPO trains on preference "
+                          "pairs.")
+    if not 0 < args.replay_share <= MAX_SHARE:
+        raise RecipeError(f"`replay_share` must be in (0, {MAX_SHARE}] (the share of training rows that replay the "
+                          f"base's answers), got {args.replay_share}.")
+    if args.replay_answer_tokens < 1:
+        raise RecipeError(f"`replay_answer_tokens` must be at least 1, got {args.replay_answer_tokens}.")
+    load_replay_prompts(args.replay_prompts or assets.REPLAY_PROMPTS)
+
+
+def replay_row_count(share: float, task_rows: int) -> int:
+    """Replay rows r such that r / (r + task_rows) is `share`, rounded (at least 1)."""
+    return max(1, round(share / (1 - share) * task_rows))
+
+
+def _replay_key(args, prompts: list[str], base_name: str) -> str:
+    parts = {"prompts": prompts, "answer_tokens": args.replay_answer_tokens, "base": base_name}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def base_replay_answers(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
+    """The base model's greedy answer to each prompt, with whether it finished within `max_new_tokens`."""
+    with as_base(model):
+        replies = greedy_replies(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
+                                 max_new_tokens)
+    return [{"prompt": p, "answer": reply.strip(), "finished": finished}
+            for p, (reply, finished) in zip(prompts, replies)]
+
+
+def replay_answers(args, model, tokenizer, output_dir, base_name: str, main_process_first) -> list[dict]:
+    """The base's answers to the replay prompts: read from `replay.json` in `output_dir` when it holds these
+    prompts' answers for this base, else generated (by the main process first; the others then read them)."""
+    prompts = load_replay_prompts(args.replay_prompts or assets.REPLAY_PROMPTS)
+    key = _replay_key(args, prompts, base_name)
+    path = Path(output_dir) / REPLAY_FILE
+    with main_process_first(desc="replay answers"):
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            if stored.get("key") == key:
+                return stored["answers"]
+        answers = base_replay_answers(model, tokenizer, prompts, args.replay_answer_tokens)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "answers": answers}, indent=1))
+    return answers
+
+
+def mix_replay(train_dataset, answers: list[dict], share: float) -> tuple[object, dict]:
+    """The training split with replay rows added (the finished answers, cycled as often as needed), and what the
+    run records about them."""
+    finished = [a for a in answers if a["finished"] and a["answer"]]
+    if not finished:
+        raise RecipeError("The base model finished none of its replay answers within `replay_answer_tokens`; raise "
+                          "it, or give shorter requests in `replay_prompts`.")
+    if "messages" not in train_dataset.column_names:
+        raise RecipeError("Replay needs conversational SFT data (a `messages` column).")
+    count = replay_row_count(share, len(train_dataset))
+    rows = [finished[i % len(finished)] for i in range(count)]
+    replay = {"messages": [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}]
+                           for r in rows]}
+    for column in train_dataset.column_names:  # the task's other columns, empty in replay rows
+        if column != "messages":
+            replay[column] = [None] * count
+    mixed = concatenate_datasets([train_dataset, Dataset.from_dict(replay).cast(train_dataset.features)])
+    record = {"replay/rows": count, "replay/share": count / len(mixed), "replay/distinct_prompts":
+              min(count, len(finished)), "replay/unfinished_answers_dropped": len(answers) - len(finished)}
+    logger.info("replay: %d rows of the base's own answers (%d distinct prompts) added to %d task rows",
+                count, record["replay/distinct_prompts"], len(train_dataset))
+    return mixed, record
+

@@ -1,0 +1,150 @@
+"""SFT replay: the base model's own answers to everyday requests mixed into the training split."""
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from goft.evaluation import assets as shipped
+from goft.evaluation.drift import load_instructions
+from goft.evaluation.knowledge import load_questions, normalise_answer
+from goft.evaluation.model_io import greedy_replies
+from goft.training.arguments import RetentionArguments
+from goft.training.errors import RecipeError
+from goft.training.forgetting import check_retention_arguments
+from goft.training.replay import (REPLAY_FILE, base_replay_answers, load_replay_prompts, mix_replay,
+                                  replay_row_count)
+
+from .recipe_assets import sft_rows, write_jsonl
+from .test_recipes import assets, check_ok, common_args, launch, run_summary  # noqa: F401  (assets is a fixture)
+
+PROMPTS = ["tell me a story", "describe a tree", "plan a day", "write a note", "give advice"]
+
+
+def first_tokens(model_dir, prompts):
+    """The first token the tiny base generates for each prompt."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    batch = tokenizer([tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                     add_generation_prompt=True) for p in prompts],
+                      return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=1, do_sample=False)
+    return model, tokenizer, out[:, -1].tolist()
+
+
+def test_shipped_replay_prompts_are_distinct_from_every_evaluation_set():
+    prompts = load_replay_prompts(shipped.REPLAY_PROMPTS)
+    assert len(prompts) == 96 == len(set(prompts))
+    evaluated = {normalise_answer(q.question) for q in load_questions(shipped.RETENTION_QUESTIONS)}
+    evaluated |= {normalise_answer(i) for i in load_instructions(shipped.OPEN_INSTRUCTIONS)}
+    assert not {normalise_answer(p) for p in prompts} & evaluated
+    # nor a near copy: no replay prompt shares as much as 45% of its words with an evaluated one (Jaccard)
+    words = [set(normalise_answer(p).split()) for p in prompts]
+    assert max(len(w & set(e.split())) / len(w | set(e.split())) for w in words for e in evaluated) < 0.45
+
+
+def test_replay_rows_make_up_the_requested_share():
+    assert replay_row_count(0.2, 360) == 90 and replay_row_count(0.5, 10) == 10
+    assert replay_row_count(0.25, 7) == 2 and replay_row_count(0.01, 3) == 1  # 7/3 rounds to 2; at least one row
+
+
+def test_mix_replay_adds_finished_answers_cycled_and_keeps_the_task_rows():
+    task = Dataset.from_list([{**row, "source": "task"} for row in sft_rows(12)])
+    answers = [{"prompt": "a", "answer": "one", "finished": True}, {"prompt": "b", "answer": "cut", "finished": False},
+               {"prompt": "c", "answer": "three", "finished": True}, {"prompt": "d", "answer": "", "finished": True}]
+    mixed, record = mix_replay(task, answers, 0.25)
+    assert len(mixed) == 16 and mixed.features == task.features
+    assert mixed.select(range(12)).to_list() == task.to_list()  # the task rows untouched, in order
+    replayed = mixed.select(range(12, 16))
+    assert [m[0]["content"] for m in replayed["messages"]] == ["a", "c", "a", "c"]
+    assert [m[1] == {"role": "assistant", "content": "one" if m[0]["content"] == "a" else "three"}
+            for m in replayed["messages"]] == [True] * 4
+    assert replayed["source"] == [None] * 4
+    assert record == {"replay/rows": 4, "replay/share": 0.25, "replay/distinct_prompts": 2,
+                      "replay/unfinished_answers_dropped": 2}
+    with pytest.raises(RecipeError, match="finished none of its replay answers"):
+        mix_replay(task, [{"prompt": "b", "answer": "cut", "finished": False}], 0.25)
+    with pytest.raises(RecipeError, match="a `messages` column"):
+        mix_replay(Dataset.from_list([{"text": "x"}]), answers, 0.25)
+
+
+def test_greedy_replies_say_whether_the_reply_ended(assets):  # noqa: F811
+    model, tokenizer, firsts = first_tokens(assets["model"], PROMPTS)
+    never = [i for i in range(len(tokenizer)) if i not in firsts and i != tokenizer.eos_token_id][0]
+    model.generation_config.eos_token_id = [never]
+    tokenizer.eos_token_id = never
+    conversations = [[{"role": "user", "content": p}] for p in PROMPTS]
+    assert [done for _, done in greedy_replies(model, tokenizer, conversations, 3)] == [False] * len(PROMPTS)
+    model.generation_config.eos_token_id = [never, firsts[0]]  # the first prompt's reply ends at its first token
+    replies = greedy_replies(model, tokenizer, conversations, 3)
+    assert [done for _, done in replies] == [f == firsts[0] for f in firsts] and replies[0][1]
+    answers = base_replay_answers(model, tokenizer, PROMPTS, 3)
+    assert [a["finished"] for a in answers] == [done for _, done in replies]
+    assert [a["answer"] for a in answers] == [reply.strip() for reply, _ in replies]
+
+
+@pytest.mark.parametrize("keys, stage, message", [
+    (dict(replay_share=0.3), "dpo", "is an SFT key"),
+    (dict(replay_share=0.95), "sft", "must be in (0, 0.9]"),
+    (dict(replay_share=-0.1), "sft", "must be in (0, 0.9]"),
+    (dict(replay_share=0.3, replay_answer_tokens=0), "sft", "at least 1"),
+    (dict(replay_share=0.3, replay_prompts="/no/such/file.jsonl"), "sft", "does not exist"),
+])
+def test_bad_replay_keys_are_refused(keys, stage, message):
+    with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        check_retention_arguments(RetentionArguments(**keys), SimpleNamespace(deepspeed=None), stage)
+
+
+def test_replay_prompt_files_are_checked_and_replay_is_refused_under_deepspeed(tmp_path, monkeypatch):
+    empty = write_jsonl([{"id": 1, "prompt": " "}], tmp_path / "empty.jsonl")
+    twice = write_jsonl([{"prompt": "a"}, {"prompt": "a"}], tmp_path / "twice.jsonl")
+    for path, message in ((empty, "has no `prompt` text"), (twice, "repeats an earlier prompt")):
+        with pytest.raises(RecipeError, match=message):
+            check_retention_arguments(RetentionArguments(replay_share=0.2, replay_prompts=str(path)),
+                                      SimpleNamespace(deepspeed=None), "sft")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(RecipeError, match="`replay_share` is not supported under DeepSpeed"):
+        check_retention_arguments(RetentionArguments(replay_share=0.2), SimpleNamespace(deepspeed=None), "sft")
+
+
+def test_sft_with_replay_trains_on_the_base_answers_and_a_resumed_run_reuses_them(assets, tmp_path):  # noqa: F811
+    # a copy of the tiny base whose replies end at the first prompt's first token: some replay answers finish
+    model_dir = tmp_path / "tiny"
+    shutil.copytree(assets["model"], model_dir)
+    _, tokenizer, firsts = first_tokens(model_dir, PROMPTS)
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    config["eos_token_id"] = [tokenizer.eos_token_id, firsts[0]]
+    (model_dir / "generation_config.json").write_text(json.dumps(config))
+    prompts = write_jsonl([{"prompt": p} for p in PROMPTS], tmp_path / "prompts.jsonl")
+    output_dir = tmp_path / "replay"
+    args = common_args(model_dir, assets["sft"], output_dir, steps=4) + [
+        "--replay_share", "0.2", "--replay_prompts", str(prompts), "--replay_answer_tokens", "4"]
+    result = launch("sft.py", args)
+    check_ok(result)
+    metrics = run_summary(output_dir)["metrics"]
+    task_rows = round(48 * 0.9)  # the demo split: 10% held out
+    finished = sum(f == firsts[0] for f in firsts)
+    assert metrics["replay/rows"] == replay_row_count(0.2, task_rows) == 11
+    assert metrics["replay/distinct_prompts"] == finished
+    assert metrics["replay/unfinished_answers_dropped"] == len(PROMPTS) - finished
+    assert "replay/rows: 11" in result.stdout
+    stored = json.loads((output_dir / REPLAY_FILE).read_text())
+    assert [a["prompt"] for a in stored["answers"]] == PROMPTS
+    assert metrics["replay/share"] == pytest.approx(11 / 54)  # 43 task rows and 11 replay rows
+
+    # the stored answers are what a later run with the same prompts, base and budget trains on (not generated again);
+    # other prompts or another budget generate them anew
+    stored["answers"][0]["answer"] = "a marked answer"
+    (output_dir / REPLAY_FILE).write_text(json.dumps(stored))
+    again = launch("sft.py", args + ["--overwrite_output_dir", "true"])
+    check_ok(again)
+    assert "a marked answer" in (output_dir / REPLAY_FILE).read_text()
+    other = launch("sft.py", args + ["--overwrite_output_dir", "true", "--replay_answer_tokens", "5"])
+    check_ok(other)
+    assert "a marked answer" not in (output_dir / REPLAY_FILE).read_text()
