@@ -1,6 +1,7 @@
 """The retention set, answer normalisation and scoring, open-instruction drift, and the sweep frontier."""
 
 import copy
+import json
 import subprocess
 import sys
 import zipfile
@@ -22,6 +23,8 @@ from goft.evaluation.report import render_sweep, sweep_summary
 from goft.training.errors import RecipeError
 
 from .recipe_assets import build_tiny_chat_model, write_jsonl
+
+REPO = Path(__file__).resolve().parents[1]
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
@@ -70,6 +73,35 @@ def test_the_shipped_sets_are_well_formed():
         assert not is_correct(question.question, question.answers), question.id
     instructions = load_instructions(assets.OPEN_INSTRUCTIONS)
     assert len(instructions) >= 10 and len(set(instructions)) == len(instructions)
+
+
+def words(text: str) -> set[str]:
+    return set(normalise_answer(text).split())
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b)
+
+
+@pytest.mark.parametrize("data_file, templates_shared", [("demo_sft.jsonl", False), ("demo_dpo.jsonl", False),
+                                                         ("facts_sft.jsonl", True)])
+def test_no_shipped_training_prompt_is_a_retention_question(data_file, templates_shared):
+    """Retention must measure what training did not teach: no prompt of the shipped data is a retention question, and
+    no real-world prompt is a near copy of one (half its words or more) or asks for its answer in similar words. The
+    invented facts share templates and words with it ("What colour is the water of the <invented> River?") by
+    design: learning new facts of a known kind without losing the old ones is that task's point."""
+    questions = load_questions(assets.RETENTION_QUESTIONS)
+    rows = [json.loads(line) for line in (REPO / "data" / data_file).read_text().splitlines() if line.strip()]
+    prompts = {(r["prompt"] if "prompt" in r else r["messages"][:-1])[-1]["content"]: r for r in rows}
+    for prompt, row in prompts.items():
+        asked = words(prompt)
+        reply = words((row.get("chosen") or row.get("messages"))[-1]["content"])
+        for question in questions:
+            assert normalise_answer(prompt) != normalise_answer(question.question), prompt
+            similarity = jaccard(asked, words(question.question))
+            assert templates_shared or similarity < 0.5, (prompt, question.question)
+            same_answer = any(words(a) <= reply for a in question.answers)
+            assert templates_shared or not (same_answer and similarity >= 0.25), (prompt, question.question)
 
 
 @pytest.mark.parametrize("content, message", [

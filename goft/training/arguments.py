@@ -150,11 +150,20 @@ class RetentionArguments:
     )
     replay_prompts: str | None = field(
         default=None,
-        metadata={"help": "With `replay_share`: JSONL of requests ({\"prompt\": ...} a line); default: the set that "
+        metadata={"help": "With `replay_share` or `anchor_weight`: JSONL of requests ({\"prompt\": ...} a line); default: the set that "
                   "ships with goft (none of them a retention question)."},
+    )
+    anchor_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the anchor term: KL(base || tuned) per token on the base model's own answers to "
+                  "the replay prompts, one batch of `anchor_batch_size` per step, added to the loss (one process; "
+                  "not under DeepSpeed or FSDP). 0 turns it off."},
+    )
+    anchor_batch_size: int = field(
+        default=4, metadata={"help": "With `anchor_weight`: anchor conversations per training step."}
     )
     replay_answer_tokens: int = field(
         default=128,
-        metadata={"help": "With `replay_share`: the longest base answer replayed, in tokens; longer answers are "
+        metadata={"help": "With `replay_share` or `anchor_weight`: the longest base answer used, in tokens; longer answers are "
                   "left out (a cut answer would teach the model to stop mid-sentence)."},
     )

@@ -60,9 +60,10 @@ def check_retention_arguments(args, training_args, stage: str) -> None:
             under_deepspeed_or_fsdp(training_args):
         raise RecipeError("`forgetting_budget` and `task_target_nll` are not supported under DeepSpeed or FSDP (the "
                           "adapter would have to be gathered for each measurement); use one process or DDP.")
-    if args.replay_share and under_deepspeed_or_fsdp(training_args):
-        raise RecipeError("`replay_share` is not supported under DeepSpeed or FSDP (the base answers its replay "
-                          "prompts before training, on one process); use one process or DDP.")
+    if (args.replay_share or args.anchor_weight) and under_deepspeed_or_fsdp(training_args):
+        raise RecipeError("`replay_share` and `anchor_weight` are not supported under DeepSpeed or FSDP (the base "
+                          "answers the replay prompts before training, unsharded); use one process (or DDP for "
+                          "replay).")
 
 
 def _peft_model(trainer):

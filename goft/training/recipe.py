@@ -9,12 +9,13 @@ from peft import PeftConfig, PeftModel
 from transformers.trainer_utils import set_seed
 
 from ..sorsa import SorsaConfig
-from . import adapters, checkpoints, forgetting, hub, model_card, preflight, replay
+from . import adapters, anchor, checkpoints, forgetting, hub, model_card, preflight, replay
 from .chat_templates import use_training_chat_template
 from .data import load_recipe_dataset
 from .errors import RecipeError
 from .models import (ModelSource, is_adapter_folder, load_causal_lm, load_tokenizer, quantization_config,
                      resolve_model_source)
+from .regularized import Regularizer
 from .safeguards import checked_orthogonality_error, recipe_trainer_class
 
 logger = logging.getLogger(__name__)
@@ -89,11 +90,10 @@ class RecipeRun:
         (qGOFT, SORSA, HRA) joins the training, the safeguards guard it (complete checkpoints, a stop on a non-finite
         loss, orthogonality before each checkpoint), and a continued adapter becomes its own frozen reference."""
         model, tokenizer, peft_config = self.load_model_and_tokenizer()
-        trainer_class = recipe_trainer_class(trainer_class, self.adapter_config, self.adapter_args)
         self.measures = forgetting.make_callbacks(self.retention_args, tokenizer, self.train_dataset,
                                                   self.training_args.max_length)
-        if self.retention_args.replay_share:  # after the task target took its rows: those are the task's alone
-            self.add_replay(model, tokenizer)
+        anchor_terms = self.add_replay_and_anchor(model, tokenizer)  # after the task target took its (task) rows
+        trainer_class = recipe_trainer_class(trainer_class, self.adapter_config, self.adapter_args, anchor_terms)
         trainer = trainer_class(model=model, args=self.training_args, train_dataset=self.train_dataset,
                                 eval_dataset=self.eval_dataset, processing_class=tokenizer, peft_config=peft_config,
                                 callbacks=self.measures or None)
@@ -101,16 +101,26 @@ class RecipeRun:
             self.use_adapter_as_reference(trainer)
         return trainer
 
-    def add_replay(self, model, tokenizer) -> None:
-        """Mix the base's own answers to the replay prompts into the training split (see `replay`)."""
+    def add_replay_and_anchor(self, model, tokenizer) -> tuple:
+        """With `replay_share`, mix the base's own answers to the replay prompts into the training split (see
+        `replay`); with `anchor_weight`, the anchor regulariser on those answers (see `anchor`)."""
         args = self.retention_args
+        if not (args.replay_share or args.anchor_weight):
+            return ()
         if getattr(model, "hf_quantizer", None) is None:  # answer on the training device (where the trainer puts it)
             model.to(self.training_args.device)
         answers = replay.replay_answers(args, model, tokenizer, self.training_args.output_dir, self.source.name,
                                         self.training_args.main_process_first)
-        mixed, record = replay.mix_replay(self.train_dataset, answers, args.replay_share)
-        self.dataset[self.data_args.dataset_train_split] = mixed
-        self.task_metrics.update(record)
+        if args.replay_share:
+            mixed, record = replay.mix_replay(self.train_dataset, answers, args.replay_share)
+            self.dataset[self.data_args.dataset_train_split] = mixed
+            self.task_metrics.update(record)
+        if not args.anchor_weight:
+            return ()
+        sequences = anchor.anchor_sequences(answers, tokenizer)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.task_metrics.update({"anchor/weight": args.anchor_weight, "anchor/conversations": len(sequences)})
+        return (Regularizer("anchor_kl", anchor.AnchorKL(sequences, args.anchor_batch_size, pad), args.anchor_weight),)
 
     def use_adapter_as_reference(self, trainer) -> None:
         """When training continues an adapter, the reference is that adapter as loaded, frozen (not the base)."""
@@ -289,7 +299,7 @@ def print_summary(trainer, run: RecipeRun, metrics: dict) -> None:
         return
     lines = [f"== goft {run.stage} finished after {metrics.get('global_step')} steps =="]
     for key, value in metrics.items():
-        if key.startswith(("task/", "retention/", "replay/", "forgetting/", "task_target/")) or \
+        if key.startswith(("task/", "retention/", "replay/", "anchor/", "forgetting/", "task_target/")) or \
                 key == "orthogonality_error":
             lines.append(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
     if "forgetting/stopped_at_step" in metrics:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
 from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
@@ -41,15 +43,25 @@ def load_replay_prompts(path) -> list[str]:
 
 
 def check_replay_arguments(args, stage: str) -> None:
-    """The replay keys checked, and the prompt file read, before any model is loaded."""
-    if not args.replay_share:
+    """The replay and anchor keys checked, and the prompt file read, before any model is loaded."""
+    if args.replay_share:
+        if stage != "sft":
+            raise RecipeError("`replay_share` is an SFT key (replay rows are conversations); DPO trains on preference "
+                              "pairs (the anchor, `anchor_weight`, works in both stages).")
+        if not 0 < args.replay_share <= MAX_SHARE:
+            raise RecipeError(f"`replay_share` must be in (0, {MAX_SHARE}] (the share of training rows that replay "
+                              f"the base's answers), got {args.replay_share}.")
+    if args.anchor_weight:
+        if not 0 < args.anchor_weight < math.inf:
+            raise RecipeError(f"`anchor_weight` must be a positive number (0 turns the anchor off), got "
+                              f"{args.anchor_weight}.")
+        if args.anchor_batch_size < 1:
+            raise RecipeError(f"`anchor_batch_size` must be at least 1, got {args.anchor_batch_size}.")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise RecipeError("`anchor_weight` runs in one process only (its extra forward passes bypass the "
+                              "distributed wrapper); train with one process.")
+    if not (args.replay_share or args.anchor_weight):
         return
-    if stage != "sft":
-        raise RecipeError("`replay_share` is an SFT key (replay rows are conversations); DPO trains on preference "
-                          "pairs.")
-    if not 0 < args.replay_share <= MAX_SHARE:
-        raise RecipeError(f"`replay_share` must be in (0, {MAX_SHARE}] (the share of training rows that replay the "
-                          f"base's answers), got {args.replay_share}.")
     if args.replay_answer_tokens < 1:
         raise RecipeError(f"`replay_answer_tokens` must be at least 1, got {args.replay_answer_tokens}.")
     load_replay_prompts(args.replay_prompts or assets.REPLAY_PROMPTS)

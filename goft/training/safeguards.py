@@ -103,9 +103,11 @@ class SafeguardsMixin:
                 f"rows (empty or extreme examples).")
 
 
-def recipe_trainer_class(trainer_class, adapter_config, adapter_args):
+def recipe_trainer_class(trainer_class, adapter_config, adapter_args, extra_regularizers=()):
     """The class a recipe trains with: TRL's `trainer_class` with goft's mixins, the method's regulariser (when it
-    has one) and, outermost, the safeguards, which then see the loss with any regulariser term in it."""
-    regularized = with_regularizers(trainer_class, regularizers_for(adapter_config, adapter_args))
+    has one) and any `extra_regularizers` (the anchor) and, outermost, the safeguards, which then see the loss with
+    every regulariser term in it."""
+    regularized = with_regularizers(trainer_class,
+                                    regularizers_for(adapter_config, adapter_args) + tuple(extra_regularizers))
     return type(f"Safeguarded{regularized.__name__}", (SafeguardsMixin, regularized),
                 {"strict_orthogonal": adapters.is_exactly_orthogonal(adapter_config)})
