@@ -136,3 +136,14 @@ def test_sft_with_the_anchor_moves_the_model_less_on_the_anchor_conversations(as
         kl[weight] = output_dir
     measured = {w: anchor_kl_after(d, model_dir, answers) for w, d in kl.items()}
     assert measured[50] < 0.5 * measured[0]
+
+    # DPO continuing the anchored SFT adapter anchors too, on the SFT run's answers (not generated again)
+    dpo_dir = tmp_path / "dpo"
+    dpo = launch("dpo.py", ["--model_name_or_path", str(kl[50]), "--dataset_name", str(assets["dpo"]),
+                            "--output_dir", str(dpo_dir), "--max_steps", "2", "--per_device_train_batch_size", "4",
+                            "--learning_rate", "5e-2", "--max_length", "64", "--report_to", "none", "--seed", "7",
+                            "--logging_steps", "1", "--anchor_weight", "50", "--replay_prompts", str(prompts),
+                            "--replay_answer_tokens", "4"])
+    check_ok(dpo)
+    assert run_summary(dpo_dir)["metrics"]["anchor/weight"] == 50 and "'anchor_kl'" in dpo.stdout + dpo.stderr
+    assert json.loads((dpo_dir / REPLAY_FILE).read_text())["answers"] == answers

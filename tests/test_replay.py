@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from contextlib import nullcontext
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,7 @@ from goft.evaluation.drift import load_instructions
 from goft.evaluation.knowledge import load_questions, normalise_answer
 from goft.evaluation.model_io import greedy_replies
 from goft.training.arguments import RetentionArguments
+from goft.training import replay
 from goft.training.errors import RecipeError
 from goft.training.forgetting import check_retention_arguments
 from goft.training.replay import (REPLAY_FILE, base_replay_answers, load_replay_prompts, mix_replay,
@@ -148,3 +150,31 @@ def test_sft_with_replay_trains_on_the_base_answers_and_a_resumed_run_reuses_the
     other = launch("sft.py", args + ["--overwrite_output_dir", "true", "--replay_answer_tokens", "5"])
     check_ok(other)
     assert "a marked answer" not in (output_dir / REPLAY_FILE).read_text()
+
+
+def test_replay_answers_are_reused_from_the_output_folder_or_the_run_continued(tmp_path, monkeypatch):
+    prompts = write_jsonl([{"prompt": p} for p in PROMPTS], tmp_path / "prompts.jsonl")
+    calls = []
+
+    def generate(model, tokenizer, asked, max_new_tokens):
+        calls.append(max_new_tokens)
+        return [{"prompt": p, "answer": f"answer {len(calls)}", "finished": True} for p in asked]
+
+    monkeypatch.setattr(replay, "base_replay_answers", generate)
+    args = RetentionArguments(anchor_weight=1.0, replay_prompts=str(prompts), replay_answer_tokens=8)
+    first = replay.replay_answers(args, None, None, tmp_path / "sft", "tiny", lambda desc: nullcontext())
+    assert calls == [8] and first[0]["answer"] == "answer 1"
+    assert replay.replay_answers(args, None, None, tmp_path / "sft", "tiny", lambda desc: nullcontext()) == first
+    # a stage continuing the SFT run's adapter takes its answers, and keeps a copy in its own folder
+    later = replay.replay_answers(args, None, None, tmp_path / "dpo", "tiny", lambda desc: nullcontext(),
+                                  earlier_run=str(tmp_path / "sft"))
+    assert later == first and calls == [8]
+    assert json.loads((tmp_path / "dpo" / REPLAY_FILE).read_text())["answers"] == first
+    # another budget, or another base, asks the base again
+    args.replay_answer_tokens = 16
+    assert replay.replay_answers(args, None, None, tmp_path / "x", "tiny", lambda desc: nullcontext(),
+                                 earlier_run=str(tmp_path / "sft"))[0]["answer"] == "answer 2"
+    args.replay_answer_tokens = 8
+    replay.replay_answers(args, None, None, tmp_path / "y", "other", lambda desc: nullcontext(),
+                          earlier_run=str(tmp_path / "sft"))
+    assert calls == [8, 16, 8]

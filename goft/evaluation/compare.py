@@ -206,7 +206,8 @@ def _minutes(seconds: float) -> str:
 def run_spec(run: Run, args: CompareArguments) -> dict:
     """What a run is trained with: the stage, the recipe's keys (parsed, so comments do not count) and the method's
     flags. A run folder is reused only when its recorded spec is this one."""
-    return {"stage": args.stage, "recipe": _recipe(args), "flags": run.flags()}
+    recipe = {k: v for k, v in _recipe(args).items() if k != "output_dir"}  # each run gets its own folder
+    return {"stage": args.stage, "recipe": recipe, "flags": run.flags()}
 
 
 def check_run_folders(runs: list[Run], args: CompareArguments) -> None:

@@ -110,7 +110,7 @@ class RecipeRun:
         if getattr(model, "hf_quantizer", None) is None:  # answer on the training device (where the trainer puts it)
             model.to(self.training_args.device)
         answers = replay.replay_answers(args, model, tokenizer, self.training_args.output_dir, self.source.name,
-                                        self.training_args.main_process_first)
+                                        self.training_args.main_process_first, earlier_run=self.source.adapter_path)
         if args.replay_share:
             mixed, record = replay.mix_replay(self.train_dataset, answers, args.replay_share)
             self.dataset[self.data_args.dataset_train_split] = mixed

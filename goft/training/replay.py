@@ -5,7 +5,7 @@ row is an everyday request (`replay_prompts`, not the task's) with the base mode
 them asks the adapter to leave the model's behaviour on other requests as it was while it learns the task from the
 rest of the rows (self-distillation). Only answers the base finishes within `replay_answer_tokens` are used: a cut
 answer would teach the model to stop mid-sentence. The answers are written to `replay.json` in the output folder, so
-that a resumed run trains on the same rows without generating them again.
+that a resumed run, or a later stage continuing this run's adapter, uses them without generating them again.
 """
 
 from __future__ import annotations
@@ -86,20 +86,32 @@ def base_replay_answers(model, tokenizer, prompts: list[str], max_new_tokens: in
             for p, (reply, finished) in zip(prompts, replies)]
 
 
-def replay_answers(args, model, tokenizer, output_dir, base_name: str, main_process_first) -> list[dict]:
-    """The base's answers to the replay prompts: read from `replay.json` in `output_dir` when it holds these
-    prompts' answers for this base, else generated (by the main process first; the others then read them)."""
+def _stored_answers(path: Path, key: str) -> list[dict] | None:
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return stored.get("answers") if isinstance(stored, dict) and stored.get("key") == key else None
+
+
+def replay_answers(args, model, tokenizer, output_dir, base_name: str, main_process_first,
+                   earlier_run: str | None = None) -> list[dict]:
+    """The base's answers to the replay prompts: read from `replay.json` in `output_dir` or in the folder of the
+    run this one continues (`earlier_run`) when it holds these prompts' answers for this base, else generated (by
+    the main process first; the others then read them)."""
     prompts = load_replay_prompts(args.replay_prompts or assets.REPLAY_PROMPTS)
     key = _replay_key(args, prompts, base_name)
     path = Path(output_dir) / REPLAY_FILE
     with main_process_first(desc="replay answers"):
-        if path.is_file():
-            stored = json.loads(path.read_text())
-            if stored.get("key") == key:
-                return stored["answers"]
-        answers = base_replay_answers(model, tokenizer, prompts, args.replay_answer_tokens)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "answers": answers}, indent=1))
+        for folder in (Path(output_dir), *([Path(earlier_run)] if earlier_run else [])):
+            answers = _stored_answers(folder / REPLAY_FILE, key)
+            if answers is not None:
+                break
+        else:
+            answers = base_replay_answers(model, tokenizer, prompts, args.replay_answer_tokens)
+        if _stored_answers(path, key) is None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"key": key, "answers": answers}, indent=1))
     return answers
 
 
