@@ -104,7 +104,7 @@ def recipe_flags(args: SFTBenchmarkArguments, method: str, output_dir: str) -> l
              "max_length": args.max_length, "packing": "true", "packing_strategy": "wrapped",
              "assistant_only_loss": "false", "save_strategy": "no", "logging_steps": 1, "task_eval_samples": 0,
              "eval_strategy": "no", "report_to": "none", "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r,
-             "lora_dropout": 0.0}
+             "lora_dropout": 0.0, "anchor_weight": 0, "replay_share": 0}  # the adapters' own cost, nothing else
     argv = ["--config", args.config]
     for key, value in flags.items():
         argv += [f"--{key}", str(value)]

@@ -63,7 +63,7 @@ def check_retention_arguments(args, training_args, stage: str) -> None:
     if (args.replay_share or args.anchor_weight) and under_deepspeed_or_fsdp(training_args):
         raise RecipeError("`replay_share` and `anchor_weight` are not supported under DeepSpeed or FSDP (the base "
                           "answers the replay prompts before training, unsharded); use one process (or DDP for "
-                          "replay).")
+                          "replay), or turn them off with `--anchor_weight 0 --replay_share 0`.")
 
 
 def _peft_model(trainer):

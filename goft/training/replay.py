@@ -59,7 +59,8 @@ def check_replay_arguments(args, stage: str) -> None:
             raise RecipeError(f"`anchor_batch_size` must be at least 1, got {args.anchor_batch_size}.")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise RecipeError("`anchor_weight` runs in one process only (its extra forward passes bypass the "
-                              "distributed wrapper); train with one process.")
+                              "distributed wrapper); train with one process, or turn the anchor off with "
+                               "`--anchor_weight 0`.")
     if not (args.replay_share or args.anchor_weight):
         return
     if args.replay_answer_tokens < 1:
