@@ -454,3 +454,19 @@ def test_evaluate_recipe_end_to_end(base, tmp_path):
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "does not exist" in errors[0], bad.stderr[-3000:]
     assert not bad_output.exists()
+
+
+def test_run_records_are_read_by_one_reader_with_clear_errors(tmp_path):
+    from goft.training.checkpoints import FINISHED_MARKER, read_run_record
+
+    assert read_run_record(tmp_path) is None
+    marker = tmp_path / FINISHED_MARKER
+    marker.write_text(json.dumps({"stage": "sft", "data": {"dataset_name": "x.jsonl"}}))
+    assert read_run_record(tmp_path)["stage"] == "sft"
+    for text in ("{not json", "[1, 2]"):
+        marker.write_text(text)
+        with pytest.raises(RecipeError, match="is not a valid run record"):
+            read_run_record(tmp_path)
+    marker.write_text(json.dumps({"stage": "sft", "data": {"seed": 3}}))
+    with pytest.raises(RecipeError, match="names no `dataset_name`"):
+        held_out_split(tmp_path)

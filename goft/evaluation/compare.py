@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..training.checkpoints import FINISHED_MARKER
+from ..training.checkpoints import FINISHED_MARKER, read_run_record
 from ..training.errors import RecipeError
 from . import assets, drift, knowledge
 from .report import (TASK_LEVELS, check_report_dir, plot_sweep, render_sweep, render_table, sweep_summary,
@@ -274,7 +274,7 @@ def evaluation_key(run: Run, sets: EvaluationSets) -> str:
 
 
 def _training_record(run: Run) -> dict:
-    return json.loads((run.output_dir / FINISHED_MARKER).read_text()).get("metrics", {})
+    return (read_run_record(run.output_dir) or {}).get("metrics", {})
 
 
 class Comparison:

@@ -15,7 +15,7 @@ from pathlib import Path
 from peft import PeftModel
 
 from ..training.arguments import DataArguments
-from ..training.checkpoints import FINISHED_MARKER
+from ..training.checkpoints import FINISHED_MARKER, read_run_record
 from ..training.data import load_recipe_dataset
 from ..training.errors import RecipeError
 from ..training.models import ADAPTER_CONFIG_FILE, load_causal_lm, load_tokenizer, resolve_model_source
@@ -143,18 +143,13 @@ def evaluate_adapter(base_model, tokenizer, adapter_path, reference: BaseReferen
         base_model.train(was_training)
 
 
-def _run_record(adapter_path) -> dict | None:
+def _data_record(adapter_path) -> dict | None:
     """The `data` record a finished recipe run wrote next to its adapter, or None."""
-    marker = Path(adapter_path).expanduser() / FINISHED_MARKER
-    if not marker.is_file():
-        return None
-    try:
-        record = json.loads(marker.read_text()).get("data")
-    except (json.JSONDecodeError, AttributeError):
-        raise RecipeError(f"{marker} is not a valid run record (a JSON object).") from None
-    if record is not None and not (isinstance(record, dict) and record.get("dataset_name")):
-        raise RecipeError(f"The `data` record in {marker} names no `dataset_name`.")
-    return record
+    record = read_run_record(adapter_path)
+    data = record.get("data") if record else None
+    if data is not None and not (isinstance(data, dict) and data.get("dataset_name")):
+        raise RecipeError(f"The `data` record in {Path(adapter_path) / FINISHED_MARKER} names no `dataset_name`.")
+    return data
 
 
 def held_out_split(adapter_path, dataset_name: str | None = None):
@@ -163,7 +158,7 @@ def held_out_split(adapter_path, dataset_name: str | None = None):
     if dataset_name:
         args, seed = DataArguments(dataset_name=dataset_name), DEFAULT_SEED
     else:
-        record = _run_record(adapter_path)
+        record = _data_record(adapter_path)
         if record is None:
             return None
         args = DataArguments(dataset_name=record["dataset_name"], dataset_config=record.get("dataset_config"),

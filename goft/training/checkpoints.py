@@ -156,6 +156,21 @@ def clear_previous_run(output_dir: str) -> None:
     (folder / FINISHED_MARKER).unlink(missing_ok=True)
 
 
+def read_run_record(folder) -> dict | None:
+    """The summary (`goft_run.json`) a finished run wrote in `folder`, or None when there is none; a marker that is
+    not a JSON object is an error naming the file."""
+    marker = Path(folder).expanduser() / FINISHED_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        record = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict):
+        raise RecipeError(f"{marker} is not a valid run record (a JSON object).")
+    return record
+
+
 def mark_finished(output_dir: str, summary: dict) -> None:
     """Write the finished-run marker (`goft_run.json`) with the run's summary."""
     Path(output_dir, FINISHED_MARKER).write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -170,13 +170,7 @@ class RecipeRun:
         """goft_run.json of the run whose adapter this run continues ({} when there is none)."""
         if not self.source.adapter_path:
             return {}
-        marker = os.path.join(self.source.adapter_path, checkpoints.FINISHED_MARKER)
-        try:
-            with open(marker) as handle:
-                record = json.load(handle)
-        except (OSError, json.JSONDecodeError):
-            return {}
-        return record if isinstance(record, dict) else {}
+        return checkpoints.read_run_record(self.source.adapter_path) or {}
 
     def finish(self, trainer) -> dict:
         """Check orthogonality, save adapter + tokenizer + card, mark the run finished, push; returns the metrics."""
