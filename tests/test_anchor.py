@@ -1,7 +1,6 @@
 """The anchor: KL(base ‖ tuned) on the base's own answers to everyday requests, added to the training loss."""
 
 import json
-import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -18,9 +17,8 @@ from goft.training.errors import RecipeError
 from goft.training.forgetting import check_retention_arguments
 from goft.training.replay import REPLAY_FILE
 
-from .recipe_assets import write_jsonl
 from .test_recipes import assets, check_ok, common_args, launch, run_summary  # noqa: F401  (assets is a fixture)
-from .test_replay import PROMPTS, first_tokens
+from .test_replay import base_that_ends_some_replies
 
 ANSWERS = [{"prompt": "plan a day", "answer": "wake, walk, read and rest", "finished": True},
            {"prompt": "describe a tree", "answer": "tall and green with many leaves", "finished": True},
@@ -112,13 +110,7 @@ def anchor_kl_after(output_dir, model_dir, answers) -> float:
 
 
 def test_sft_with_the_anchor_moves_the_model_less_on_the_anchor_conversations(assets, tmp_path):  # noqa: F811
-    model_dir = tmp_path / "tiny"  # replies end at the first prompt's first token: some anchor answers finish
-    shutil.copytree(assets["model"], model_dir)
-    _, tokenizer, firsts = first_tokens(model_dir, PROMPTS)
-    config = json.loads((model_dir / "generation_config.json").read_text())
-    config["eos_token_id"] = [tokenizer.eos_token_id, firsts[0]]
-    (model_dir / "generation_config.json").write_text(json.dumps(config))
-    prompts = write_jsonl([{"prompt": p} for p in PROMPTS], tmp_path / "prompts.jsonl")
+    model_dir, prompts, _ = base_that_ends_some_replies(assets["model"], tmp_path)
     kl = {}
     for weight in (0, 50):
         output_dir = tmp_path / f"anchor-{weight}"

@@ -40,6 +40,18 @@ def first_tokens(model_dir, prompts):
     return model, tokenizer, out[:, -1].tolist()
 
 
+def base_that_ends_some_replies(model_dir, folder):
+    """A copy of the tiny base whose replies end at the first prompt's first token (some replay answers then
+    finish), the replay prompts file, and the first token of each prompt's reply."""
+    copy = folder / "tiny"
+    shutil.copytree(model_dir, copy)
+    _, tokenizer, firsts = first_tokens(copy, PROMPTS)
+    config = json.loads((copy / "generation_config.json").read_text())
+    config["eos_token_id"] = [tokenizer.eos_token_id, firsts[0]]
+    (copy / "generation_config.json").write_text(json.dumps(config))
+    return copy, write_jsonl([{"prompt": p} for p in PROMPTS], folder / "prompts.jsonl"), firsts
+
+
 def test_shipped_replay_prompts_are_distinct_from_every_evaluation_set():
     prompts = load_replay_prompts(shipped.REPLAY_PROMPTS)
     assert len(prompts) == 96 == len(set(prompts))
@@ -111,19 +123,12 @@ def test_replay_prompt_files_are_checked_and_replay_is_refused_under_deepspeed(t
             check_retention_arguments(RetentionArguments(replay_share=0.2, replay_prompts=str(path)),
                                       SimpleNamespace(deepspeed=None), "sft")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(RecipeError, match="`replay_share` is not supported under DeepSpeed"):
+    with pytest.raises(RecipeError, match="`replay_share` and `anchor_weight` are not supported under DeepSpeed"):
         check_retention_arguments(RetentionArguments(replay_share=0.2), SimpleNamespace(deepspeed=None), "sft")
 
 
 def test_sft_with_replay_trains_on_the_base_answers_and_a_resumed_run_reuses_them(assets, tmp_path):  # noqa: F811
-    # a copy of the tiny base whose replies end at the first prompt's first token: some replay answers finish
-    model_dir = tmp_path / "tiny"
-    shutil.copytree(assets["model"], model_dir)
-    _, tokenizer, firsts = first_tokens(model_dir, PROMPTS)
-    config = json.loads((model_dir / "generation_config.json").read_text())
-    config["eos_token_id"] = [tokenizer.eos_token_id, firsts[0]]
-    (model_dir / "generation_config.json").write_text(json.dumps(config))
-    prompts = write_jsonl([{"prompt": p} for p in PROMPTS], tmp_path / "prompts.jsonl")
+    model_dir, prompts, firsts = base_that_ends_some_replies(assets["model"], tmp_path)
     output_dir = tmp_path / "replay"
     args = common_args(model_dir, assets["sft"], output_dir, steps=4) + [
         "--replay_share", "0.2", "--replay_prompts", str(prompts), "--replay_answer_tokens", "4"]

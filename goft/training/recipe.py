@@ -1,6 +1,5 @@
 """What every recipe stage does around its TRL trainer: check, load, train, save, describe, publish."""
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
