@@ -32,23 +32,31 @@ def tiny(assets):  # noqa: F811
     return model, AutoTokenizer.from_pretrained(assets["model"])
 
 
-def test_anchor_sequences_are_the_finished_answers(tiny):
+def test_anchor_sequences_are_every_answer_given_cut_ones_without_an_end(tiny):
     _, tokenizer = tiny
     sequences = anchor_sequences(ANSWERS, tokenizer)
-    assert len(sequences) == 2  # the unfinished and the empty answer are left out
-    for (ids, first), answer in zip(sequences, ANSWERS[:2]):
+    assert len(sequences) == 3  # only the empty answer is left out
+    for (ids, first), answer in zip(sequences[:2], ANSWERS[:2]):  # finished: the answer and its end of turn
         assert (ids, first) == prompt_completion_ids(tokenizer, [{"role": "user", "content": answer["prompt"]}],
                                                      [{"role": "assistant", "content": answer["answer"]}], 512)
         assert tokenizer.decode(ids[first:]).startswith(answer["answer"])
-    with pytest.raises(RecipeError, match="finished none of its anchor answers"):
-        anchor_sequences(ANSWERS[2:], tokenizer)
+        assert len(ids[first:]) > len(tokenizer(answer["answer"], add_special_tokens=False)["input_ids"])
+    ids, first = sequences[2]  # cut: the same prompt tokens, then exactly the answer's tokens, no end of turn
+    finished_ids, finished_first = prompt_completion_ids(
+        tokenizer, [{"role": "user", "content": ANSWERS[2]["prompt"]}],
+        [{"role": "assistant", "content": ANSWERS[2]["answer"]}], 512)
+    assert ids[:first] == finished_ids[:finished_first]
+    assert ids[first:] == tokenizer(ANSWERS[2]["answer"], add_special_tokens=False)["input_ids"]
+    assert ids == finished_ids[:len(ids)] and len(ids) < len(finished_ids)
+    with pytest.raises(RecipeError, match="empty answer to every anchor request"):
+        anchor_sequences(ANSWERS[3:], tokenizer)
 
 
 def test_anchor_is_zero_at_identity_and_equals_the_per_token_kl_after_a_change(tiny):
     base, tokenizer = tiny
     sequences = anchor_sequences(ANSWERS, tokenizer)
     model = get_peft_model(base, goft.GivensConfig(target_modules=["q_proj", "v_proj", "down_proj"]))
-    term = AnchorKL(sequences, batch_size=2, pad_id=tokenizer.pad_token_id)
+    term = AnchorKL(sequences, batch_size=3, pad_id=tokenizer.pad_token_id)
     value = term(model)
     assert value.item() == 0.0 and value.requires_grad
     value.backward()
@@ -58,7 +66,7 @@ def test_anchor_is_zero_at_identity_and_equals_the_per_token_kl_after_a_change(t
         for parameter in model.parameters():
             if parameter.requires_grad:
                 parameter.add_(0.2 * torch.randn_like(parameter))
-    value = term(model)  # the batch cycles back to the same two conversations
+    value = term(model)  # the batch cycles back to the same three conversations (one of them cut)
     kl, tokens = 0.0, 0
     with torch.no_grad():
         for ids, first in sequences:

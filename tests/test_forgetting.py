@@ -48,6 +48,7 @@ def test_sft_then_dpo_report_retention_before_and_after(assets, known_questions,
     assert metrics["retention/lost"] == round(n * (1 - metrics["retention/after"]))
     record = run_summary(sft_dir)["retention"]
     assert len(record["known_ids"]) == n and len(record["questions_sha256"]) == 64
+    assert len(record["lost_ids"]) == metrics["retention/lost"] and set(record["lost_ids"]) <= set(record["known_ids"])
     assert "retention/before: 1" in sft.stdout and "retention/after:" in sft.stdout
     assert "retention/after" in (sft_dir / "README.md").read_text()
 

@@ -19,14 +19,24 @@ from .errors import RecipeError
 
 
 def anchor_sequences(answers: list[dict], tokenizer) -> list[tuple[list[int], int]]:
-    """(token ids, index of the first answer token) of each replay answer the base finished (its length is then
-    bounded by `replay_answer_tokens`)."""
-    sequences = [prompt_completion_ids(tokenizer, [{"role": "user", "content": a["prompt"]}],
-                                       [{"role": "assistant", "content": a["answer"]}], 10 ** 9)
-                 for a in answers if a["finished"] and a["answer"]]
+    """(token ids, index of the first answer token) of each non-empty replay answer. A finished answer keeps its
+    end-of-turn token (when to stop is part of the base's behaviour); an answer cut at `replay_answer_tokens` is
+    teacher-forced as far as it goes, without one: the base's distribution at each of its tokens is still the base's."""
+    sequences = []
+    for answer in answers:
+        if not answer["answer"]:
+            continue
+        prompt = [{"role": "user", "content": answer["prompt"]}]
+        if answer["finished"]:
+            sequences.append(prompt_completion_ids(tokenizer, prompt, [{"role": "assistant",
+                                                                        "content": answer["answer"]}], 10 ** 9))
+            continue
+        prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        sequences.append((prompt_ids + tokenizer(answer["answer"], add_special_tokens=False)["input_ids"],
+                          len(prompt_ids)))
     if not sequences:
-        raise RecipeError("The base finished none of its anchor answers within `replay_answer_tokens`; raise it, or "
-                          "give shorter requests in `replay_prompts`.")
+        raise RecipeError("The base gave an empty answer to every anchor request; check `replay_prompts`.")
     return sequences
 
 

@@ -98,9 +98,11 @@ class RetentionCheck:
                     "from_previous_run": True}
         return knowledge_retention(model, tokenizer, self.known)
 
-    def record(self, retention: float) -> dict:
-        """What goft_run.json keeps, so that a run continuing this adapter need not ask the base again."""
-        return {"questions_sha256": self.digest, "known_ids": [q.id for q in self.known], "retention": retention}
+    def record(self, retention: float, lost: list[str]) -> dict:
+        """What goft_run.json keeps: the questions the base knows (a run continuing this adapter need not ask the
+        base again), the retention and the ids of the questions lost."""
+        return {"questions_sha256": self.digest, "known_ids": [q.id for q in self.known], "retention": retention,
+                "lost_ids": list(lost)}
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:

@@ -161,7 +161,7 @@ class RecipeRun:
         self.task_metrics["retention/known_to_base"] = result["known_to_base"]
         if when == "after":
             self.task_metrics["retention/lost"] = len(result["lost"])
-            self.retention_record = self.retention_check.record(result["retention"])
+            self.retention_record = self.retention_check.record(result["retention"], result["lost"])
         logger.info("retention %s training: %.3f of %d questions the base answers", when, result["retention"],
                     result["known_to_base"])
 
