@@ -1,5 +1,6 @@
 """The comparison runner: matched-budget training of several methods, evaluation, table, JSON and plot."""
 
+import hashlib
 import json
 import re
 import subprocess
@@ -10,6 +11,7 @@ import yaml
 from trl import SFTConfig
 
 from goft.training.cli import make_recipe_parser
+from goft.evaluation import assets as goft_assets
 from goft.evaluation.compare import CompareArguments, compare
 from goft.evaluation.frontier import Point, forgetting_at, pareto_frontier
 from goft.training.errors import RecipeError
@@ -52,6 +54,14 @@ def test_learning_rate_sweep_trains_evaluates_reports_and_reuses_finished_runs(c
     out = comparison["out"]
     report = json.loads((out / "comparison.json").read_text())
     rows = report["rows"]
+    # the sets are recorded by name and content, never by where goft happens to be installed
+    packaged = goft_assets.RETENTION_QUESTIONS
+    assert report["settings"]["retention_questions"] == {
+        "file": "goft:retention_questions.jsonl", "sha256": hashlib.sha256(packaged.read_bytes()).hexdigest()}
+    general = comparison["tmp"] / "general.jsonl"
+    assert report["settings"]["general_text"] == {
+        "file": str(general), "sha256": hashlib.sha256(general.read_bytes()).hexdigest()}
+    assert str(packaged.parent) not in json.dumps(report["settings"])
     names = ["givens@lr=0.02", "givens@lr=0.08", "lora@lr=0.005", "lora@lr=0.02"]
     assert [r["name"] for r in rows] == names  # `only` picks from `methods`, in its order; one run per rate
     for row in rows:
@@ -170,7 +180,16 @@ def test_dpo_stage_comparison_strict_goft_against_a_lora_baseline(assets, tmp_pa
     for row in report["rows"]:
         assert row["task"]["task"] == "preference" and row["task"]["samples"] == 4
         assert row["knowledge"] is not None and row["kl_base_tuned"] > 0
-    assert report["settings"]["stage"] == "dpo" and report["sweep"] == {}  # no answer NLL: no frontier to draw
+    assert report["settings"]["stage"] == "dpo"
+    # DPO runs are compared at equal preference loss: log 2 at the base, each method's frontier from its runs
+    assert all(r["task"]["preference_loss_base"] == pytest.approx(0.693147) for r in report["rows"])
+    lora = [r for r in report["rows"] if r["group"] == "lora"]
+    best = min(lora, key=lambda r: (r["task"]["preference_loss_tuned"], r["kl_base_tuned"]))
+    assert report["sweep"]["kl"]["methods"]["lora"]["frontier"][0] == {
+        "run": best["name"], "task_level": best["task"]["preference_loss_tuned"], "forgetting": best["kl_base_tuned"]}
+    assert set(report["sweep"]["kl"]["methods"]) == {"givens", "lora"}
+    table = (tmp_path / "out" / "comparison.md").read_text()
+    assert "at preference loss 0.1" in table and "answer NLL" not in table
     assert json.loads((tmp_path / "out" / "runs" / "givens" / "goft_run.json").read_text())["stage"] == "dpo"
 
 

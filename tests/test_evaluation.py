@@ -250,6 +250,7 @@ def test_preference_metrics_are_zero_at_identity_and_match_direct_log_probs(base
     assert at_init["task"] == "preference" and at_init["samples"] == 6
     assert at_init["reward_margin"] == 0.0 and at_init["preference_accuracy"] == 0.0
     assert at_init["chosen_preferred_base"] == at_init["chosen_preferred_tuned"]
+    assert at_init["preference_loss_tuned"] == at_init["preference_loss_base"] == math.log(2)  # σ(0) = 1/2
     perturb(model, 0.5)
     changed = task_metrics(model, tokenizer, pairs, 6)
     assert changed["reward_margin"] != 0.0
@@ -271,6 +272,9 @@ def test_preference_metrics_are_zero_at_identity_and_match_direct_log_probs(base
         margins.append(tuned - plain)
     assert changed["reward_margin"] == pytest.approx(sum(margins) / 6, rel=1e-5, abs=1e-6)
     assert changed["preference_accuracy"] == pytest.approx(sum(m > 0 for m in margins) / 6)
+    # preference loss: the mean of −log σ(m) = log(1 + e^(−m)) over the pairs
+    expected_loss = sum(math.log1p(math.exp(-m)) for m in margins) / 6
+    assert changed["preference_loss_tuned"] == pytest.approx(expected_loss, rel=1e-5)
 
 
 def test_sft_task_metric_is_exact_match_with_the_adapter_off_and_on(base, tokenizer):

@@ -1,5 +1,6 @@
 """The evaluation sets that ship with goft as package data, so that they are found wherever goft is installed."""
 
+import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -17,6 +18,21 @@ OPEN_INSTRUCTIONS = Path(str(_DATA / "open_instructions.jsonl"))
 # Everyday requests (write, advise, describe, plan), none of them a retention question or an open instruction: the
 # prompts that SFT replay asks the base model to answer, its answers becoming training rows.
 REPLAY_PROMPTS = Path(str(_DATA / "replay_prompts.jsonl"))
+
+
+PACKAGED = {path: f"goft:{path.name}" for path in (GENERAL_TEXT, RETENTION_QUESTIONS, OPEN_INSTRUCTIONS, REPLAY_PROMPTS)}
+
+
+def describe_file(path) -> dict | None:
+    """Where a set comes from, independent of where goft or the project sits: a packaged set by its name
+    ("goft:general_text.jsonl"), any other file as given, and the sha256 of its content (None for a skipped set), so
+    that a report can tell whether two runs were measured on the same questions."""
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    source = PACKAGED.get(file, str(path))
+    digest = hashlib.sha256(file.read_bytes()).hexdigest() if file.is_file() else None
+    return {"file": source, "sha256": digest}
 
 
 def read_jsonl(path, what: str) -> list[tuple[int, dict]]:

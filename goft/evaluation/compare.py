@@ -27,7 +27,7 @@ from ..training.checkpoints import FINISHED_MARKER, read_run_record
 from ..training.errors import RecipeError
 from . import assets, drift, knowledge
 from .report import (TASK_LEVELS, check_report_dir, plot_sweep, render_sweep, render_table, sweep_summary,
-                     write_json)
+                     task_axis_name, write_json)
 from ..training.models import resolve_model_source
 from .runner import BaseReference, EvaluationSets, Evaluator, held_out_split
 
@@ -67,7 +67,8 @@ class CompareArguments:
     task_eval_samples: int = field(default=40, metadata={"help": "Held-out examples for the task metric."})
     max_length: int = field(default=256, metadata={"help": "Tokens per general-text paragraph in evaluation."})
     task_levels: list[float] = field(default_factory=lambda: list(TASK_LEVELS), metadata={
-        "help": "Held-out answer NLL per token at which each method's forgetting is interpolated."})
+        "help": "Task levels at which each method's forgetting is interpolated: held-out answer NLL per token (SFT) or "
+        "preference loss, −log σ(reward margin) (DPO; log 2 = 0.693 at the base)."})
     plan_only: bool = field(default=False, metadata={"help": "Print the planned runs and the time estimate; stop."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier report in output_dir."})
 
@@ -131,7 +132,7 @@ def plan_runs(args: CompareArguments, parser) -> list[Run]:
         if not Path(path).is_file():
             raise RecipeError(f"The {label} file {path!r} does not exist.")
     if not args.task_levels or any(not level > 0 for level in args.task_levels):
-        raise RecipeError(f"`task_levels` must be positive answer NLLs per token, got {args.task_levels}.")
+        raise RecipeError(f"`task_levels` must be positive task levels (answer NLL per token, or preference loss for DPO), got {args.task_levels}.")
     runs = []
     for name in names:
         overrides = args.methods[name] or {}
@@ -393,7 +394,7 @@ def write_report(rows: list[dict], args: CompareArguments) -> None:
     budget_line = ", ".join(f"{k} {v}" for k, v in budget.items())
     text = f"# Method comparison\n\nMatched budget: {budget_line}.\n\n" + render_table(rows)
     if summary:
-        text += "\n" + render_sweep(summary, args.task_levels)
+        text += "\n" + render_sweep(summary, args.task_levels, task_axis_name(rows))
     (folder / TABLE_FILE).write_text(text)
     title = (f"{budget.get('model_name_or_path', 'model')}: {budget.get('max_steps', '?')} {args.stage.upper()} "
              "steps per run")

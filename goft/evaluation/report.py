@@ -8,7 +8,10 @@ from pathlib import Path
 from ..training.errors import RecipeError
 from .frontier import Point, common_levels, forgetting_at, pareto_frontier
 
-TASK_LEVELS = (0.5, 0.1, 0.02)  # held-out answer NLL per token at which methods are compared
+TASK_LEVELS = (0.5, 0.1, 0.02)  # task levels (held-out answer NLL per token) at which methods are compared
+# the task level of a run, lower is better: (row["task"] key of the tuned model, of the base, how it reads)
+TASK_AXES = {"exact_match": ("answer_nll_tuned", "answer_nll_base", "answer NLL"),
+             "preference": ("preference_loss_tuned", "preference_loss_base", "preference loss")}
 FORGETTING_MEASURES = {  # name -> (how it reads in a table, function of a row; None when not measured)
     "kl": ("KL(base‖tuned)/token on general text", lambda row: row.get("kl_base_tuned")),
     "lost": ("retention questions lost",
@@ -105,9 +108,17 @@ def render_table(rows: list[dict]) -> str:
 # ---- learning-rate sweeps -----------------------------------------------------------------------------------------
 
 
-def _task_level(row: dict) -> float | None:
+def _task_levels(row: dict) -> tuple[float | None, float | None]:
+    """(tuned, base) task level of a row: held-out answer NLL per token (SFT) or preference loss (DPO)."""
     task = row.get("task") or {}
-    return task.get("answer_nll_tuned")
+    tuned, base, _ = TASK_AXES.get(task.get("task"), (None, None, None))
+    return task.get(tuned), task.get(base)
+
+
+def task_axis_name(rows: list[dict]) -> str:
+    """How the rows' task level reads ("answer NLL", "preference loss")."""
+    kinds = {(row.get("task") or {}).get("task") for row in rows} & set(TASK_AXES)
+    return TASK_AXES[kinds.pop()][2] if len(kinds) == 1 else "task level"
 
 
 def method_points(rows: list[dict], measure: str) -> tuple[dict[str, list[Point]], dict[str, Point]]:
@@ -115,12 +126,12 @@ def method_points(rows: list[dict], measure: str) -> tuple[dict[str, list[Point]
     forgetting = FORGETTING_MEASURES[measure][1]
     points, bases = {}, {}
     for row in rows:
-        level, value = _task_level(row), forgetting(row)
-        if level is None or value is None:
+        (level, base), value = _task_levels(row), forgetting(row)
+        if level is None or base is None or value is None:
             continue
         group = row.get("group", row.get("name", row.get("adapter")))
         points.setdefault(group, []).append(Point(level, value, row.get("name", "")))
-        bases[group] = Point(row["task"]["answer_nll_base"], 0.0, "base")
+        bases[group] = Point(base, 0.0, "base")
     return points, bases
 
 
@@ -136,32 +147,34 @@ def sweep_summary(rows: list[dict], levels=TASK_LEVELS) -> dict:
         summary[measure] = {
             "common_levels": common_levels(frontiers, list(levels)),
             "methods": {group: {
-                "frontier": [{"run": p.label, "answer_nll": p.task, "forgetting": p.forgetting} for p in frontier],
+                "frontier": [{"run": p.label, "task_level": p.task, "forgetting": p.forgetting} for p in frontier],
                 "at_level": {str(level): forgetting_at(frontier, level, bases[group]) for level in levels},
             } for group, frontier in frontiers.items()}}
     return summary
 
 
-def render_sweep(summary: dict, levels=TASK_LEVELS) -> str:
-    """Markdown: per forgetting measure, each method's forgetting at the task levels and its frontier runs."""
+def render_sweep(summary: dict, levels=TASK_LEVELS, axis: str = "answer NLL") -> str:
+    """Markdown: per forgetting measure, each method's forgetting at the task levels (`axis`: how the task level
+    reads) and its frontier runs."""
     parts = []
     for measure, result in summary.items():
         title = FORGETTING_MEASURES[measure][0]
-        header = ["method", *(f"at answer NLL {level:g}" for level in levels), "frontier runs (NLL, forgetting)"]
+        header = ["method", *(f"at {axis} {level:g}" for level in levels), f"frontier runs ({axis}, forgetting)"]
         body = []
         for group, method in result["methods"].items():
-            frontier = ", ".join(f"{p['run']} ({number(p['answer_nll'])}, {number(p['forgetting'])})"
+            frontier = ", ".join(f"{p['run']} ({number(p['task_level'])}, {number(p['forgetting'])})"
                                  for p in method["frontier"])
             body.append([group, *(number(method["at_level"][str(level)]) for level in levels), frontier])
         reached = ", ".join(f"{level:g}" for level in result["common_levels"]) or "none"
-        parts.append(f"### Forgetting ({title}) at equal task level\n\nEvery method reaches answer NLL: {reached}. "
+        parts.append(f"### Forgetting ({title}) at equal task level\n\nEvery method reaches {axis}: {reached}. "
                      "A dash: that method's most trained run did not reach the level.\n\n" + markdown_table(header, body))
     return "\n".join(parts)
 
 
 def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
-    """Forgetting (y) against the held-out answer NLL (x, log scale, more learned to the right), one panel per
-    forgetting measure, one curve per method through its Pareto frontier from the base; every run is a dot."""
+    """Forgetting (y) against the held-out task level (x: answer NLL or preference loss, log scale, more learned to
+    the right), one panel per forgetting measure, one curve per method through its Pareto frontier from the base;
+    every run is a dot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,7 +200,8 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
         if measure == "kl":  # KL spans decades and is 0 at the base: logarithmic above 1e-4, linear below
             axis.set_yscale("symlog", linthresh=1e-4)
         axis.set_ylim(bottom=0)
-        axis.set_xlabel("held-out answer NLL per token (log scale; more learned →)")
+        axis.set_xlabel(f"held-out {task_axis_name(rows)}{' per token' if task_axis_name(rows) == 'answer NLL' else ''}"
+                        " (log scale; more learned →)")
         axis.set_ylabel(FORGETTING_MEASURES[measure][0])
         axis.grid(True, which="both", alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)

@@ -45,7 +45,9 @@ class EvaluationSets:
     dataset_name: str | None = None  # score every adapter's task on this dataset's test split
 
     def describe(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+        """The sets as a report records them: each file by `assets.describe_file` (no machine's paths)."""
+        files = ("general_text", "retention_questions", "open_instructions")
+        return {k: (assets.describe_file(v) if k in files else v) for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclasses.dataclass

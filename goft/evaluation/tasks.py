@@ -1,6 +1,10 @@
 """Task metrics on held-out examples: exact match of greedy answers and the answers' NLL per token (SFT data), or
 implicit-reward accuracy and margin (preference pairs); and the before/after metrics a recipe prints."""
 
+import math
+
+import torch
+
 from ..training.data import DPO_COLUMNS, SFT_COLUMNS
 from ..training.errors import RecipeError
 from .model_io import (adapter_off, adapter_switch, completion_logps, greedy_answers, prompt_completion_ids,
@@ -40,7 +44,10 @@ def preference_metrics(model, tokenizer, rows, max_length: int = 256, batch_size
             base_r = completion_logps(model, tokenizer, rejected, batch_size)
     # implicit reward r(x, y) = log p_tuned(y|x) − log p_base(y|x); margin = r(x, chosen) − r(x, rejected)
     margins = (tuned_c - base_c) - (tuned_r - base_r)
-    return {"task": "preference", "samples": len(chosen),
+    # preference loss = mean −log σ(margin) (the DPO loss with β = 1): log 2 at the base, lower once chosen wins
+    loss = torch.nn.functional.softplus(-margins.double()).mean().item()
+    return {"task": "preference", "samples": len(chosen), "preference_loss_base": math.log(2.0),
+            "preference_loss_tuned": loss,
             "preference_accuracy": (margins > 0).double().mean().item(), "reward_margin": margins.mean().item(),
             "chosen_preferred_base": (base_c > base_r).double().mean().item(),
             "chosen_preferred_tuned": (tuned_c > tuned_r).double().mean().item()}
