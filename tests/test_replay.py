@@ -22,7 +22,7 @@ from goft.training.replay import (REPLAY_FILE, base_replay_answers, load_replay_
                                   replay_row_count)
 
 from .recipe_assets import sft_rows, write_jsonl
-from .test_recipes import assets, check_ok, common_args, launch, run_summary  # noqa: F401  (assets is a fixture)
+from .test_recipes import REPO, assets, check_ok, common_args, launch, run_summary  # noqa: F401  (assets is a fixture)
 
 PROMPTS = ["tell me a story", "describe a tree", "plan a day", "write a note", "give advice"]
 
@@ -52,15 +52,43 @@ def base_that_ends_some_replies(model_dir, folder):
     return copy, write_jsonl([{"prompt": p} for p in PROMPTS], folder / "prompts.jsonl"), firsts
 
 
+FRAME_WORDS = {"what", "which", "who", "how", "many", "is", "are", "do", "does", "in", "on", "of", "for", "by", "to",
+               "our", "there", "called", "call", "we", "you", "its", "that", "with", "and", "or"}
+# factual replay questions that share a sentence frame with a retention question but ask another fact (reviewed)
+REVIEWED_FRAMES = {
+    ("Which planet is the hottest in our solar system?", "what is largest planet in our solar system"),
+    ("How many vowels are there in the English alphabet?", "how many letters are there in english alphabet"),
+    ("Which planet is the hottest in our solar system?", "how many planets are in our solar system"),
+    ("Which is the smallest continent by area?", "what is largest continent by area"),
+    ("What is the tallest mountain in Africa?", "what is tallest mountain in world"),
+    ("What is the largest island in the world?", "what is largest bird in world"),
+    ("What is the chemical symbol for carbon?", "what is chemical symbol for iron"),
+    ("What is the chemical symbol for carbon?", "what is chemical symbol for gold"),
+    ("What is the main ingredient in hummus?", "what is main ingredient of guacamole"),
+}
+
+
+def _content_words(text: str) -> set[str]:
+    return set(normalise_answer(text).split()) - FRAME_WORDS
+
+
 def test_shipped_replay_prompts_are_distinct_from_every_evaluation_set():
-    prompts = load_replay_prompts(shipped.REPLAY_PROMPTS)
-    assert len(prompts) == 96 == len(set(prompts))
+    requests, questions = (load_replay_prompts(path) for path in shipped.DEFAULT_REPLAY)
+    assert len(requests) == 96 and len(questions) == 120
+    assert replay.replay_prompt_set() == requests + questions and len(set(requests + questions)) == 216
     evaluated = {normalise_answer(q.question) for q in load_questions(shipped.RETENTION_QUESTIONS)}
     evaluated |= {normalise_answer(i) for i in load_instructions(shipped.OPEN_INSTRUCTIONS)}
-    assert not {normalise_answer(p) for p in prompts} & evaluated
-    # nor a near copy: no replay prompt shares as much as 45% of its words with an evaluated one (Jaccard)
-    words = [set(normalise_answer(p).split()) for p in prompts]
+    demo_prompts = {normalise_answer(json.loads(line)["prompt"][0]["content"])
+                    for line in (REPO / "data" / "demo_dpo.jsonl").read_text().splitlines() if line.strip()}
+    assert not {normalise_answer(p) for p in requests + questions} & (evaluated | demo_prompts)
+    # nor a near copy: no everyday request shares as much as 45% of its words with an evaluated one (Jaccard) ...
+    words = [set(normalise_answer(p).split()) for p in requests]
     assert max(len(w & set(e.split())) / len(w | set(e.split())) for w in words for e in evaluated) < 0.45
+    # ... and a factual question that shares 45% of its content words with one was reviewed as another fact
+    near = {(q, e) for q in questions for e in evaluated | demo_prompts
+            if len(_content_words(q) & _content_words(e)) / len(_content_words(q) | _content_words(e)) >= 0.45}
+    assert near <= REVIEWED_FRAMES, sorted(near - REVIEWED_FRAMES)
+    assert not any("capital" in normalise_answer(q).split() for q in questions)  # capitals are the retention set's
 
 
 def test_replay_rows_make_up_the_requested_share():

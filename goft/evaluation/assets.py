@@ -18,9 +18,15 @@ OPEN_INSTRUCTIONS = Path(str(_DATA / "open_instructions.jsonl"))
 # Everyday requests (write, advise, describe, plan), none of them a retention question or an open instruction: the
 # prompts that SFT replay asks the base model to answer, its answers becoming training rows.
 REPLAY_PROMPTS = Path(str(_DATA / "replay_prompts.jsonl"))
+# Short general-knowledge questions about other facts than the retention set's (no capitals, no sums): with the
+# everyday requests, the default prompts of replay and the anchor, so that the base's way of answering a factual
+# question is among what the anchor holds.
+REPLAY_QUESTIONS = Path(str(_DATA / "replay_questions.jsonl"))
+DEFAULT_REPLAY = (REPLAY_PROMPTS, REPLAY_QUESTIONS)
 
 
-PACKAGED = {path: f"goft:{path.name}" for path in (GENERAL_TEXT, RETENTION_QUESTIONS, OPEN_INSTRUCTIONS, REPLAY_PROMPTS)}
+PACKAGED = {path: f"goft:{path.name}" for path in (GENERAL_TEXT, RETENTION_QUESTIONS, OPEN_INSTRUCTIONS,
+                                                   *DEFAULT_REPLAY)}
 
 
 def describe_file(path) -> dict | None:

@@ -2,10 +2,11 @@
 requests that are not the task.
 
 With `anchor_weight` λ > 0, every training step adds λ · KL(p_base ‖ p_tuned), the mean per token over the answer
-tokens of a batch of anchor conversations: everyday requests (`replay_prompts`) with the base model's own greedy
-answers, teacher-forced. The base's distribution comes from the same model with its adapter off (no gradient), so
-the term is exactly zero at the identity adapter and pulls only against change. Unlike replay (training on the base's
-answers as targets, which also sharpens them), the anchor matches the base's full distribution at every position.
+tokens of a batch of anchor conversations: everyday requests and short factual questions (`replay_prompts`) with the
+base model's own greedy answers, teacher-forced. The base's distribution comes from the same model with its adapter
+off (no gradient), so the term is exactly zero at the identity adapter and pulls only against change. Unlike replay
+(training on the base's answers as targets, which also sharpens them), the anchor matches the base's full
+distribution at every position.
 Its cost per step: one forward pass without the adapter and one forward and backward pass with it, on
 `anchor_batch_size` conversations.
 """

@@ -1,7 +1,8 @@
 """SFT replay: training rows in which the base model answers everyday requests itself.
 
 With `replay_share` s > 0, the SFT training split is mixed with replay rows until they make up a share s of it: each
-row is an everyday request (`replay_prompts`, not the task's) with the base model's own greedy answer. Training on
+row is an everyday request or a short factual question (`replay_prompts`, not the task's) with the base model's own
+greedy answer. Training on
 them asks the adapter to leave the model's behaviour on other requests as it was while it learns the task from the
 rest of the rows (self-distillation). Only answers the base finishes within `replay_answer_tokens` are used: a cut
 answer would teach the model to stop mid-sentence. The answers are written to `replay.json` in the output folder, so
@@ -42,6 +43,17 @@ def load_replay_prompts(path) -> list[str]:
     return prompts
 
 
+def replay_prompt_set(path=None) -> list[str]:
+    """The prompts of `path`, or by default those of every packaged replay file (everyday requests, then short
+    factual questions); a prompt in two files is refused like one repeated within a file."""
+    if path:
+        return load_replay_prompts(path)
+    prompts = [p for file in assets.DEFAULT_REPLAY for p in load_replay_prompts(file)]
+    if len(set(prompts)) != len(prompts):
+        raise RecipeError("The packaged replay prompt files share a prompt.")
+    return prompts
+
+
 def check_replay_arguments(args, stage: str) -> None:
     """The replay and anchor keys checked, and the prompt file read, before any model is loaded."""
     if args.replay_share:
@@ -65,7 +77,7 @@ def check_replay_arguments(args, stage: str) -> None:
         return
     if args.replay_answer_tokens < 1:
         raise RecipeError(f"`replay_answer_tokens` must be at least 1, got {args.replay_answer_tokens}.")
-    load_replay_prompts(args.replay_prompts or assets.REPLAY_PROMPTS)
+    replay_prompt_set(args.replay_prompts)
 
 
 def replay_row_count(share: float, task_rows: int) -> int:
@@ -100,7 +112,7 @@ def replay_answers(args, model, tokenizer, output_dir, base_name: str, main_proc
     """The base's answers to the replay prompts: read from `replay.json` in `output_dir` or in the folder of the
     run this one continues (`earlier_run`) when it holds these prompts' answers for this base, else generated (by
     the main process first; the others then read them)."""
-    prompts = load_replay_prompts(args.replay_prompts or assets.REPLAY_PROMPTS)
+    prompts = replay_prompt_set(args.replay_prompts)
     key = _replay_key(args, prompts, base_name)
     path = Path(output_dir) / REPLAY_FILE
     with main_process_first(desc="replay answers"):
