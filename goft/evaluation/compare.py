@@ -132,7 +132,8 @@ def plan_runs(args: CompareArguments, parser) -> list[Run]:
         if not Path(path).is_file():
             raise RecipeError(f"The {label} file {path!r} does not exist.")
     if not args.task_levels or any(not level > 0 for level in args.task_levels):
-        raise RecipeError(f"`task_levels` must be positive task levels (answer NLL per token, or preference loss for DPO), got {args.task_levels}.")
+        raise RecipeError("`task_levels` must be positive task levels (answer NLL per token, or preference loss for "
+                          f"DPO), got {args.task_levels}.")
     runs = []
     for name in names:
         overrides = args.methods[name] or {}

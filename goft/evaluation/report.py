@@ -167,7 +167,8 @@ def render_sweep(summary: dict, levels=TASK_LEVELS, axis: str = "answer NLL") ->
             body.append([group, *(number(method["at_level"][str(level)]) for level in levels), frontier])
         reached = ", ".join(f"{level:g}" for level in result["common_levels"]) or "none"
         parts.append(f"### Forgetting ({title}) at equal task level\n\nEvery method reaches {axis}: {reached}. "
-                     "A dash: that method's most trained run did not reach the level.\n\n" + markdown_table(header, body))
+                     "A dash: that method's most trained run did not reach the level.\n\n"
+                     + markdown_table(header, body))
     return "\n".join(parts)
 
 
