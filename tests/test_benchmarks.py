@@ -108,3 +108,20 @@ def test_sft_benchmark_end_to_end_on_a_tiny_model(tmp_path):
     # strict Givens: d − 1 angles per adapted layer (q, k, v, o, gate, up read 48 features, down reads 80)
     assert rows["givens"]["trainable_parameters"] == 2 * (6 * 47 + 79)
     assert json.loads((tmp_path / "sft.json").read_text())["results"] == summary["results"]
+
+
+def test_retention_noise_rotations_are_seeded_orthogonal_and_of_the_asked_size(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from benchmarks import retention_noise
+    from goft.evaluation.weights import strict_orthogonality_error
+
+    base = AutoModelForCausalLM.from_pretrained(build_tiny_chat_model(tmp_path / "tiny"))
+    model = retention_noise.random_rotation(base, 0.01, seed=3)
+    raw = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+    assert raw.numel() > 500 and 0.008 < raw.std().item() < 0.012  # drawn from N(0, 0.01²)
+    assert strict_orthogonality_error(model) < 1e-5  # random angles, still exactly orthogonal
+    again = retention_noise.random_rotation(model.unload(), 0.01, seed=3)
+    assert torch.equal(torch.cat([p.detach().flatten() for p in again.parameters() if p.requires_grad]), raw)
+    assert not torch.equal(raw, torch.cat([p.detach().flatten() for p in retention_noise.random_rotation(
+        again.unload(), 0.01, seed=4).parameters() if p.requires_grad]))
