@@ -19,7 +19,7 @@ from goft.evaluation.frontier import Point, common_levels, forgetting_at, pareto
 from goft.evaluation.knowledge import (Question, is_correct, knowledge_retention, known_questions, load_questions,
                                        normalise_answer)
 from goft.evaluation.model_io import greedy_answers
-from goft.evaluation.report import render_sweep, sweep_summary
+from goft.evaluation.report import at_floor, axis_floor, plot_sweep, render_sweep, sweep_summary
 from goft.training.errors import RecipeError
 
 from .recipe_assets import build_tiny_chat_model, write_jsonl
@@ -244,6 +244,23 @@ def test_sweep_summary_and_its_table():
     assert summary["lost"]["methods"]["g"]["at_level"]["0.1"] == pytest.approx(0.3)
     table = render_sweep(summary, [0.5, 0.1])
     assert "| g | 0.16 | 0.3 |" in table and "| l | 0.12 | — |" in table  # l@1 (0.2, 0.2) to the base (2, 0): 0.2 − 0.2·log 2.5 / log 10
+
+
+def test_the_plot_clips_over_trained_runs_two_decades_past_the_smallest_level(tmp_path):
+    runs = [Point(0.3, 0.01, "under"), Point(0.004, 0.05, "fits"), Point(1e-60, 0.2, "over")]
+    assert axis_floor(runs, [0.1, 0.01]) == pytest.approx(1e-4)  # 0.01 / 10²
+    assert axis_floor(runs[:2], [0.1, 0.01]) is None  # nothing past the floor: nothing clipped
+    assert axis_floor(runs, []) is None
+    clipped = at_floor(runs, 1e-4)
+    assert [p.task for p in clipped] == [0.3, 0.004, 1e-4] and [p.label for p in clipped] == ["under", "fits", "over"]
+    assert at_floor(runs, None) == runs
+
+    def row(name, loss, kl):
+        return {"group": "g", "name": name, "kl_base_tuned": kl,
+                "task": {"task": "preference", "preference_loss_base": 0.693, "preference_loss_tuned": loss}}
+
+    plot_sweep([row("a", 0.05, 1e-4), row("b", 1e-60, 0.1)], tmp_path / "plot.png", "t", [0.1, 0.01])
+    assert (tmp_path / "plot.png").stat().st_size > 0
 
 
 def test_instructions_file_errors(tmp_path):

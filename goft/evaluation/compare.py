@@ -399,4 +399,4 @@ def write_report(rows: list[dict], args: CompareArguments) -> None:
     (folder / TABLE_FILE).write_text(text)
     title = (f"{budget.get('model_name_or_path', 'model')}: {budget.get('max_steps', '?')} {args.stage.upper()} "
              "steps per run")
-    plot_sweep(rows, folder / PLOT_FILE, title)
+    plot_sweep(rows, folder / PLOT_FILE, title, args.task_levels)

@@ -3,6 +3,7 @@ the frontier table of a learning-rate sweep, standard JSON, and the plot of forg
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from ..training.errors import RecipeError
@@ -172,10 +173,31 @@ def render_sweep(summary: dict, levels=TASK_LEVELS, axis: str = "answer NLL") ->
     return "\n".join(parts)
 
 
-def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
+AXIS_DECADES_BEYOND_LEVELS = 2  # the plot's x axis ends this many decades past the smallest compared task level
+
+
+def axis_floor(points: list[Point], task_levels) -> float | None:
+    """The smallest task level the plot's x axis shows: two decades past the smallest level compared, so that an
+    over-trained run (a DPO preference loss of 1e-60) does not squeeze the levels that matter into a corner; None
+    (no clipping) when no run goes past it."""
+    if not task_levels:
+        return None
+    floor = min(task_levels) / 10 ** AXIS_DECADES_BEYOND_LEVELS
+    return floor if any(p.task < floor for p in points) else None
+
+
+def at_floor(points: list[Point], floor: float | None) -> list[Point]:
+    """The points with their task level raised to `floor` where it is below (drawn at the axis' edge)."""
+    if floor is None:
+        return list(points)
+    return [replace(p, task=max(p.task, floor)) for p in points]
+
+
+def plot_sweep(rows: list[dict], path: Path, title: str, task_levels=TASK_LEVELS) -> None:
     """Forgetting (y) against the held-out task level (x: answer NLL or preference loss, log scale, more learned to
     the right), one panel per forgetting measure, one curve per method through its Pareto frontier from the base;
-    every run is a dot."""
+    every run is a dot. Runs more than two decades past the smallest of `task_levels` are drawn at the axis' edge
+    as hollow markers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,21 +210,26 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> None:
     markers = "osD^v<>pPX*h"
     for axis, measure in zip(axes[0], measures):
         points, bases = method_points(rows, measure)
+        floor = axis_floor([p for runs in points.values() for p in runs], task_levels)
         for index, (group, runs) in enumerate(points.items()):
             colour, marker = f"C{index % 10}", markers[index % len(markers)]
             curve = sorted(pareto_frontier(runs) + [bases[group]], key=lambda p: -p.task)
-            axis.plot([p.task for p in curve], [p.forgetting for p in curve], color=colour, marker=marker,
-                      label=group, zorder=3)
-            others = [p for p in runs if p not in curve]
+            axis.plot([p.task for p in at_floor(curve, floor)], [p.forgetting for p in curve], color=colour,
+                      marker=marker, label=group, zorder=3)
+            others = at_floor([p for p in runs if p not in curve], floor)
             axis.scatter([p.task for p in others], [p.forgetting for p in others], color=colour, marker=marker,
                          alpha=0.35, zorder=2)
+            beyond = [p for p in runs if floor is not None and p.task < floor]
+            axis.scatter([floor] * len(beyond), [p.forgetting for p in beyond], s=140, facecolors="none",
+                         edgecolors=colour, zorder=4)
         axis.set_xscale("log")
         axis.invert_xaxis()
         if measure == "kl":  # KL spans decades and is 0 at the base: logarithmic above 1e-4, linear below
             axis.set_yscale("symlog", linthresh=1e-4)
         axis.set_ylim(bottom=0)
+        edge = f"\nringed: runs past {floor:.0e}, drawn at the edge" if floor is not None else ""
         axis.set_xlabel(f"held-out {task_axis_name(rows)}{' per token' if task_axis_name(rows) == 'answer NLL' else ''}"
-                        " (log scale; more learned →)")
+                        f" (log scale; more learned →){edge}")
         axis.set_ylabel(FORGETTING_MEASURES[measure][0])
         axis.grid(True, which="both", alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
