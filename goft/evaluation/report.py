@@ -208,11 +208,13 @@ def plot_sweep(rows: list[dict], path: Path, title: str, task_levels=TASK_LEVELS
         return
     figure, axes = plt.subplots(1, len(measures), figsize=(6.5 * len(measures), 4.8), dpi=120, squeeze=False)
     markers = "osD^v<>pPX*h"
+    groups = max(len(method_points(rows, m)[0]) for m in measures)
+    colours = [f"C{i}" for i in range(10)] if groups <= 10 else list(plt.get_cmap("tab20").colors)  # one per method
     for axis, measure in zip(axes[0], measures):
         points, bases = method_points(rows, measure)
         floor = axis_floor([p for runs in points.values() for p in runs], task_levels)
         for index, (group, runs) in enumerate(points.items()):
-            colour, marker = f"C{index % 10}", markers[index % len(markers)]
+            colour, marker = colours[index % len(colours)], markers[index % len(markers)]
             curve = sorted(pareto_frontier(runs) + [bases[group]], key=lambda p: -p.task)
             axis.plot([p.task for p in at_floor(curve, floor)], [p.forgetting for p in curve], color=colour,
                       marker=marker, label=group, zorder=3)
