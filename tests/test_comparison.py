@@ -150,6 +150,12 @@ def test_plan_only_prints_the_runs_and_trains_nothing(comparison):
     ({"task_levels": [0.5, 0]}, "`task_levels` must be positive"),
     ({"stage": "ppo"}, "`stage` must be one of sft, dpo"),
     ({"recipe": "missing.yaml"}, "does not exist"),
+    ({"recipe_changes": {"output_dir": "elsewhere"}}, "may not set `output_dir`"),
+    ({"recipe_changes": {"lr_schedule": "cosine"}}, "do not parse"),
+    ({"recipe_changes": {"lr_scheduler_type": "cosine"},
+      "methods": {"lora": {"adapter": "lora", "lr_scheduler_type": "linear"}}}, "matched budget"),
+    ({"recipe_changes": {"weight_decay": 0.1}, "methods": {"lora": {"adapter": "lora", "weight_decay": 0.0}}},
+     "which `recipe_changes` already sets for every method"),
 ])
 def test_bad_comparisons_are_refused_before_training(comparison, change, message):
     config = yaml.safe_load(comparison["config"].read_text())
@@ -210,3 +216,52 @@ def test_an_evaluation_is_reused_only_while_what_it_measured_is_unchanged(tmp_pa
     monkeypatch.undo()
     (folder / "adapter_model.safetensors").write_bytes(b"other weights")
     assert runner.evaluation_key(run, sets) != key
+
+
+def _logged_learning_rates(run_dir):
+    (state,) = run_dir.glob("checkpoint-*/trainer_state.json")
+    return [entry["learning_rate"] for entry in json.loads(state.read_text())["log_history"] if "learning_rate" in entry]
+
+
+def test_recipe_changes_apply_to_every_run_and_are_part_of_what_a_run_is(comparison):
+    """`recipe_changes` changes the shared recipe for every method: each run trains with it, records it, and the
+    report's matched budget names it; the recipe's own schedule (the trainer's default, linear decay) decays."""
+    config = yaml.safe_load(comparison["config"].read_text())
+    config["methods"] = {"lora": config["methods"]["lora"]}
+    constant = {**config, "output_dir": str(comparison["tmp"] / "constant"),
+                "recipe_changes": {"lr_scheduler_type": "constant", "warmup_steps": 0}}
+    paths = {}
+    for name, settings in (("constant", constant), ("default", config)):
+        paths[name] = comparison["tmp"] / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(settings))
+    check_ok(run_compare("--config", paths["constant"], "--only", "lora"))
+    out = comparison["tmp"] / "constant"
+    for rate in (0.005, 0.02):
+        run = out / "runs" / f"lora-lr{rate:g}"
+        assert _logged_learning_rates(run) == [rate] * 3
+        spec = json.loads((run / "compare_run.json").read_text())
+        assert spec["recipe"]["lr_scheduler_type"] == "constant" and "lr_scheduler_type" not in spec["flags"]
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["settings"]["budget"]["lr_scheduler_type"] == "constant"
+    assert "lr_scheduler_type constant" in (out / "comparison.md").read_text()
+
+    check_ok(run_compare("--config", paths["default"], "--only", "lora"))
+    decaying = _logged_learning_rates(comparison["out"] / "runs" / "lora-lr0.005")
+    assert decaying == sorted(decaying, reverse=True) and decaying[0] > decaying[-1]
+
+
+def test_the_base_answers_the_anchor_prompts_once_per_comparison(tmp_path):
+    from goft.evaluation import compare as runner
+    from goft.training.replay import REPLAY_FILE
+
+    runs = [runner.Run(name, "givens", {}, tmp_path / "runs" / name) for name in ("first", "second", "third")]
+    for run in runs:
+        run.output_dir.mkdir(parents=True)
+    runner.share_base_answers(runs[0])
+    assert not (runs[0].output_dir / REPLAY_FILE).exists()  # nothing generated yet: nothing to share
+    (runs[0].output_dir / REPLAY_FILE).write_text('{"key": "k", "answers": []}')
+    (runs[2].output_dir / REPLAY_FILE).write_text('{"key": "own", "answers": []}')
+    runner.share_base_answers(runs[1])
+    runner.share_base_answers(runs[2])
+    assert (runs[1].output_dir / REPLAY_FILE).read_text() == '{"key": "k", "answers": []}'
+    assert (runs[2].output_dir / REPLAY_FILE).read_text() == '{"key": "own", "answers": []}'  # never overwritten

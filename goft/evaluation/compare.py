@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ import yaml
 
 from ..training.checkpoints import FINISHED_MARKER, read_run_record
 from ..training.errors import RecipeError
+from ..training.replay import REPLAY_FILE
 from . import assets, drift, knowledge
 from .report import (TASK_LEVELS, check_report_dir, plot_sweep, render_sweep, render_table, sweep_summary,
                      task_axis_name, write_json)
@@ -53,6 +55,9 @@ class CompareArguments:
     recipe: str = field(default="recipes/configs/smollm2/sft_givens.yaml",
                         metadata={"help": "The recipe every method trains with (model, data, budget)."})
     stage: str = field(default="sft", metadata={"help": "The recipe's stage: sft or dpo.", "choices": list(STAGES)})
+    recipe_changes: dict = field(default_factory=dict, metadata={
+        "help": "Recipe keys changed for every method alike, e.g. `lr_scheduler_type: cosine` to compare methods "
+                "under another schedule; the budget stays matched (each method still may not change it)."})
     methods: dict = field(default_factory=dict, metadata={
         "help": "Method name -> the recipe keys it changes (`adapter`, its hyper-parameters, `learning_rate`). "
                 "A list of learning rates sweeps them: one run per value."})
@@ -86,11 +91,7 @@ class Run:
     output_dir: Path
 
     def flags(self) -> list[str]:
-        flags = []
-        for key, value in self.overrides.items():
-            values = value if isinstance(value, list) else [value]
-            flags += [f"--{key}", *(_flag_value(v) for v in values)]
-        return flags
+        return as_flags(self.overrides)
 
     @property
     def learning_rate(self):
@@ -99,6 +100,23 @@ class Run:
 
 def _flag_value(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def as_flags(keys: dict) -> list[str]:
+    """Recipe keys as command-line flags (`--key value`, a list as several values)."""
+    flags = []
+    for key, value in keys.items():
+        values = value if isinstance(value, list) else [value]
+        flags += [f"--{key}", *(_flag_value(v) for v in values)]
+    return flags
+
+
+def check_recipe_changes(args: "CompareArguments") -> None:
+    if not isinstance(args.recipe_changes, dict):
+        raise RecipeError(f"`recipe_changes` must map recipe keys to values, got {args.recipe_changes!r}.")
+    if "output_dir" in args.recipe_changes:
+        raise RecipeError("`recipe_changes` may not set `output_dir`: every run gets its own folder under the "
+                          "comparison's `output_dir`.")
 
 
 def _method_runs(name: str, overrides: dict, root: Path) -> list[Run]:
@@ -123,6 +141,7 @@ def plan_runs(args: CompareArguments, parser) -> list[Run]:
         raise RecipeError(f"The recipe {args.recipe!r} does not exist.")
     if not args.methods:
         raise RecipeError("`methods` is empty: give each method's recipe keys, e.g. `lora: {adapter: lora}`.")
+    check_recipe_changes(args)
     names = list(args.methods) if args.only is None else list(args.only)
     unknown = [n for n in names if n not in args.methods]
     if unknown:
@@ -142,10 +161,14 @@ def plan_runs(args: CompareArguments, parser) -> list[Run]:
         fixed = [k for k in overrides if k in MATCHED_KEYS]
         if fixed:
             raise RecipeError(f"Method {name!r} changes {fixed}: those keys are the matched budget, the same for "
-                              "every method (set them in the recipe).")
+                              "every method (set them in the recipe or in `recipe_changes`).")
+        shared = [k for k in overrides if k in args.recipe_changes]
+        if shared:
+            raise RecipeError(f"Method {name!r} sets {shared}, which `recipe_changes` already sets for every method.")
         for run in _method_runs(name, overrides, Path(args.output_dir) / "runs"):
             try:  # unknown keys and bad values fail here, for every run, before anything trains
-                parser.parse_args_and_config(args=["--config", args.recipe, *run.flags()])
+                parser.parse_args_and_config(args=["--config", args.recipe, *as_flags(args.recipe_changes),
+                                                   *run.flags()])
             except (ValueError, SystemExit) as error:
                 raise RecipeError(f"Method {name!r}: its recipe keys do not parse ({error}).") from None
             runs.append(run)
@@ -167,8 +190,9 @@ def matmul_flops_per_second(seconds: float = 0.3, size: int = 512) -> float:
 
 
 def _recipe(args: CompareArguments) -> dict:
+    """The recipe every run trains with: its file, with the comparison's `recipe_changes` applied."""
     with open(args.recipe) as handle:
-        return yaml.safe_load(handle) or {}
+        return {**(yaml.safe_load(handle) or {}), **args.recipe_changes}
 
 
 def _model_parameters(recipe: dict) -> int:
@@ -237,7 +261,7 @@ def check_run_folders(runs: list[Run], args: CompareArguments) -> None:
                               f"remove that folder to train it again.")
 
 
-def train(run: Run, script: Path, recipe: str, spec: dict) -> float | None:
+def train(run: Run, script: Path, args: CompareArguments, spec: dict) -> float | None:
     """Train one run with the stage's recipe script in its own process, its `spec` recorded in its folder; a
     finished run is reused (None). Returns seconds."""
     if (run.output_dir / FINISHED_MARKER).is_file():
@@ -247,9 +271,10 @@ def train(run: Run, script: Path, recipe: str, spec: dict) -> float | None:
     log_file.parent.mkdir(parents=True, exist_ok=True)
     run.output_dir.mkdir(parents=True, exist_ok=True)
     write_json(run.output_dir / RUN_SPEC_FILE, spec)
+    share_base_answers(run)
     # the comparison evaluates every run itself, on one base: the recipe's own before/after measures are skipped
-    command = [sys.executable, str(script), "--config", recipe, "--output_dir", str(run.output_dir),
-               "--task_eval_samples", "0", "--retention_eval", "false", *run.flags()]
+    command = [sys.executable, str(script), "--config", args.recipe, "--output_dir", str(run.output_dir),
+               "--task_eval_samples", "0", "--retention_eval", "false", *as_flags(args.recipe_changes), *run.flags()]
     print(f"[compare] training {run.name}: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
     with open(log_file, "a") as log:  # a resumed run appends to the log of its interrupted start
@@ -259,6 +284,18 @@ def train(run: Run, script: Path, recipe: str, spec: dict) -> float | None:
         raise RecipeError(f"Training {run.name!r} failed (exit {finished.returncode}); see {log_file}:\n  "
                           + "\n  ".join(tail))
     return time.perf_counter() - start
+
+
+def share_base_answers(run: Run) -> None:
+    """Give a run the base's answers to the replay prompts that an earlier run of this comparison generated, so the
+    base answers them once per comparison rather than once per run. The file is keyed by the base, the prompts and
+    the answer length: a run whose settings differ regenerates them, as it would without the copy."""
+    target = run.output_dir / REPLAY_FILE
+    if target.exists():
+        return
+    earlier = sorted(run.output_dir.parent.glob(f"*/{REPLAY_FILE}"))
+    if earlier:
+        shutil.copyfile(earlier[0], target)
 
 
 def _file_digest(path: Path) -> str:
@@ -325,7 +362,7 @@ class Comparison:
         rows = []
         for index, run in enumerate(self.runs, start=1):
             start = time.perf_counter()
-            trained = train(run, self.script, self.args.recipe, run_spec(run, self.args))
+            trained = train(run, self.script, self.args, run_spec(run, self.args))
             result = self.evaluate(run)
             if trained is not None:  # training and evaluation: what the estimate of the next runs uses
                 self.timings[run.name] = time.perf_counter() - start
