@@ -119,12 +119,18 @@ def test_learning_rate_sweep_trains_evaluates_reports_and_reuses_finished_runs(c
     assert "[compare] training" not in refused.stdout + stray.stdout
     (out / "runs" / "hra").rmdir()
 
-    # a method added to the sweep trains and evaluates that run alone; the estimate uses the measured runs
-    plus = run_compare("--config", comparison["config"])
+    # a method added to the sweep trains and evaluates that run alone; the estimate uses the measured runs; the
+    # report then covers every finished run of the comparison, not only the method asked for
+    plus = run_compare("--config", comparison["config"], "--only", "hra")
     check_ok(plus)
-    assert "5 runs planned: 4 finished (reused), 1 to train" in plus.stdout and "median of 4 runs timed" in plus.stdout
+    assert "1 runs planned: 0 finished (reused), 1 to train" in plus.stdout and "median of 4 runs timed" in plus.stdout
     assert plus.stdout.count("[compare] training ") == 1 and "[compare] training hra" in plus.stdout
     assert plus.stdout.count("[compare] evaluating ") == 1
+    report = json.loads((out / "comparison.json").read_text())
+    assert [r["name"] for r in report["rows"]] == ["givens@lr=0.02", "givens@lr=0.08", "hra", *names[2:]]
+    assert [r for r in report["rows"] if r["name"] != "hra"] == reused
+    assert set(report["sweep"]["kl"]["methods"]) == {"givens", "hra", "lora"}
+    assert "| hra |" in (out / "comparison.md").read_text()
     assert json.loads((out / "runs" / "hra" / "compare_run.json").read_text())["flags"] == [
         "--adapter", "hra", "--hra_r", "4", "--learning_rate", "0.01"]
 

@@ -10,6 +10,7 @@ report (table, sweep frontiers, JSON and plot) is rewritten after every run, so 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -236,6 +237,14 @@ def run_spec(run: Run, args: CompareArguments) -> dict:
     return {"stage": args.stage, "recipe": recipe, "flags": run.flags()}
 
 
+def recorded_spec_matches(run: Run, args: CompareArguments) -> bool:
+    """Whether `run`'s folder records that it was trained with this comparison's settings for it."""
+    try:
+        return json.loads((run.output_dir / RUN_SPEC_FILE).read_text()) == json.loads(json.dumps(run_spec(run, args)))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def check_run_folders(runs: list[Run], args: CompareArguments) -> None:
     """Refuse, before anything trains, to reuse or resume a run folder made with other settings (or not by a
     comparison at all): its adapter would be reported under a name it was not trained with."""
@@ -319,8 +328,10 @@ def _training_record(run: Run) -> dict:
 class Comparison:
     """The runs of one comparison, trained and evaluated one after another, the report rewritten after each."""
 
-    def __init__(self, args: CompareArguments, script: Path, runs: list[Run], plan_source, reference):
+    def __init__(self, args: CompareArguments, script: Path, runs: list[Run], plan_source, reference,
+                 reported: list[Run] | None = None):
         self.args, self.script, self.runs = args, script, runs
+        self.reported = runs if reported is None else reported  # every run of the config, in its order
         self.sets = args.evaluation_sets()
         self.folder = Path(args.output_dir)
         self.source, self.reference = plan_source, reference
@@ -358,7 +369,21 @@ class Comparison:
                 "train_runtime": training.get("train_runtime"), "train_loss": training.get("train_loss"),
                 "steps": training.get("global_step"), **result}
 
+    def finished_result(self, run: Run) -> dict | None:
+        """A run outside this invocation (`only`) that finished with this comparison's settings and was evaluated
+        on these sets: its stored evaluation, for the report."""
+        if not (run.output_dir / FINISHED_MARKER).is_file() or not recorded_spec_matches(run, self.args):
+            return None
+        return self.cached_evaluation(run, evaluation_key(run, self.sets))
+
     def run_all(self) -> list[dict]:
+        """Train and evaluate `runs`; the report after each covers them and every other finished run of the
+        comparison (so `only` adds to the report rather than replacing it). Returns the rows of `runs`."""
+        by_name = {}
+        for run in self.reported:
+            result = None if run in self.runs else self.finished_result(run)
+            if result is not None:
+                by_name[run.name] = self.row(run, result)
         rows = []
         for index, run in enumerate(self.runs, start=1):
             start = time.perf_counter()
@@ -368,7 +393,8 @@ class Comparison:
                 self.timings[run.name] = time.perf_counter() - start
                 write_json(self.timings_path, self.timings)
             rows.append(self.row(run, result))
-            write_report(rows, self.args)
+            by_name[run.name] = rows[-1]
+            write_report([by_name[r.name] for r in self.reported if r.name in by_name], self.args)
             left = [r for r in self.runs[index:] if not (r.output_dir / FINISHED_MARKER).is_file()]
             if left:
                 seconds, _ = estimated_run_seconds(self.args, self.timings)
@@ -399,7 +425,8 @@ def compare(args: CompareArguments, scripts: dict[str, Path], parsers: dict) -> 
         return []
     recipe = _recipe(args)
     source = resolve_model_source(recipe.get("model_name_or_path"), recipe.get("gguf_file"))
-    return Comparison(args, scripts[args.stage], runs, source, reference).run_all()
+    reported = runs if args.only is None else plan_runs(dataclasses.replace(args, only=None), parsers.get(args.stage))
+    return Comparison(args, scripts[args.stage], runs, source, reference, reported).run_all()
 
 
 # ---- the report ---------------------------------------------------------------------------------------------------
