@@ -143,6 +143,12 @@ def plan_runs(args: CompareArguments, parser) -> list[Run]:
     if not args.methods:
         raise RecipeError("`methods` is empty: give each method's recipe keys, e.g. `lora: {adapter: lora}`.")
     check_recipe_changes(args)
+    if args.recipe_changes:
+        try:  # a bad shared key is named as such, not as a fault of the first method
+            parser.parse_args_and_config(args=["--config", args.recipe, *as_flags(args.recipe_changes)])
+        except (ValueError, SystemExit) as error:
+            raise RecipeError(f"`recipe_changes` do not parse ({error}; see the message above for a bad "
+                              "choice).") from None
     names = list(args.methods) if args.only is None else list(args.only)
     unknown = [n for n in names if n not in args.methods]
     if unknown:
