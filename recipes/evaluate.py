@@ -19,6 +19,7 @@ from goft.evaluation import assets
 from goft.evaluation.report import EVALUATION_JSON, check_report_dir, render_table, write_evaluation
 from goft.evaluation.runner import EvaluationSets, evaluate_adapters
 from goft.training.cli import run_recipe
+from goft.training.outputs import check_output_location, hold_output_lock
 
 
 @dataclass
@@ -54,10 +55,15 @@ def make_parser() -> TrlParser:
 
 def main(args: EvaluateArguments, recipe_yaml: str) -> None:
     check_report_dir(args.output_dir, EVALUATION_JSON, args.overwrite_output_dir, "an evaluation")
+    check_output_location(args.output_dir, {**{f"adapter folder {path}": path for path in args.adapters},
+                                            "general text": args.general_text, "dataset": args.dataset_name,
+                                            "retention questions": args.retention_questions,
+                                            "open instructions": args.open_instructions})
     sets = EvaluationSets(general_text=args.general_text, retention_questions=args.retention_questions,
                           open_instructions=args.open_instructions, task_samples=args.task_eval_samples,
                           max_length=args.max_length, dataset_name=args.dataset_name)
-    results = evaluate_adapters(args.adapters, base_model_name=args.base_model, sets=sets, dtype=args.dtype)
+    results = evaluate_adapters(args.adapters, base_model_name=args.base_model, sets=sets, dtype=args.dtype,
+                                before_loading=lambda: hold_output_lock(args.output_dir, "evaluation"))
     settings = {"base_model": args.base_model or results[0]["base_model"], **sets.describe(), "dtype": args.dtype}
     results_path, table_path = write_evaluation(results, args.output_dir, settings, args.overwrite_output_dir)
     print(render_table(results))

@@ -9,9 +9,11 @@ from typing import Optional
 from trl import TrlParser
 
 import goft  # noqa: F401  (registers the Givens adapter type with peft)
-from goft.export import merge_adapter_to_model
+from goft.export import check_merge_inputs, merge_adapter_to_model
 from goft.training.cli import run_recipe
 from goft.training.errors import RecipeError
+from goft.training.models import load_adapter_config, read_adapter_config
+from goft.training.outputs import check_output_location, hold_output_lock
 
 
 @dataclass
@@ -30,11 +32,18 @@ def make_parser() -> TrlParser:
 
 
 def main(args: MergeArguments, recipe_yaml: str = "") -> None:
+    load_adapter_config(args.adapter_path)  # an adapter folder, of a type peft and goft know
+    base = args.base_model or read_adapter_config(args.adapter_path).get("base_model_name_or_path")
+    check_output_location(args.output_dir, {"adapter folder": args.adapter_path, "base model": base})
     try:
-        out = merge_adapter_to_model(args.adapter_path, args.output_dir, args.base_model, args.dtype,
-                                     args.overwrite_output_dir)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:  # bad paths or an adapter that does not fit
+        source = check_merge_inputs(args.adapter_path, args.output_dir, args.base_model, args.dtype,
+                                    args.overwrite_output_dir)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:  # bad paths or options
         raise RecipeError(str(error)) from None
+    check_output_location(args.output_dir, {"base model folder": source.path})
+    hold_output_lock(args.output_dir, "merge")
+    out = merge_adapter_to_model(args.adapter_path, args.output_dir, args.base_model, args.dtype,
+                                 args.overwrite_output_dir)
     print(f"Merged model written to {out}")
 
 

@@ -112,7 +112,100 @@ def assets(tmp_path_factory) -> Assets:
     a.paths["broken_bnb"] = broken_bnb.parent
     a.paths["misspelled_yaml"] = root / "misspelled.yaml"
     a.paths["misspelled_yaml"].write_text(yaml.safe_dump({"model_name_or_path": str(model), "learning_rat": 1e-3}))
+    # datasets with one bad record each (or too few records), at a known line
+    sft, dpo = sft_rows(8), dpo_rows(8)
+    a.paths["sft_empty_messages"] = write_jsonl(sft[:5] + [{"messages": []}] + sft[6:],
+                                                root / "sft-empty-messages.jsonl")
+    a.paths["sft_null_content"] = write_jsonl(sft[:3] + [{"messages": [{"role": "user", "content": None},
+                                                                       sft[3]["messages"][1]]}] + sft[4:],
+                                              root / "sft-null-content.jsonl")
+    a.paths["sft_unknown_role"] = write_jsonl(sft[:2] + [{"messages": [{"role": "human", "content": "hi"},
+                                                                       sft[2]["messages"][1]]}] + sft[3:],
+                                              root / "sft-unknown-role.jsonl")
+    a.paths["sft_no_assistant"] = write_jsonl(sft[:4] + [{"messages": sft[4]["messages"][:1]}] + sft[5:],
+                                              root / "sft-no-assistant.jsonl")
+    latin1 = {"messages": [{"role": "user", "content": "café"}, sft[2]["messages"][1]]}  # é is byte 0xe9
+    a.paths["sft_latin1"] = root / "sft-latin1.jsonl"
+    a.paths["sft_latin1"].write_bytes(write_jsonl(sft[:2], a.paths["sft_latin1"]).read_bytes()
+                                      + json.dumps(latin1, ensure_ascii=False).encode("latin-1") + b"\n")
+    a.paths["sft_one_row"] = write_jsonl(sft[:1], root / "sft-one-row.jsonl")
+    a.paths["dpo_identical"] = write_jsonl(dpo[:4] + [{**dpo[4], "rejected": dpo[4]["chosen"]}] + dpo[5:],
+                                           root / "dpo-identical.jsonl")
+    a.paths["dpo_empty_chosen"] = write_jsonl(dpo[:1] + [{**dpo[1], "chosen": [{"role": "assistant", "content": ""}]}]
+                                              + dpo[2:], root / "dpo-empty-chosen.jsonl")
+    a.paths["dpo_empty_chosen_text"] = write_jsonl(dpo[:6] + [{**dpo[6], "chosen": ""}] + dpo[7:],
+                                                   root / "dpo-empty-chosen-text.jsonl")
+    a.paths["dpo_mixed_types"] = write_jsonl(dpo[:3] + [{"prompt": "hi", "chosen": "yes", "rejected": "no"}] + dpo[4:],
+                                             root / "dpo-mixed-types.jsonl")
+    _add_output_and_resume_assets(a, model)
     return a
+
+
+def _add_output_and_resume_assets(a: Assets, model: Path) -> None:
+    """Damaged adapters, folders whose output would overlap an input, interrupted runs whose checkpoint recorded
+    other settings, and a finished run whose data changed since."""
+    root = a.root
+    adapter = _adapter_folder(model, root / "adapter", str(model))
+    a.paths["adapter"] = adapter
+    truncated = Path(shutil.copytree(adapter, root / "adapter-truncated"))
+    weights = (truncated / "adapter_model.safetensors").read_bytes()
+    (truncated / "adapter_model.safetensors").write_bytes(weights[: len(weights) * 2 // 3])
+    a.paths["adapter_truncated"] = truncated
+    unknown = Path(shutil.copytree(adapter, root / "adapter-unknown-type"))
+    config = json.loads((unknown / "adapter_config.json").read_text())
+    (unknown / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "WOBBLE"}))
+    a.paths["adapter_unknown_type"] = unknown
+    not_json = Path(shutil.copytree(adapter, root / "adapter-not-json"))
+    (not_json / "adapter_config.json").write_text('{"peft_type": "GIVENS",')
+    a.paths["adapter_not_json"] = not_json
+    a.paths["recipe_latin1"] = root / "recipe-latin1.yaml"
+    a.paths["recipe_latin1"].write_bytes("# café\nmax_steps: 2\n".encode("latin-1"))
+    a.paths["broken_template"] = root / "broken.jinja"
+    a.paths["broken_template"].write_text("{% for message in messages %}{{ message['content'] }}")
+    data_folder = root / "data-folder"
+    data_folder.mkdir()
+    write_jsonl(sft_rows(8), data_folder / "train.jsonl")
+    a.paths["data_folder"] = data_folder
+    recipes = root / "recipes"
+    recipes.mkdir()
+    a.paths["recipe_in_folder"] = recipes / "sft.yaml"
+    a.paths["recipe_in_folder"].write_text("max_steps: 2\n")
+    a.paths["a_file"] = root / "notes.txt"
+    a.paths["a_file"].write_text("the user's notes\n")
+    base_args = base(a) + ["--output_dir"]
+    a.paths["run_other_lr"] = _interrupted_run(a, root / "run-other-lr", base_args, learning_rate=0.5)
+    a.paths["run_other_data"] = _interrupted_run(a, root / "run-other-data", base_args, data="0" * 64)
+    a.paths["run_not_a_checkpoint"] = root / "not-a-checkpoint"
+    (a.paths["run_not_a_checkpoint"] / "weights").mkdir(parents=True)
+    finished = Path(shutil.copytree(adapter, root / "finished-run"))
+    data = write_jsonl(sft_rows(8), root / "trained-on.jsonl")
+    record = {"stage": "sft", "data": {"dataset_name": str(data), "dataset_train_split": "train",
+                                       "dataset_test_split": "test", "dataset_test_size": 0.25, "seed": 42,
+                                       "split_sha256": {"train": "0" * 64, "test": "1" * 64}}}
+    (finished / "goft_run.json").write_text(json.dumps(record))
+    a.paths["finished_run"] = finished
+
+
+def _interrupted_run(a: Assets, folder: Path, args: list[str], learning_rate=None, data=None) -> Path:
+    """A run folder holding one complete checkpoint whose recorded spec is the one `args` give, but for the
+    learning rate or the training data's fingerprint."""
+    from trl import SFTConfig
+
+    from goft.training import checkpoints, run_spec
+    from goft.training.cli import make_recipe_parser, parse_recipe
+    from goft.training.data import SFT_COLUMNS, load_recipe_dataset
+
+    parsed = parse_recipe(make_recipe_parser(SFTConfig), args + [str(folder)])[:5]
+    spec = run_spec.build_spec(parsed, load_recipe_dataset(parsed[0], SFT_COLUMNS, seed=parsed[1].seed))
+    if learning_rate is not None:
+        spec["recipe"]["learning_rate"] = learning_rate
+    if data is not None:
+        spec["data"]["train"] = data
+    checkpoint = folder / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 2}')
+    checkpoints.mark_complete(str(checkpoint), {"global_step": 2, run_spec.SPEC_KEY: spec})
+    return folder
 
 
 @dataclass(frozen=True)
@@ -121,6 +214,7 @@ class Case:
     args: Callable[[Assets], list[str]]
     expected: tuple[str, ...]
     env: Callable[[Assets], dict] = lambda a: {}
+    output: Callable[[Assets], Path] | None = None  # where `--output_dir` points; default: a new folder
 
 
 def base(a: Assets, data: str = "sft", model: str = "model") -> list[str]:
@@ -173,13 +267,147 @@ CASES = {
                                   ("Do not pass `--hub_token` on the command line",)),
 }
 
+RECORD_CASES = {
+    "sft-row-empty-messages": Case("sft", lambda a: base(a, "sft_empty_messages"),
+                                   ("sft-empty-messages.jsonl', line 6:", "`messages` is an empty list")),
+    "sft-row-null-content": Case("sft", lambda a: base(a, "sft_null_content"),
+                                 ("sft-null-content.jsonl', line 4:", "(user) has `content` null", "as a string")),
+    "sft-row-unknown-role": Case("sft", lambda a: base(a, "sft_unknown_role"),
+                                 ("sft-unknown-role.jsonl', line 3:", "the role 'human'", "use 'user'")),
+    "sft-row-no-assistant-turn": Case("sft", lambda a: base(a, "sft_no_assistant"),
+                                      ("sft-no-assistant.jsonl', line 5:", "no assistant turn with text")),
+    "dataset-not-utf8": Case("sft", lambda a: base(a, "sft_latin1"),
+                             ("sft-latin1.jsonl' is not UTF-8", "0xe9 at line 3", "byte offset", "Re-encode")),
+    "dataset-one-row": Case("sft", lambda a: base(a, "sft_one_row"),
+                            ("has 1 row in split 'train'", "`dataset_test_size` 0.1", "add rows")),
+    "dataset-test-size-leaves-no-train-rows": Case("sft", lambda a: base(a) + ["--dataset_test_size", "0.95"],
+                                                   ("has 8 rows", "holds out 8", "at most 0.87")),
+    "dataset-missing-relative-folder": Case("sft", lambda a: base(a) + ["--dataset_name", "./no-such-data/"],
+                                            ("'./no-such-data/' does not exist",)),
+    "dpo-row-chosen-equals-rejected": Case("dpo", lambda a: base(a, "dpo_identical"),
+                                           ("dpo-identical.jsonl', line 5:", "`chosen` and `rejected` are identical")),
+    "dpo-row-empty-chosen": Case("dpo", lambda a: base(a, "dpo_empty_chosen"),
+                                 ("dpo-empty-chosen.jsonl', line 2:", "reply in `chosen` is empty")),
+    "dpo-row-empty-chosen-string": Case("dpo", lambda a: base(a, "dpo_empty_chosen_text"),
+                                        ("dpo-empty-chosen-text.jsonl', line 7:", "`chosen` is an empty string")),
+    "dpo-row-mixed-types": Case("dpo", lambda a: base(a, "dpo_mixed_types"),
+                                ("dpo-mixed-types.jsonl', line 4:", "holds plain strings",
+                                 "7 other records hold conversations")),
+}
+CASES.update(RECORD_CASES)
 
-def run_refused(stage: str, args: list[str], output_dir: Path, env: dict | None = None) -> str:
+
+def _recipe(a: Assets, name: str, text: str) -> list[str]:
+    """`--config` of a YAML recipe `name` holding `text` (written as is: a repeated key stays repeated)."""
+    path = a.root / name
+    path.write_text(text)
+    return ["--config", str(path)]
+
+
+ARGUMENT_CASES = {
+    "batch-size-zero": Case("sft", lambda a: base(a) + ["--per_device_train_batch_size", "0"],
+                            ("`per_device_train_batch_size` is 0", "a whole number >= 1")),
+    "gradient-accumulation-zero": Case("sft", lambda a: base(a) + ["--gradient_accumulation_steps", "0"],
+                                       ("`gradient_accumulation_steps` is 0", "a whole number >= 1")),
+    "negative-learning-rate-flag": Case("sft", lambda a: base(a) + ["--learning_rate", "-1e-3"],
+                                        ("`learning_rate` is -0.001", "a finite number > 0")),
+    "negative-learning-rate-yaml": Case("sft", lambda a: _recipe(a, "negative-lr.yaml", "learning_rate: -1e-3\n")
+                                        + base(a), ("`learning_rate` is -0.001", "a finite number > 0")),
+    "learning-rate-list-yaml": Case("sft", lambda a: _recipe(a, "listed-lr.yaml", "learning_rate: [1.0e-3, 2.0e-3]\n")
+                                    + base(a), ("`learning_rate` in the recipe file", "listed-lr.yaml", "(a list)",
+                                                "takes a number")),
+    "string-for-number-yaml": Case("sft", lambda a: _recipe(a, "string-bs.yaml", "per_device_train_batch_size: two\n")
+                                   + base(a), ("`per_device_train_batch_size`", "'two' (a string)",
+                                               "a whole number")),
+    "repeated-yaml-key": Case("sft", lambda a: _recipe(a, "repeated.yaml", "max_steps: 2\nlearning_rate: 1.0e-3\n"
+                                                       "max_steps: 4\n") + base(a),
+                              ("'max_steps' is given twice", "repeated.yaml", "on line 1 and on line 3")),
+    "max-steps-zero": Case("sft", lambda a: base(a) + ["--max_steps", "0"],
+                           ("`max_steps` is 0: the run would train nothing",)),
+    "zero-epochs": Case("sft", lambda a: base(a) + ["--num_train_epochs", "0"],
+                        ("`num_train_epochs` is 0.0: the run would train nothing",)),
+    "negative-seed": Case("sft", lambda a: base(a) + ["--seed", "-1"], ("`seed` is -1", "[0, 4294967296)")),
+    "dpo-beta-zero": Case("dpo", lambda a: base(a, "dpo") + ["--beta", "0"], ("`beta` is 0.0", "> 0")),
+    "lm-head-target": Case("sft", lambda a: base(a) + ["--adapter_target_modules", "lm_head"],
+                           ("'lm_head'", "output layer", "q_proj 48→48 (×2)")),
+    "embed-tokens-target": Case("sft", lambda a: base(a) + ["--adapter_target_modules", "embed_tokens"],
+                                ("'model.embed_tokens'", "embedding", "linear layers only")),
+    "chat-template-missing": Case("sft", lambda a: base(a) + ["--chat_template_path", str(a.root / "nope" / "t.jinja")],
+                                  ("`chat_template_path`", "t.jinja", "is not a file")),
+    "deepspeed-config-is-a-folder": Case("sft", lambda a: base(a) + ["--deepspeed", str(a.root)],
+                                         ("`deepspeed`", "is a folder")),
+    "argparse-type-error": Case("sft", lambda a: base(a) + ["--per_device_train_batch_size", "two"],
+                                ("`--per_device_train_batch_size`: invalid int value: 'two'",)),
+}
+CASES.update(ARGUMENT_CASES)
+
+LIBRARY_ERROR_CASES = {  # what a library finds in the input is one line too, whichever library it is
+    "adapter-weights-truncated": Case("dpo", lambda a: base(a, "dpo", model="adapter_truncated"),
+                                      ("adapter_model.safetensors is truncated or damaged",)),
+    "adapter-type-unknown": Case("merge", lambda a: ["--adapter_path", a["adapter_unknown_type"]],
+                                 ("names the adapter type 'WOBBLE'", "neither peft nor goft knows")),
+    "adapter-config-not-json": Case("evaluate", lambda a: ["--adapters", a["adapter_not_json"]],
+                                    ("adapter_config.json is not valid JSON", "line 1")),
+    "recipe-file-not-utf8": Case("sft", lambda a: ["--config", a["recipe_latin1"]] + base(a),
+                                 ("recipe-latin1.yaml",)),
+    "chat-template-does-not-render": Case("sft", lambda a: base(a) + ["--chat_template_path", a["broken_template"]],
+                                          ("broken.jinja", "fails on a plain user/assistant conversation")),
+    "hub-dataset-offline": Case("sft", lambda a: base(a) + ["--dataset_name", "someone/no-such-dataset"],
+                                ("Cannot load the dataset 'someone/no-such-dataset'", "offline")),
+}
+CASES.update(LIBRARY_ERROR_CASES)
+
+OUTPUT_CASES = {  # nothing a user made is written into, moved or lost
+    "output-is-the-model-folder": Case("sft", lambda a: base(a), ("is the model folder",),
+                                       output=lambda a: a.paths["model"]),
+    "output-inside-the-dataset-folder": Case("sft", lambda a: base(a, "data_folder"), ("lies inside the dataset",),
+                                             output=lambda a: a.paths["data_folder"] / "run"),
+    "output-contains-the-recipe-file": Case("sft", lambda a: ["--config", a["recipe_in_folder"]] + base(a),
+                                            ("contains the recipe file",),
+                                            output=lambda a: a.paths["recipe_in_folder"].parent),
+    "output-is-a-file": Case("sft", lambda a: base(a), ("is a file, not a folder",),
+                             output=lambda a: a.paths["a_file"]),
+    "dpo-output-is-its-sft-adapter": Case("dpo", lambda a: base(a, "dpo", model="adapter"),
+                                          ("is the adapter folder it continues",), output=lambda a: a.paths["adapter"]),
+    "merge-into-its-adapter-folder": Case("merge", lambda a: ["--adapter_path", a["adapter"], "--overwrite_output_dir",
+                                                              "true"], ("lies inside the adapter folder",),
+                                          output=lambda a: a.paths["adapter"] / "merged"),
+    "evaluate-into-an-adapter-folder": Case("evaluate", lambda a: ["--adapters", a["adapter"]],
+                                            ("is the adapter folder",), output=lambda a: a.paths["adapter"]),
+}
+CASES.update(OUTPUT_CASES)
+
+RESUME_CASES = {  # a rerun never resumes or evaluates with other settings or data without saying so
+    "resume-with-another-learning-rate": Case("sft", lambda a: base(a),
+                                              ("learning_rate: 0.5 in the checkpoint, 2e-05 now",
+                                               "--resume_with_changes true", "from step 2"),
+                                              output=lambda a: a.paths["run_other_lr"]),
+    "resume-with-other-data": Case("sft", lambda a: base(a),
+                                   ("data (train split): 'sha256 000000000000…' in the checkpoint",),
+                                   output=lambda a: a.paths["run_other_data"]),
+    "resume-changing-the-adapter": Case("sft", lambda a: base(a) + ["--adapter", "lora", "--resume_with_changes",
+                                                                    "true"],
+                                        ("Cannot resume from", "adapter: 'givens' in the checkpoint, 'lora' now"),
+                                        output=lambda a: a.paths["run_other_lr"]),
+    "resume-and-overwrite-together": Case("sft", lambda a: base(a) + ["--overwrite_output_dir", "true",
+                                                                      "--resume_from_checkpoint",
+                                                                      str(a.paths["run_other_lr"] / "checkpoint-2")],
+                                          ("starts afresh", "give one of them")),
+    "resume-from-a-folder-that-is-no-checkpoint": Case("sft", lambda a: base(a) + ["--resume_from_checkpoint",
+                                                                                   a["run_not_a_checkpoint"]],
+                                                       ("is not a training checkpoint", "trainer_state.json")),
+    "evaluate-data-changed-since-training": Case("evaluate", lambda a: ["--adapters", a["finished_run"]],
+                                                 ("changed since it was trained", "trained-on.jsonl")),
+}
+CASES.update(RESUME_CASES)
+
+def run_refused(stage: str, args: list[str], output_dir: Path, env: dict | None = None,
+                hf_home: Path | None = None) -> str:
     """Run a recipe that must be refused; returns its error line after checking how it failed. HF_HOME is a fresh
-    folder, so no login token of this machine is found."""
+    folder (default: beside `output_dir`), so no login token of this machine is found."""
+    hf_home = hf_home or output_dir.parent / "hf-home"
     result = subprocess.run([sys.executable, str(REPO / "recipes" / f"{stage}.py"), *args, "--output_dir",
-                             str(output_dir)], cwd=REPO,
-                            env={**recipe_env(), "HF_HOME": str(output_dir.parent / "hf-home"), **(env or {})},
+                             str(output_dir)], cwd=REPO, env={**recipe_env(), "HF_HOME": str(hf_home), **(env or {})},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -194,12 +422,16 @@ def test_bad_input_is_refused_before_any_work(assets, tmp_path, name):
     if name == "fp16-without-gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     case = CASES[name]
-    output_dir = tmp_path / "out"
-    message = run_refused(case.stage, case.args(assets), output_dir, case.env(assets))
+    output_dir = case.output(assets) if case.output else tmp_path / "out"
+    existed = output_dir.exists()
+    args = case.args(assets)
+    users_files = _snapshot(assets.root)
+    message = run_refused(case.stage, args, output_dir, case.env(assets), hf_home=tmp_path / "hf-home")
     for expected in case.expected:
         assert expected in message, message
     assert FAKE_TOKEN not in message
-    assert not output_dir.exists()  # nothing was written, not even an empty folder
+    assert output_dir.exists() == existed  # nothing was written, not even an empty folder
+    assert _snapshot(assets.root) == users_files  # every file the user had is byte-identical
     assert not assets.paths["marker"].exists()  # the untrusted model's code never ran
 
 

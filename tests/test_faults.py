@@ -257,26 +257,28 @@ def test_resume_takes_the_newest_complete_checkpoint_and_sets_newer_incomplete_o
     for step, complete in [(1, False), (2, True), (3, False), (4, True), (6, False), (8, False)]:
         make_checkpoint(tmp_path, step, complete)
     before = sorted(p.name for p in tmp_path.iterdir())
-    monkeypatch.setenv("RANK", "1")  # another process: the same answer, nothing renamed
     assert checkpoints.resume_checkpoint(str(tmp_path), None, False) == str(tmp_path / "checkpoint-4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # deciding reads only
+    monkeypatch.setenv("RANK", "1")  # another process: nothing renamed
+    checkpoints.set_aside_incomplete(str(tmp_path), str(tmp_path / "checkpoint-4"))
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     monkeypatch.setenv("RANK", "0")
-    assert checkpoints.resume_checkpoint(str(tmp_path), None, False) == str(tmp_path / "checkpoint-4")
+    checkpoints.set_aside_incomplete(str(tmp_path), str(tmp_path / "checkpoint-4"))
     assert sorted(p.name for p in tmp_path.iterdir()) == [  # older incomplete ones are left alone
         "checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4", "incomplete-checkpoint-6",
         "incomplete-checkpoint-8"]
     assert "Moved it aside to incomplete-checkpoint-8" in caplog.text
     make_checkpoint(tmp_path, 6, False)  # killed at the same step again: another free name
-    checkpoints.resume_checkpoint(str(tmp_path), None, False)
+    checkpoints.set_aside_incomplete(str(tmp_path), checkpoints.resume_checkpoint(str(tmp_path), None, False))
     assert (tmp_path / "incomplete-checkpoint-6.2" / "trainer_state.json").is_file()
     explicit = str(tmp_path / "checkpoint-3")  # honoured as given, with a warning
     assert checkpoints.resume_checkpoint(str(tmp_path), explicit, False) == explicit
     assert f"`resume_from_checkpoint` {explicit} has no" in caplog.text
-    checkpoints.clear_previous_run(str(tmp_path))
-    assert list(tmp_path.iterdir()) == []
+    assert checkpoints.resume_checkpoint(str(tmp_path), None, True) is None  # overwrite: start afresh
 
 
 def test_resume_without_any_complete_checkpoint_starts_afresh(tmp_path):
     make_checkpoint(tmp_path, 3, False)
     assert checkpoints.resume_checkpoint(str(tmp_path), None, False) is None
+    checkpoints.set_aside_incomplete(str(tmp_path), None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["incomplete-checkpoint-3"]

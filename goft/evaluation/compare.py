@@ -32,6 +32,7 @@ from . import assets, drift, knowledge
 from .report import (TASK_LEVELS, check_report_dir, plot_sweep, render_sweep, render_table, sweep_summary,
                      task_axis_name, write_json)
 from ..training.models import resolve_model_source
+from ..training.outputs import check_output_location, hold_output_lock
 from .runner import BaseReference, EvaluationSets, Evaluator, held_out_split
 
 logger = logging.getLogger(__name__)
@@ -431,6 +432,9 @@ def compare(args: CompareArguments, scripts: dict[str, Path], parsers: dict) -> 
         return []
     recipe = _recipe(args)
     source = resolve_model_source(recipe.get("model_name_or_path"), recipe.get("gguf_file"))
+    check_output_location(args.output_dir, {"recipe": args.recipe,
+                                            "model folder": source.path, "dataset": recipe.get("dataset_name")})
+    hold_output_lock(args.output_dir, "comparison")
     reported = runs if args.only is None else plan_runs(dataclasses.replace(args, only=None), parsers.get(args.stage))
     return Comparison(args, scripts[args.stage], runs, source, reference, reported).run_all()
 

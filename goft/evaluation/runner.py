@@ -7,7 +7,6 @@ neurons. What depends on the base alone (its logits on the general text, the que
 to the instructions) is computed once and reused for every adapter."""
 
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -18,8 +17,9 @@ from ..training.arguments import DataArguments
 from ..training.checkpoints import FINISHED_MARKER, read_run_record
 from ..training.data import load_recipe_dataset
 from ..training.errors import RecipeError
-from ..training.models import ADAPTER_CONFIG_FILE, load_causal_lm, load_tokenizer, resolve_model_source
+from ..training.models import load_causal_lm, load_tokenizer, read_adapter_config, resolve_model_source
 from ..training.preflight import check_adapters_fit
+from ..training.run_spec import rows_fingerprint
 from . import assets
 from .drift import BaseAnswers, answer_drift, base_answers, load_instructions
 from .knowledge import Question, knowledge_retention, known_questions, load_questions
@@ -79,25 +79,6 @@ class BaseReference:
         if self.answers is None:
             self.answers = base_answers(model, tokenizer, self.instructions)
         return self.answers
-
-
-def read_adapter_config(adapter_path) -> dict:
-    """adapter_config.json of an adapter folder, with clear errors for a missing folder or file."""
-    folder = Path(adapter_path).expanduser()
-    if not folder.exists():
-        raise RecipeError(f"The adapter folder {str(adapter_path)!r} does not exist.")
-    if not folder.is_dir():
-        raise RecipeError(f"{str(adapter_path)!r} is a file, not an adapter folder.")
-    config_file = folder / ADAPTER_CONFIG_FILE
-    if not config_file.is_file():
-        raise RecipeError(f"{str(adapter_path)!r} is not an adapter folder: it has no {ADAPTER_CONFIG_FILE}.")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as error:
-        raise RecipeError(f"{config_file} is not valid JSON: {error.msg} (line {error.lineno}).") from None
-    if not isinstance(config, dict):
-        raise RecipeError(f"{config_file} does not hold a JSON object.")
-    return config
 
 
 def measure(model, tokenizer, reference: BaseReference, sets: EvaluationSets, test_dataset=None) -> dict:
@@ -171,7 +152,28 @@ def held_out_split(adapter_path, dataset_name: str | None = None):
     dataset = load_recipe_dataset(args, (), seed=seed)
     test = dataset[args.dataset_test_split]
     task_kind(test.column_names)
+    if not dataset_name:
+        _check_data_unchanged(adapter_path, record, dataset)
     return test
+
+
+def _check_data_unchanged(adapter_path, record: dict, dataset) -> None:
+    """The data rebuilt from a run's record is the data it trained and held out: each split's rows have the recorded
+    fingerprint. Data changed since training would give other "held-out" rows, some of which may have been trained
+    on, or a held-out split beside other training data than the adapter saw."""
+    recorded = record.get("split_sha256")
+    if not recorded:
+        logger.warning("%s records no fingerprint of its data (an older run): the held-out split rebuilt from %s "
+                       "is used unchecked.", adapter_path, record["dataset_name"])
+        return
+    changed = [split for split, digest in recorded.items() if split in dataset and
+               rows_fingerprint(dataset[split]) != digest]
+    if changed:
+        raise RecipeError(f"The data of the run in {str(adapter_path)!r} ({record['dataset_name']!r}) changed since "
+                          f"it was trained (its {' and '.join(changed)} split{'s' if len(changed) > 1 else ''} "
+                          "differ): the held-out split rebuilt from it is not the one the run held out, and some of "
+                          "its rows may have been trained on. Restore the data the run used, or score on a dataset "
+                          "with its own test split (`--dataset_name`).")
 
 
 @dataclasses.dataclass
@@ -225,13 +227,15 @@ class Evaluator:
 
 
 def evaluate_adapters(adapter_paths, base_model_name: str | None = None, sets: EvaluationSets | None = None,
-                      dtype: str | None = "float32") -> list[dict]:
+                      dtype: str | None = "float32", before_loading=lambda: None) -> list[dict]:
     """Evaluate adapters trained on one base: the base (default: the adapters' `base_model_name_or_path`) is
     loaded once, and each adapter is loaded onto it, measured (see `measure`) and unloaded.
 
     Each adapter's task metric uses its run's held-out split (rebuilt from goft_run.json), or `sets.dataset_name`'s
-    test split for all of them when given. Bad input is refused before any model is loaded."""
+    test split for all of them when given. Bad input is refused before any model is loaded, and `before_loading`
+    is called once every check has passed."""
     sets = sets or EvaluationSets()
     plan = plan_evaluation(list(adapter_paths), base_model_name, sets)
+    before_loading()  # every check has passed (e.g. the caller locks its output folder now)
     evaluator = Evaluator(plan.source, sets, plan.reference, dtype)
     return [evaluator.evaluate(path, test) for path, test in zip(plan.adapters, plan.test_splits)]

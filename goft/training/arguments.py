@@ -28,7 +28,14 @@ class DataArguments(ScriptArguments):
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Start afresh in an `output_dir` that holds a finished run or checkpoints."},
+        metadata={"help": "Start afresh in an `output_dir` that holds a finished run or checkpoints; the previous run "
+                  "is moved aside into `overwritten-<time>/` there and deleted once the new run has finished."},
+    )
+    resume_with_changes: bool = field(
+        default=False,
+        metadata={"help": "Resume a checkpoint although the recipe or data changed since it was written: the new "
+                  "values apply from the resumed step (learning rate and optimizer settings included) and the model "
+                  "card lists each change. Without it, such a resume is refused with the differences."},
     )
 
 

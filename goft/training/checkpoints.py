@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from pathlib import Path
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -22,38 +21,72 @@ logger = logging.getLogger(__name__)
 FINISHED_MARKER = "goft_run.json"
 COMPLETE_MARKER = "goft_checkpoint_complete.json"
 INCOMPLETE_PREFIX = "incomplete-"
+TRAINER_STATE_FILE = "trainer_state.json"
 _CHECKPOINT_NAME = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
 def resume_checkpoint(output_dir: str, resume_from_checkpoint, overwrite: bool) -> str | None:
-    """The checkpoint to resume from, None to start fresh; refuses an `output_dir` holding a finished run.
+    """The checkpoint to resume from, None to start fresh; refuses an `output_dir` holding a finished run. Reads
+    only: the incomplete checkpoints newer than the answer are moved aside later (`set_aside_incomplete`), once
+    every check has passed.
 
     An explicit `resume_from_checkpoint` folder is used as given; otherwise the newest complete checkpoint in
-    `output_dir`, after moving aside the incomplete ones newer than it (on the main process only: every process
-    computes the same answer, since only folders without the marker are renamed)."""
+    `output_dir`."""
     folder = Path(output_dir)
+    explicit = isinstance(resume_from_checkpoint, str) and resume_from_checkpoint not in ("", "True", "true")
+    if overwrite and explicit:
+        raise RecipeError(f"`overwrite_output_dir: true` starts afresh, and `resume_from_checkpoint` "
+                          f"{resume_from_checkpoint!r} asks to continue: give one of them.")
     if overwrite:
         return None
     if (folder / FINISHED_MARKER).is_file():
         raise RecipeError(f"{output_dir!r} holds a finished run ({FINISHED_MARKER} is there). Choose another "
-                          "`output_dir`, or pass `--overwrite_output_dir true` to train afresh in it.")
-    if isinstance(resume_from_checkpoint, str) and resume_from_checkpoint not in ("", "True", "true"):
+                          "`output_dir`, or pass `--overwrite_output_dir true` to train afresh in it (the finished "
+                          "run is moved aside until the new one has finished).")
+    if explicit:
         return _explicit_checkpoint(resume_from_checkpoint)
-    if not folder.is_dir():
-        return None
-    last = last_complete_checkpoint(output_dir)
-    last_step = _step_of(last)
-    if is_main_process():
-        for step, path in _checkpoints(folder):
-            if step > last_step and not is_complete(path):
-                set_aside(path)
-    return last
+    return last_complete_checkpoint(output_dir)
+
+
+def set_aside_incomplete(output_dir: str, resume_from: str | None) -> None:
+    """Move aside the incomplete `checkpoint-N` folders of `output_dir` newer than `resume_from` (all of them when
+    starting fresh), on the main process only: every process resumes from the same checkpoint, since only folders
+    without the marker are renamed."""
+    folder = Path(output_dir)
+    if not folder.is_dir() or not is_main_process():
+        return
+    last_step = _step_of(resume_from) if resume_from and Path(resume_from).parent == folder else -1
+    for step, path in _checkpoints(folder):
+        if step > last_step and not is_complete(path):
+            set_aside(path)
+
+
+def recorded_summary(checkpoint: str) -> dict:
+    """What the checkpoint's completion marker records ({} when it has none or it cannot be read)."""
+    try:
+        record = json.loads((Path(checkpoint) / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def step_of(checkpoint: str) -> int:
+    """The optimizer step a checkpoint was saved at: its marker's, else its folder name's, else 0."""
+    recorded = recorded_summary(checkpoint).get("global_step")
+    if isinstance(recorded, int):
+        return recorded
+    match = _CHECKPOINT_NAME.match(Path(checkpoint).name)
+    return int(match.group(1)) if match else 0
 
 
 def _explicit_checkpoint(path: str) -> str:
     """An explicit `resume_from_checkpoint` folder, as given (a warning when it has no completion marker)."""
     if not os.path.isdir(path):
         raise RecipeError(f"`resume_from_checkpoint` {path!r} is not a folder.")
+    if not os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
+        raise RecipeError(f"`resume_from_checkpoint` {path!r} is not a training checkpoint: it has no "
+                          f"{TRAINER_STATE_FILE}. Give a `checkpoint-N` folder a run saved, or leave the key out to "
+                          "resume automatically from `output_dir`.")
     if not is_complete(Path(path)):
         logger.warning("`resume_from_checkpoint` %s has no %s: it may have been written by another tool or left "
                        "half-written by a killed run. Resuming from it as asked.", path, COMPLETE_MARKER)
@@ -141,19 +174,6 @@ def _fsync(path: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def clear_previous_run(output_dir: str) -> None:
-    """With `overwrite_output_dir`, drop the old checkpoints (incomplete ones too) and the marker so a later resume
-    cannot pick them up."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return
-    for pattern in (f"{PREFIX_CHECKPOINT_DIR}-*", f"{INCOMPLETE_PREFIX}{PREFIX_CHECKPOINT_DIR}-*"):
-        for checkpoint in folder.glob(pattern):
-            if checkpoint.is_dir():
-                shutil.rmtree(checkpoint)
-    (folder / FINISHED_MARKER).unlink(missing_ok=True)
 
 
 def read_run_record(folder) -> dict | None:

@@ -3,17 +3,24 @@
 import difflib
 import enum
 import os
+import re
 import sys
 
 import torch
 import yaml
 from trl import TrlParser
 
+from .argument_checks import check_deepspeed_config
 from .arguments import AdapterArguments, DataArguments, ModelArguments, RetentionArguments
 from .errors import RecipeError
 from .hub import redact, scrub
+from .recipe_file import check_recipe_values, load_recipe_file
+from .recipe_help import FullHelpAction, short_help
 
 SECRET_FLAGS = ("--hub_token",)
+# argparse reads `-1e-3` as a flag (its own pattern knows only `-1` and `-.5`); these are values
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
+ARGUMENT_PREFIX = re.compile(r"^argument (-{1,2}[\w-]+)(/-{1,2}[\w-]+)*: ")
 
 
 def has_accelerator() -> bool:
@@ -31,9 +38,39 @@ def use_all_cpu_cores() -> None:
         torch.set_num_threads(per_process)
 
 
+class RecipeParser(TrlParser):
+    """The training recipes' `TrlParser`: `--help` fits one screen (the common keys); `--help_all` lists every key."""
+
+    def __init__(self, dataclass_types):
+        super().__init__(dataclass_types)
+        self.add_argument("--help_all", action=FullHelpAction, help="Show every recipe key with its help and exit.")
+
+    def format_help(self) -> str:
+        return short_help(self)
+
+    def format_full_help(self) -> str:
+        return super().format_help()
+
+
+def _refuse_command_line(message: str):
+    """argparse's error, as a `RecipeError`: one `error:` line instead of a usage block."""
+    message = ARGUMENT_PREFIX.sub(lambda match: f"`{match.group(1)}`: ", message)
+    missing = message.startswith("the following arguments are required")
+    fix = "Give them on the command line or in the YAML recipe" if missing else "Give each key one value of its type"
+    raise RecipeError(f"{message[:1].upper()}{message[1:]}. {fix}; `--help` lists the keys with their defaults.")
+
+
+def follow_house_rules(parser) -> None:
+    """argparse's errors become `RecipeError`s, and negative numbers (`--learning_rate -1e-3`) are values."""
+    parser.error = _refuse_command_line
+    parser._negative_number_matcher = NEGATIVE_NUMBER
+
+
 def make_recipe_parser(training_config_class) -> TrlParser:
     """A `TrlParser` over goft's dataclasses and TRL's `training_config_class` (SFTConfig, DPOConfig)."""
-    parser = TrlParser((DataArguments, training_config_class, ModelArguments, AdapterArguments, RetentionArguments))
+    parser = RecipeParser((DataArguments, training_config_class, ModelArguments, AdapterArguments,
+                           RetentionArguments))
+    follow_house_rules(parser)
     if not has_accelerator():
         # TRL's configs default to bf16 and refuse to build without a GPU; on a CPU-only machine, train in fp32.
         parser.set_defaults(use_cpu=True, bf16=False)
@@ -53,17 +90,16 @@ def check_known_keys(parser: TrlParser, argv: list[str]) -> None:
         close = difflib.get_close_matches(key, known, n=1)
         described.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
     where = f"in {config_path} or on the command line" if config_path else "on the command line"
+    listed = "`--help` lists the common ones, `--help_all` every one" if "help_all" in known else "`--help` lists them"
     raise RecipeError(f"Unknown recipe key(s) {where}: {', '.join(described)}. The keys are the fields of TRL's "
-                      "trainer config and ModelConfig and goft's own (`--help` lists them all).")
+                      f"trainer config and ModelConfig and goft's own ({listed}).")
 
 
 def _named_keys(argv: list[str]) -> tuple[list[str], str | None]:
     """Keys given in the YAML file and on the command line, in order, and the YAML file's path."""
-    keys, config_path = [], None
-    if "--config" in argv:
-        config_path = argv[argv.index("--config") + 1]
-        with open(config_path) as handle:
-            keys += [k for k in (yaml.safe_load(handle) or {}) if k != "env"]
+    keys, config_path = [], _config_path(argv)
+    if config_path:
+        keys += [k for k in load_recipe_file(config_path) if k != "env"]
     for token in argv:
         if token.startswith("--") and token != "--config":
             key = token[2:].split("=", 1)[0]
@@ -100,11 +136,14 @@ def effective_recipe(argv: list[str], parsed) -> str:
 def parse_recipe(parser: TrlParser, argv: list[str] | None = None):
     """(data, training, model, adapter, retention) arguments and the effective recipe YAML."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    follow_house_rules(parser)
     refuse_secret_flags(argv)
-    if "--config" in argv and argv.index("--config") + 1 >= len(argv):
-        raise RecipeError("`--config` needs the path of a YAML recipe.")
+    config_path = _config_path(argv)
     try:
         check_known_keys(parser, argv)
+        recipe = load_recipe_file(config_path) if config_path else {}
+        check_recipe_values(recipe, parser, config_path)
+        check_deepspeed_config(_given_value(argv, recipe, "deepspeed"))  # transformers reads it while parsing
         parsed = parser.parse_args_and_config(args=argv)
     except FileNotFoundError as error:
         raise RecipeError(f"The recipe file {error.filename!r} does not exist.") from None
@@ -113,6 +152,26 @@ def parse_recipe(parser: TrlParser, argv: list[str] | None = None):
     except ValueError as error:
         raise RecipeError(str(error)) from None
     return (*parsed, effective_recipe(argv, parsed))
+
+
+def _config_path(argv: list[str]) -> str | None:
+    """The path after `--config`, or None without one."""
+    if "--config" not in argv:
+        return None
+    if argv.index("--config") + 1 >= len(argv):
+        raise RecipeError("`--config` needs the path of a YAML recipe.")
+    return argv[argv.index("--config") + 1]
+
+
+def _given_value(argv: list[str], recipe: dict, key: str):
+    """The value `key` was given: its last flag on the command line, else the recipe file's, else None."""
+    value = recipe.get(key)
+    for index, token in enumerate(argv):
+        if token.startswith(f"--{key}="):
+            value = token.split("=", 1)[1]
+        elif token == f"--{key}" and index + 1 < len(argv):
+            value = argv[index + 1]
+    return value
 
 
 def refuse_secret_flags(argv: list[str]) -> None:

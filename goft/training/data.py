@@ -1,16 +1,44 @@
-"""Recipe datasets: local JSON/JSONL files or folders, or Hub ids; checked for their columns; split if needed."""
+"""Recipe datasets: local JSON/JSONL files or folders, or Hub ids; checked for their encoding, JSON, columns and the
+shape of every record (before any model is loaded); split if needed."""
 
+import codecs
 import json
+import math
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from datasets import DatasetDict, load_dataset
+from datasets.exceptions import DatasetGenerationError
+from huggingface_hub import constants
 
 from .errors import RecipeError
+from .records import STAGE_COLUMNS, RecordCheck, check_rows, json_type
 
 SFT_COLUMNS = ("messages",)
 DPO_COLUMNS = ("prompt", "chosen", "rejected")
 JSON_SUFFIXES = (".json", ".jsonl")
+DATA_SUFFIXES = (*JSON_SUFFIXES, ".parquet", ".csv", ".tsv", ".txt", ".arrow")
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")  # `name` or `owner/name`
+JSON_SPACE = " \t\r\n"
+
+
+def record_stage(required_columns: tuple[str, ...]) -> str | None:
+    """The records a stage's columns call for: 'dpo' (preference pairs), 'sft' (conversations), or None (unchecked)."""
+    if all(column in required_columns for column in DPO_COLUMNS):
+        return "dpo"
+    if all(column in required_columns for column in SFT_COLUMNS):
+        return "sft"
+    return None
+
+
+def looks_local(name: str) -> bool:
+    """Whether a dataset name can only mean a local path: ./ ../ ~ or absolute, a data file's suffix, a backslash,
+    or a name that is no Hub id (`name` or `owner/name`)."""
+    if name.startswith((".", "~", "/", "\\")) or os.path.isabs(name) or "\\" in name:
+        return True
+    return name.lower().endswith(DATA_SUFFIXES) or ".." in name or not HUB_ID.fullmatch(name)
 
 
 def _local_json_files(path: Path) -> list[str]:
@@ -25,50 +53,181 @@ def _local_json_files(path: Path) -> list[str]:
     return [str(f) for f in files]
 
 
-def _check_json_records(file: str) -> None:
-    """Malformed JSON anywhere in a file is reported with its file and line, before datasets' own, vaguer, error."""
-    with open(file, encoding="utf-8") as handle:
-        if file.endswith(".jsonl"):
-            numbered = ((number, line.rstrip("\r\n")) for number, line in enumerate(handle, start=1) if line.strip())
-        else:
-            numbered = [(1, handle.read())]
-        for first_line, text in numbered:
-            try:
-                json.loads(text)
-            except json.JSONDecodeError as error:
-                line = first_line + error.lineno - 1
-                kind = "JSONL (one JSON object per line)" if file.endswith(".jsonl") else "JSON"
-                raise RecipeError(f"The dataset file {file!r} is not valid {kind}: {error.msg} (line {line}, "
-                                  f"column {error.colno}).") from None
+def _decode(file: str, data: bytes, line: int, offset: int) -> str:
+    """`data`, which starts on line `line` at byte `offset` of `file`, as UTF-8; else where it is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line += data.count(b"\n", 0, error.start)
+        raise RecipeError(f"The dataset file {file!r} is not UTF-8: the byte 0x{data[error.start]:02x} at line {line} "
+                          f"(byte offset {offset + error.start} in the file) cannot be decoded. Re-encode the file "
+                          "as UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE > NEW_FILE` if it is Latin-1.") from None
+
+
+def _parse(file: str, text: str, first_line: int):
+    """One JSON document (a JSONL line, or a whole .json file) that starts on line `first_line`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        kind = "JSONL (one JSON object per line)" if file.endswith(".jsonl") else "JSON"
+        raise RecipeError(f"The dataset file {file!r} is not valid {kind}: {error.msg} (line "
+                          f"{first_line + error.lineno - 1}, column {error.colno}).") from None
+
+
+def _bom_length(data: bytes) -> int:
+    """A leading UTF-8 byte order mark is skipped, as the JSON loader skips it."""
+    return len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+
+
+def _jsonl_records(file: str) -> Iterator[tuple[str, object]]:
+    """Each record of a JSONL file, named by its line; blank lines are skipped."""
+    offset = 0
+    with open(file, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            skip = _bom_length(raw) if number == 1 else 0
+            text = _decode(file, raw[skip:], number, offset + skip).rstrip("\r\n")
+            offset += len(raw)
+            if text.strip():
+                yield f"The dataset file {file!r}, line {number}", _parse(file, text, number)
+
+
+def _array_item_lines(text: str) -> Iterator[int]:
+    """The line each item of a JSON array starts on (`text` is known to be a valid JSON array)."""
+    decoder = json.JSONDecoder()
+    position = text.index("[") + 1
+    line = text.count("\n", 0, position) + 1
+    while True:
+        start = position
+        while text[start] in JSON_SPACE or text[start] == ",":
+            start += 1
+        if text[start] == "]":
+            return
+        line += text.count("\n", position, start)
+        yield line
+        _, position = decoder.raw_decode(text, start)
+        line += text.count("\n", start, position)
+
+
+def _json_array_records(file: str) -> Iterator[tuple[str, object]]:
+    """Each record of a .json file, which must hold one array of records, named by its number and line."""
+    data = Path(file).read_bytes()
+    skip = _bom_length(data)
+    text = _decode(file, data[skip:], 1, skip)
+    document = _parse(file, text, 1)
+    if not isinstance(document, list):
+        raise RecipeError(f"The dataset file {file!r} holds {json_type(document)}, not an array of records: write "
+                          "it as [{...}, {...}], or as .jsonl with one record per line.")
+    for number, (line, record) in enumerate(zip(_array_item_lines(text), document), start=1):
+        yield f"The dataset file {file!r}, record {number} (line {line})", record
+
+
+def _json_records(file: str) -> Iterator[tuple[str, object]]:
+    """Each record of a local file, named by where it is; bad encoding, bad JSON and non-objects are refused."""
+    records = _jsonl_records(file) if file.endswith(".jsonl") else _json_array_records(file)
+    for where, record in records:
+        if not isinstance(record, dict):
+            raise RecipeError(f"{where}: the record is {json_type(record)}, not a JSON object; each record is an "
+                              "object whose keys are the dataset's columns.")
+        yield where, record
+
+
+def _check_local_records(files: list[str], required_columns: tuple[str, ...]) -> int:
+    """Read every record of the files (encoding, JSON, objects) and, for a stage's columns, check each record's
+    shape; returns how many records there are."""
+    stage = record_stage(required_columns)
+    check = RecordCheck(stage, required_columns) if stage else None
+    count = 0
+    for file in files:
+        for where, record in _json_records(file):
+            count += 1
+            if check:
+                check.add(record, where)
+    if check:
+        check.raise_if_bad()
+    return count
+
+
+def _check_split_rows(dataset: DatasetDict, name: str, splits: tuple[str, ...], required_columns: tuple[str, ...]):
+    """Every row of the given splits (those there are) of a loaded dataset, for a stage's columns."""
+    stage = record_stage(required_columns)
+    if stage is None:
+        return
+    for split in (s for s in splits if s in dataset):
+        columns = [c for c in STAGE_COLUMNS[stage] if c in dataset[split].column_names]
+        check_rows(dataset[split].select_columns(columns), stage, required_columns,
+                   f"The dataset {name!r}, split {split!r}")
+
+
+def _largest_test_size(rows: int) -> float | None:
+    """The largest `dataset_test_size`, in hundredths, that leaves a row to train on; None below 2 rows."""
+    fits = [hundredths / 100 for hundredths in range(1, 100) if math.ceil(hundredths / 100 * rows) < rows]
+    return fits[-1] if fits else None
+
+
+def _check_split_sizes(name: str, rows: int, test_size: float, train_split: str, test_split: str,
+                      local: bool) -> None:
+    """A test split carved out of `rows` rows must leave at least one to train on."""
+    held_out = math.ceil(test_size * rows)  # as datasets' train_test_split counts
+    if held_out < rows:
+        return
+    largest = _largest_test_size(rows)
+    fix = f"use a `dataset_test_size` of at most {largest}, or add rows" if largest else \
+        "add rows (holding out a test split needs at least 2)"
+    if not local:
+        fix += f", or use a dataset that has a {test_split!r} split"
+    raise RecipeError(f"The dataset {name!r} has {rows} row{'s' if rows != 1 else ''} in split {train_split!r}, too "
+                      f"few to hold out a test split: `dataset_test_size` {test_size} holds out {held_out} and leaves "
+                      f"none to train on. To fix it, {fix}.")
+
+
+def _loaded(name: str, load) -> DatasetDict:
+    """`load()`'s dataset; what the datasets library cannot read or find (a Hub id offline or unknown, a config it
+    does not have, columns whose types conflict between rows) is an error naming the dataset."""
+    try:
+        return load()
+    except (DatasetGenerationError, FileNotFoundError, ConnectionError, ValueError) as error:
+        cause = error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
+        offline = " The Hub is offline (HF_HUB_OFFLINE=1): give a local file or a dataset in the cache." \
+            if constants.HF_HUB_OFFLINE and isinstance(error, ConnectionError) else ""
+        raise RecipeError(f"Cannot load the dataset {name!r}: {type(cause).__name__}: {cause}.{offline}") from None
 
 
 def load_recipe_dataset(data_args, required_columns: tuple[str, ...], seed: int) -> DatasetDict:
-    """Train and test splits with `required_columns`; a test split is carved out when the data has none."""
+    """Train and test splits with `required_columns`; a test split is carved out when the data has none. The records
+    of a stage's columns (`SFT_COLUMNS`, `DPO_COLUMNS`) are checked one by one first."""
     name = data_args.dataset_name
     if not name:
         raise RecipeError("`dataset_name` is required: a local .json/.jsonl file or folder, or a Hub dataset id.")
     local = Path(os.path.expanduser(name))
-    if local.exists():
-        files = _local_json_files(local)
-        for file in files:
-            _check_json_records(file)
-        dataset = load_dataset("json", data_files={data_args.dataset_train_split: files})
-    elif name.endswith(JSON_SUFFIXES) or name.startswith((".", "/", "~")):
-        raise RecipeError(f"The dataset file {name!r} does not exist.")
-    else:
-        dataset = load_dataset(name, name=data_args.dataset_config)
+    is_local = local.exists()
     train_split, test_split = data_args.dataset_train_split, data_args.dataset_test_split
+    if is_local:
+        files = _local_json_files(local)
+        if _check_local_records(files, required_columns) == 0:
+            raise RecipeError(f"The dataset {name!r} holds no records (only blank lines or an empty array).")
+        dataset = _loaded(name, lambda: load_dataset("json", data_files={train_split: files}))
+    elif looks_local(name):
+        raise RecipeError(f"The dataset {name!r} does not exist: there is no such file or folder "
+                          f"({os.path.abspath(local)}). Give a local .json/.jsonl file or folder, or a Hub dataset id "
+                          "(`owner/name`).")
+    else:
+        dataset = _loaded(name, lambda: load_dataset(name, name=data_args.dataset_config))
     if train_split not in dataset:
         raise RecipeError(f"The dataset {name!r} has no split {train_split!r}; it has {sorted(dataset)}.")
     missing = [c for c in required_columns if c not in dataset[train_split].column_names]
     if missing:
         raise RecipeError(f"The dataset {name!r} lacks the column(s) {missing} this stage needs "
                           f"({', '.join(required_columns)}); its columns are {dataset[train_split].column_names}.")
-    if len(dataset[train_split]) == 0:
-        raise RecipeError(f"The dataset {name!r} has no rows in split {train_split!r}.")
+    for split in (train_split, test_split):
+        if split in dataset and len(dataset[split]) == 0:
+            raise RecipeError(f"The dataset {name!r} has no rows in split {split!r}.")
+    if not is_local:  # local records were checked as they were read
+        _check_split_rows(dataset, name, (train_split, test_split), required_columns)
     if test_split not in dataset:
         if not 0 < data_args.dataset_test_size < 1:
             raise RecipeError(f"`dataset_test_size` must be in (0, 1), got {data_args.dataset_test_size}.")
+        _check_split_sizes(name, len(dataset[train_split]), data_args.dataset_test_size, train_split, test_split,
+                          is_local)
         held_out = dataset[train_split].train_test_split(test_size=data_args.dataset_test_size, seed=seed)
         dataset = DatasetDict({train_split: held_out["train"], test_split: held_out["test"]})
     return dataset

@@ -22,7 +22,7 @@ def _metrics_table(metrics: dict) -> str:
 
 def build_model_card(*, stage: str, source, method: str, strict: bool, recipe_yaml: str, metrics: dict,
                      dataset_name: str | None, repo_or_dir: str, init_adapter: str | None = None,
-                     strictness_waived: bool = False) -> ModelCard:
+                     strictness_waived: bool = False, resume_changes=()) -> ModelCard:
     """Card with metadata (base model, tags), the method, the full recipe, final metrics, usage and citation."""
     tags = ["goft", "givens", "trl", stage, "peft"]
     if strict:
@@ -59,10 +59,21 @@ def build_model_card(*, stage: str, source, method: str, strict: bool, recipe_ya
         "`model.merge_and_unload()` gives a plain transformers model that no longer needs goft.",
         "", "## Final metrics", "", _metrics_table(metrics),
         "", "## Recipe", "", "The complete recipe of this run (YAML keys and command-line flags; secrets removed):",
-        "", "```yaml", recipe_yaml.rstrip(), "```",
+        "", "```yaml", recipe_yaml.rstrip(), "```", *_changes_section(resume_changes),
         "", "## Citation", "", "```bibtex", GOFT_CITATION, "```", "",
     ]
     return ModelCard("\n".join(lines))
+
+
+def _changes_section(changes) -> list[str]:
+    """The recipe values a resumed run changed (`resume_with_changes`): each took effect at its step."""
+    if not changes:
+        return []
+    rows = [f"| {c['step']} | `{c['key']}` | `{c['before']}` | `{c['after']}` |" for c in changes]
+    return ["", "## Resumed with changes", "",
+            "This run was resumed with other settings than it started with (`resume_with_changes: true`). Up to "
+            "each step below it trained with the earlier value, from that step on with the later one (the recipe "
+            "above shows the final values):", "", "| from step | key | before | after |", "|---|---|---|---|", *rows]
 
 
 def _base_loading_code(source) -> str:

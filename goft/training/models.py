@@ -8,6 +8,8 @@ from pathlib import Path
 
 import huggingface_hub
 import torch
+from peft import PeftConfig
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from .errors import RecipeError
@@ -57,6 +59,46 @@ def is_adapter_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, ADAPTER_CONFIG_FILE))
 
 
+def read_adapter_config(adapter_path) -> dict:
+    """adapter_config.json of an adapter folder as a dict, with clear errors for a missing folder or file, a file
+    that is not UTF-8 JSON, and a config that is not an object."""
+    folder = Path(adapter_path).expanduser()
+    if not folder.exists():
+        raise RecipeError(f"The adapter folder {str(adapter_path)!r} does not exist.")
+    if not folder.is_dir():
+        raise RecipeError(f"{str(adapter_path)!r} is a file, not an adapter folder.")
+    config_file = folder / ADAPTER_CONFIG_FILE
+    if not config_file.is_file():
+        raise RecipeError(f"{str(adapter_path)!r} is not an adapter folder: it has no {ADAPTER_CONFIG_FILE}.")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise RecipeError(f"{config_file} is not UTF-8 text (byte {error.start}); it is damaged or not an adapter "
+                          "config.") from None
+    except json.JSONDecodeError as error:
+        raise RecipeError(f"{config_file} is not valid JSON: {error.msg} (line {error.lineno}).") from None
+    if not isinstance(config, dict):
+        raise RecipeError(f"{config_file} does not hold a JSON object.")
+    return config
+
+
+def load_adapter_config(adapter_path) -> PeftConfig:
+    """The peft config of an adapter folder; an adapter type that neither peft nor goft knows, or settings its
+    config class does not take, are errors naming the file."""
+    config = read_adapter_config(adapter_path)
+    config_file = Path(adapter_path).expanduser() / ADAPTER_CONFIG_FILE
+    peft_type = config.get("peft_type")
+    known = sorted(str(getattr(key, "value", key)) for key in PEFT_TYPE_TO_CONFIG_MAPPING)
+    if peft_type not in known:
+        raise RecipeError(f"{config_file} names the adapter type {peft_type!r}, which neither peft nor goft knows "
+                          f"(known: {', '.join(known)}). It was written by another library or version, or is "
+                          "damaged.")
+    try:
+        return PeftConfig.from_pretrained(str(Path(adapter_path).expanduser()))
+    except (TypeError, ValueError, KeyError) as error:
+        raise RecipeError(f"{config_file} is not a valid {peft_type} adapter config: {error}") from None
+
+
 def _looks_like_local_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep == "\\" and "\\" in name
 
@@ -77,7 +119,7 @@ def resolve_model_source(name_or_path: str | None, gguf_file: str | None = None)
                            upstream_id=embedded.upstream_id)
     expanded = os.path.expanduser(name_or_path)
     if os.path.isdir(expanded) and is_adapter_folder(expanded):
-        base = json.loads(Path(expanded, ADAPTER_CONFIG_FILE).read_text()).get("base_model_name_or_path")
+        base = read_adapter_config(expanded).get("base_model_name_or_path")
         if not base:
             raise RecipeError(f"The adapter folder {name_or_path!r} does not name its base model "
                               "(`base_model_name_or_path` in adapter_config.json).")

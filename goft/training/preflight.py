@@ -8,15 +8,18 @@ the wrong shape are all caught in about a second, with the layers that do exist 
 from __future__ import annotations
 
 import copy
+import json
+import os
 import warnings
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from peft import PeftConfig, get_peft_model
+from peft.tuners.tuners_utils import check_target_module_exists
 from peft.utils import get_peft_model_state_dict
 from peft.utils.error import NoMatchingPeftModuleError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
@@ -24,7 +27,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .cli import has_accelerator
 from .errors import RecipeError
-from .models import ModelSource
+from .models import ModelSource, load_adapter_config
 
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 GENERATION_MARKER = "{% generation %}"
@@ -77,10 +80,29 @@ def build_skeleton(config, source: ModelSource, trust_remote_code: bool = False)
         return model_class(config)
 
 
+def _embedding_modules(model: nn.Module) -> dict[str, str]:
+    """Module name -> "output layer" or "embedding": the layers no adapter of a recipe may target."""
+    found = {}
+    try:
+        output, inputs = model.get_output_embeddings(), model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        output = inputs = None
+    for name, module in model.named_modules():
+        if output is not None and module is output:
+            found[name] = "output layer"
+        elif module is inputs or isinstance(module, nn.Embedding):
+            found[name] = "embedding"
+    return found
+
+
 def describe_linear_layers(model: nn.Module, limit: int = 24) -> str:
-    """The model's linear layers, grouped by their last name: ``q_proj 48→48 (×2)``, in model order."""
+    """The model's linear layers an adapter may target, grouped by their last name: ``q_proj 48→48 (×2)``, in model
+    order (the output layer and embeddings are left out)."""
+    excluded = _embedding_modules(model)
     groups: OrderedDict[tuple, int] = OrderedDict()
     for name, module in model.named_modules():
+        if name in excluded:
+            continue
         if isinstance(module, nn.Linear):
             in_features, out_features = module.in_features, module.out_features
         elif isinstance(module, Conv1D):
@@ -103,8 +125,22 @@ def _inject(skeleton: nn.Module, adapter_config: PeftConfig):
 
 
 def check_fresh_adapter(skeleton: nn.Module, adapter_config: PeftConfig, model_name: str, method: str) -> None:
-    """The adapter's target modules exist in the model and every targeted layer suits the method."""
+    """The adapter's target modules exist in the model, spare its output layer (and its embeddings, but for LoRA),
+    and every targeted layer suits the method."""
     layers = describe_linear_layers(skeleton)
+    targets = adapter_config.target_modules  # None: peft's usual set for the model type, never these layers
+    refused = [(name, kind) for name, kind in _embedding_modules(skeleton).items()
+               if targets is not None and (kind == "output layer" or method != "lora")
+               and check_target_module_exists(adapter_config, name)]
+    if refused:
+        name, kind = refused[0]
+        key = "`adapter_target_modules`" + (" (or `lora_target_modules`)" if method == "lora" else "")
+        shown = sorted(targets) if isinstance(targets, (set, list)) else targets
+        why = ("its weight gives the log-probabilities directly, so an adapter there would never train"
+               if kind == "output layer" else f"the `{method}` adapter adapts linear layers only (LoRA can adapt "
+               "embeddings)")
+        raise RecipeError(f"{key} {shown!r} select {name!r}, the model's {kind}: {why}. Leave it out; the layers "
+                          f"an adapter can target (in→out features) are: {layers}.")
     try:
         _inject(skeleton, adapter_config)
     except NoMatchingPeftModuleError:
@@ -118,8 +154,28 @@ def check_fresh_adapter(skeleton: nn.Module, adapter_config: PeftConfig, model_n
 
 
 def _saved_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
-    with safe_open(str(weights), framework="pt") as handle:
-        return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    """The shape of every tensor in a safetensors file; a truncated or damaged file is an error naming it."""
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise RecipeError(f"{weights} is not a readable safetensors file ({error}): it is truncated or damaged, "
+                          "for example by a copy that did not finish. Copy or save the adapter again.") from None
+
+
+def check_weights_complete(weights: Path) -> None:
+    """Every tensor the safetensors header announces lies within the file (a cut copy has a valid header)."""
+    size = weights.stat().st_size
+    try:
+        with open(weights, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(header_size)) if 0 < header_size <= size - 8 else None
+    except (OSError, ValueError):
+        header = None
+    ends = [entry["data_offsets"][1] for key, entry in (header or {}).items() if key != "__metadata__"]
+    if header is None or 8 + header_size + max(ends, default=0) > size:
+        raise RecipeError(f"{weights} is truncated or damaged: its header announces more data than the file's "
+                          f"{size} bytes hold. Copy or save the adapter again.")
 
 
 def check_adapter_folder(skeleton: nn.Module, adapter_path: str, model_name: str) -> None:
@@ -132,7 +188,8 @@ def check_adapter_folder(skeleton: nn.Module, adapter_path: str, model_name: str
         raise RecipeError(f"The adapter folder {adapter_path!r} has no {ADAPTER_WEIGHTS_FILE}{found}. goft loads "
                           "adapters only from safetensors (pickled .bin files can run code when loaded): re-save it "
                           "with `save_pretrained(..., safe_serialization=True)`.")
-    config = PeftConfig.from_pretrained(adapter_path)
+    check_weights_complete(weights)
+    config = load_adapter_config(adapter_path)
     model_type = getattr(getattr(skeleton, "config", None), "model_type", "?")
     try:
         model = _inject(skeleton, config)
@@ -170,15 +227,49 @@ def is_conversational(dataset, columns: tuple[str, ...]) -> bool:
                for column in columns)
 
 
-def check_chat_template(tokenizer, model_name: str, conversational: bool, assistant_only_loss: bool) -> None:
-    """Conversational data needs a chat template; assistant-only loss needs one with generation markers."""
-    template = tokenizer.chat_template
+def chat_template_file_text(path: str | None) -> str | None:
+    """The text of a `chat_template_path` that is a .jinja/.j2 file (the form TRL reads as the template), else None;
+    a file that is not UTF-8 is an error naming it."""
+    if not path or not os.path.isfile(path) or not path.endswith((".jinja", ".j2")):
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise RecipeError(f"`chat_template_path` {path!r} is not UTF-8 text (byte {error.start}). Re-encode it as "
+                          "UTF-8.") from None
+
+
+def check_chat_template(tokenizer, model_name: str, conversational: bool, assistant_only_loss: bool,
+                        template_file: str | None = None) -> None:
+    """Conversational data needs a chat template that renders a plain conversation; assistant-only loss needs one
+    with generation markers. `template_file`: the path of a template file that replaces the tokenizer's."""
+    template = chat_template_file_text(template_file) if template_file else tokenizer.chat_template
+    owner = f"`chat_template_path` {template_file!r}" if template_file else f"The tokenizer of {model_name!r}"
     if conversational and not template:
-        raise RecipeError(f"The tokenizer of {model_name!r} has no chat template, and this dataset is "
-                          "conversational (lists of role/content messages). Use a chat/instruct model, or give a "
-                          "template with `chat_template_path` (SFT).")
+        raise RecipeError(f"{owner} has no chat template, and this dataset is conversational (lists of role/content "
+                          "messages). Use a chat/instruct model, or give a template with `chat_template_path` (SFT).")
+    if conversational:
+        _check_template_renders(tokenizer, template, owner)
     if assistant_only_loss and (not isinstance(template, str) or GENERATION_MARKER not in template):
         raise RecipeError(f"`assistant_only_loss: true` needs a chat template with `{GENERATION_MARKER}` markers "
-                          f"around the assistant's text, and the template of {model_name!r} has none (goft adds them "
-                          "for SmolLM2 only). Give such a template with `chat_template_path`, or drop "
-                          "`assistant_only_loss`.")
+                          f"around the assistant's text, and the template of {owner[0].lower() + owner[1:]} has none "
+                          "(goft adds them for SmolLM2 only). Give such a template with `chat_template_path`, or "
+                          "drop `assistant_only_loss`.")
+
+
+SAMPLE_CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello?"},
+                       {"role": "assistant", "content": "Hello."}]
+
+
+def _check_template_renders(tokenizer, template: str, owner: str) -> None:
+    """The chat template renders a plain conversation (with or without a system turn): a template with a syntax
+    error, or one that rejects such a conversation, is an error before loading rather than a traceback later."""
+    failures = []
+    for conversation in (SAMPLE_CONVERSATION[1:], SAMPLE_CONVERSATION):
+        try:
+            tokenizer.apply_chat_template(conversation, chat_template=template, tokenize=False)
+            return
+        except Exception as error:  # jinja's TemplateError, or the template's own raise_exception
+            failures.append(f"{type(error).__name__}: {error}")
+    raise RecipeError(f"The chat template of {owner[0].lower() + owner[1:]} fails on a plain user/assistant "
+                      f"conversation ({failures[0]}). Fix the template (`chat_template_path`) or use the model's own.")

@@ -2,18 +2,20 @@
 
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 
 from peft import PeftConfig, PeftModel
 from transformers.trainer_utils import set_seed
 
 from ..sorsa import SorsaConfig
-from . import adapters, anchor, checkpoints, forgetting, hub, model_card, preflight, replay
+from . import adapters, anchor, checkpoints, forgetting, hub, model_card, outputs, preflight, replay, run_spec
+from .argument_checks import check_training_arguments
 from .chat_templates import use_training_chat_template
 from .data import load_recipe_dataset
 from .errors import RecipeError
-from .models import (ModelSource, is_adapter_folder, load_causal_lm, load_tokenizer, quantization_config,
-                     resolve_model_source)
+from .models import (ModelSource, is_adapter_folder, load_adapter_config, load_causal_lm, load_tokenizer,
+                     quantization_config, resolve_model_source)
 from .regularized import Regularizer
 from .safeguards import checked_orthogonality_error, recipe_trainer_class
 
@@ -45,6 +47,7 @@ class RecipeRun:
     retention_check: object = None
     retention_record: dict | None = None
     measures: list = field(default_factory=list)
+    spec: dict = field(default_factory=dict)
 
     @property
     def train_dataset(self):
@@ -92,7 +95,8 @@ class RecipeRun:
         self.measures = forgetting.make_callbacks(self.retention_args, tokenizer, self.train_dataset,
                                                   self.training_args.max_length)
         anchor_terms = self.add_replay_and_anchor(model, tokenizer)  # after the task target took its (task) rows
-        trainer_class = recipe_trainer_class(trainer_class, self.adapter_config, self.adapter_args, anchor_terms)
+        trainer_class = recipe_trainer_class(trainer_class, self.adapter_config, self.adapter_args, anchor_terms,
+                                             run_spec=self.spec, resume_changes=self.changes_at_resume())
         trainer = trainer_class(model=model, args=self.training_args, train_dataset=self.train_dataset,
                                 eval_dataset=self.eval_dataset, processing_class=tokenizer, peft_config=peft_config,
                                 callbacks=self.measures or None)
@@ -121,6 +125,13 @@ class RecipeRun:
         self.task_metrics.update({"anchor/weight": args.anchor_weight, "anchor/conversations": len(sequences)})
         return (Regularizer("anchor_kl", anchor.AnchorKL(sequences, args.anchor_batch_size, pad), args.anchor_weight),)
 
+    def changes_at_resume(self) -> tuple:
+        """The recipe keys changed at the resumed step (`resume_with_changes`); () when none or not resuming."""
+        if not self.resume_from:
+            return ()
+        step = checkpoints.step_of(self.resume_from)
+        return tuple(change["key"] for change in self.spec.get("changes", []) if change["step"] == step)
+
     def use_adapter_as_reference(self, trainer) -> None:
         """When training continues an adapter, the reference is that adapter as loaded, frozen (not the base)."""
         if not self.source.adapter_path:
@@ -138,7 +149,8 @@ class RecipeRun:
         return {"dataset_name": os.path.abspath(local) if os.path.exists(local) else name,
                 "dataset_config": args.dataset_config, "dataset_train_split": args.dataset_train_split,
                 "dataset_test_split": args.dataset_test_split, "dataset_test_size": args.dataset_test_size,
-                "seed": self.training_args.seed, "columns": list(self.train_dataset.column_names)}
+                "seed": self.training_args.seed, "columns": list(self.train_dataset.column_names),
+                "split_sha256": self.spec.get("data")}
 
     def record_task_metrics(self, when: str, metrics: dict) -> None:
         self.task_metrics.update({f"task/{when}/{key}": value for key, value in metrics.items()})
@@ -192,12 +204,15 @@ class RecipeRun:
                 strict=adapters.is_exactly_orthogonal(self.adapter_config), recipe_yaml=self.recipe_yaml,
                 metrics=metrics, dataset_name=self.data_args.dataset_name,
                 repo_or_dir=args.hub_model_id if self.push_to_hub else os.path.abspath(args.output_dir),
-                init_adapter=self.source.adapter_path, strictness_waived=self.strictness_waived)
+                init_adapter=self.source.adapter_path, strictness_waived=self.strictness_waived,
+                resume_changes=self.spec.get("changes", []))
             card.save(os.path.join(args.output_dir, "README.md"))
             checkpoints.mark_finished(args.output_dir, {"stage": self.stage, "metrics": metrics,
                                                         "world_size": trainer.accelerator.num_processes,
                                                         "data": self.data_record(),
-                                                        "retention": self.retention_record})
+                                                        "retention": self.retention_record,
+                                                        run_spec.SPEC_KEY: self.spec})
+            outputs.drop_set_aside_runs(args.output_dir)
             if self.push_to_hub:
                 url = hub.push_run(args.output_dir, args, self.hub_token,
                                    commit_message=f"goft {self.stage}: adapter and card")
@@ -242,14 +257,41 @@ def check_model(source: ModelSource, adapter_config: PeftConfig, adapter_args, m
     preflight.check_fresh_adapter(skeleton, adapter_config, source.name, adapter_args.adapter)
 
 
+def _read_locations(data_args, training_args, model_args, retention_args, source: ModelSource) -> dict:
+    """Every local location the run reads, by what it is (the output must overlap none of them)."""
+    return {"model folder": source.path, "adapter folder it continues": source.adapter_path,
+            "dataset": data_args.dataset_name, "recipe file": _recipe_file(),
+            "chat template": getattr(training_args, "chat_template_path", None),
+            "retention questions": retention_args.retention_questions, "general text": retention_args.general_text,
+            "replay prompts": retention_args.replay_prompts,
+            "DeepSpeed config": training_args.deepspeed if isinstance(training_args.deepspeed, str) else None}
+
+
+def _recipe_file() -> str | None:
+    """The YAML recipe given with `--config`, if any."""
+    argv = sys.argv[1:]
+    return argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
+
+
+def _resume_spec(spec: dict, resume_from: str | None, allow_changes: bool) -> dict:
+    """The run's spec, checked against the one the checkpoint it resumes from recorded (see `run_spec`)."""
+    if not resume_from:
+        return spec
+    recorded = checkpoints.recorded_summary(resume_from).get(run_spec.SPEC_KEY)
+    return run_spec.checked_resume_spec(spec, recorded, resume_from, checkpoints.step_of(resume_from), allow_changes)
+
+
 def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml: str,
                 required_columns: tuple[str, ...], alignment: bool) -> RecipeRun:
     """Every check that needs no weights, cheap and first: config, strictness, Hub settings and token, output_dir,
-    data, precision, the adapter against the model's structure, the chat template. Nothing is written before."""
+    data, the resumed checkpoint's spec, precision, the adapter against the model's structure, the chat template.
+    Nothing is written before they all pass; then the output folder is locked for this run and set up (earlier
+    incomplete checkpoints and, with `overwrite_output_dir`, the previous run moved aside)."""
+    check_training_arguments(data_args, training_args, model_args, adapter_args, retention_args)
     name = model_args.model_name_or_path
     adapter_folder = name and is_adapter_folder(os.path.expanduser(name))
     if adapter_folder:
-        adapter_config = PeftConfig.from_pretrained(os.path.expanduser(name))
+        adapter_config = load_adapter_config(os.path.expanduser(name))
     else:
         adapter_config = adapters.build_adapter_config(adapter_args, model_args)
     waived = False
@@ -261,21 +303,25 @@ def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, 
     resume_from = checkpoints.resume_checkpoint(training_args.output_dir, training_args.resume_from_checkpoint,
                                                 data_args.overwrite_output_dir)
     dataset = load_recipe_dataset(data_args, required_columns, seed=training_args.seed)
+    spec = _resume_spec(run_spec.build_spec((data_args, training_args, model_args, adapter_args, retention_args),
+                                            dataset), resume_from, data_args.resume_with_changes)
     forgetting.check_retention_arguments(retention_args, training_args, stage)
     quantization_config(model_args)  # refuses 4-/8-bit without a working bitsandbytes, before anything loads
     preflight.check_precision(training_args, model_args)
     source = resolve_model_source(name, model_args.gguf_file)
+    outputs.check_output_location(training_args.output_dir,
+                                  _read_locations(data_args, training_args, model_args, retention_args, source))
     if not adapter_folder:
         adapter_config.base_model_name_or_path = source.name
     check_model(source, adapter_config, adapter_args, model_args, training_args)
     tokenizer = prepare_tokenizer(source, training_args, model_args)
-    if not getattr(training_args, "chat_template_path", None):
+    template_path = getattr(training_args, "chat_template_path", None)
+    if not template_path or preflight.chat_template_file_text(template_path) is not None:  # else a tokenizer's
         preflight.check_chat_template(tokenizer, source.name,
                                       preflight.is_conversational(dataset[data_args.dataset_train_split],
                                                                   required_columns),
-                                      getattr(training_args, "assistant_only_loss", False))
-    if data_args.overwrite_output_dir and checkpoints.is_main_process():
-        checkpoints.clear_previous_run(training_args.output_dir)
+                                      getattr(training_args, "assistant_only_loss", False), template_path)
+    _claim_output_dir(training_args.output_dir, resume_from, data_args.overwrite_output_dir)
     if resume_from:
         logger.warning("Resuming from %s", resume_from)
     push = training_args.push_to_hub
@@ -283,7 +329,18 @@ def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, 
     return RecipeRun(stage=stage, data_args=data_args, training_args=training_args, model_args=model_args,
                      adapter_args=adapter_args, retention_args=retention_args, recipe_yaml=recipe_yaml, source=source,
                      adapter_config=adapter_config, dataset=dataset, resume_from=resume_from, push_to_hub=push,
-                     tokenizer=tokenizer, hub_token=hub_token, strictness_waived=waived)
+                     tokenizer=tokenizer, hub_token=hub_token, strictness_waived=waived, spec=spec)
+
+
+def _claim_output_dir(output_dir: str, resume_from: str | None, overwrite: bool) -> None:
+    """On the main process, once every check has passed: lock `output_dir` for this run, move the previous run
+    aside (`overwrite`), and set aside incomplete checkpoints newer than the one resumed from."""
+    if not checkpoints.is_main_process():
+        return
+    outputs.hold_output_lock(output_dir)
+    if overwrite:
+        outputs.set_aside_previous_run(output_dir)
+    checkpoints.set_aside_incomplete(output_dir, resume_from)
 
 
 def print_summary(trainer, run: RecipeRun, metrics: dict) -> None:

@@ -23,6 +23,7 @@ from ..orthogonality import orthogonality_error
 from . import adapters, checkpoints
 from .errors import NonFiniteLossError, RecipeError
 from .regularized import regularizers_for, with_regularizers
+from .run_spec import SPEC_KEY, ResumeChangesMixin
 
 ORTHOGONALITY_TOLERANCE = 1e-5
 
@@ -41,6 +42,7 @@ class SafeguardsMixin:
     """Mix in before a `transformers.Trainer` subclass; `strict_orthogonal` turns on the check before checkpoints."""
 
     strict_orthogonal: bool = False
+    run_spec: dict | None = None  # what shapes the run (see `run_spec`), recorded in every checkpoint
 
     def _save_checkpoint(self, model, trial):
         """transformers' checkpoint, refused for a strict adapter that is no longer orthogonal, marked complete once
@@ -58,7 +60,8 @@ class SafeguardsMixin:
         self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, DeepSpeed shards)
         if self.args.should_save:
             checkpoints.mark_complete(folder, {"global_step": self.state.global_step,
-                                               "world_size": self.accelerator.num_processes})
+                                               "world_size": self.accelerator.num_processes,
+                                               SPEC_KEY: self.run_spec})
             rotate_checkpoints(output_dir=run_dir, save_total_limit=limit, use_mtime=True,
                                best_model_checkpoint=self.state.best_model_checkpoint)
 
@@ -103,11 +106,14 @@ class SafeguardsMixin:
                 f"rows (empty or extreme examples).")
 
 
-def recipe_trainer_class(trainer_class, adapter_config, adapter_args, extra_regularizers=()):
+def recipe_trainer_class(trainer_class, adapter_config, adapter_args, extra_regularizers=(), run_spec=None,
+                         resume_changes=()):
     """The class a recipe trains with: TRL's `trainer_class` with goft's mixins, the method's regulariser (when it
-    has one) and any `extra_regularizers` (the anchor) and, outermost, the safeguards, which then see the loss with
-    every regulariser term in it."""
+    has one) and any `extra_regularizers` (the anchor), the recipe values changed at a resume put into the restored
+    optimizer (`resume_changes`) and, outermost, the safeguards, which then see the loss with every regulariser term
+    in it and record `run_spec` in every checkpoint."""
     regularized = with_regularizers(trainer_class,
                                     regularizers_for(adapter_config, adapter_args) + tuple(extra_regularizers))
-    return type(f"Safeguarded{regularized.__name__}", (SafeguardsMixin, regularized),
-                {"strict_orthogonal": adapters.is_exactly_orthogonal(adapter_config)})
+    return type(f"Safeguarded{regularized.__name__}", (SafeguardsMixin, ResumeChangesMixin, regularized),
+                {"strict_orthogonal": adapters.is_exactly_orthogonal(adapter_config), "run_spec": run_spec,
+                 "resume_changes": tuple(resume_changes)})
