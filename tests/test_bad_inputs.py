@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from goft import GivensConfig
 
+from .forked_runs import ForkedRuns
 from .recipe_assets import build_tiny_chat_model, dpo_rows, sft_rows, write_jsonl
 from .test_recipes import REPO, recipe_env
 
@@ -402,13 +403,19 @@ RESUME_CASES = {  # a rerun never resumes or evaluates with other settings or da
 CASES.update(RESUME_CASES)
 
 def run_refused(stage: str, args: list[str], output_dir: Path, env: dict | None = None,
-                hf_home: Path | None = None) -> str:
+                hf_home: Path | None = None, forked: ForkedRuns | None = None) -> str:
     """Run a recipe that must be refused; returns its error line after checking how it failed. HF_HOME is a fresh
-    folder (default: beside `output_dir`), so no login token of this machine is found."""
+    folder (default: beside `output_dir`), so no login token of this machine is found. With `forked`, the run is a
+    process forked from its worker (see `forked_runs`; not for an `env` that libraries read at import)."""
     hf_home = hf_home or output_dir.parent / "hf-home"
-    result = subprocess.run([sys.executable, str(REPO / "recipes" / f"{stage}.py"), *args, "--output_dir",
-                             str(output_dir)], cwd=REPO, env={**recipe_env(), "HF_HOME": str(hf_home), **(env or {})},
-                            capture_output=True, text=True, timeout=300)
+    command = [REPO / "recipes" / f"{stage}.py", *args, "--output_dir", str(output_dir)]
+    run_env = {**recipe_env(), "HF_HOME": str(hf_home), **(env or {})}
+    if forked is not None:
+        assert not env, "a forked run keeps the worker's import-time environment"
+        result = forked.run(command[0], command[1:], run_env)
+    else:
+        result = subprocess.run([sys.executable, *map(str, command)], cwd=REPO, env=run_env, capture_output=True,
+                                text=True, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "Loading weights" not in result.stderr  # refused before any model was loaded
@@ -417,8 +424,16 @@ def run_refused(stage: str, args: list[str], output_dir: Path, env: dict | None 
     return last
 
 
+@pytest.fixture(scope="module")
+def forked(tmp_path_factory):
+    """One worker for the module's refused runs; its HF_HOME is empty, so it finds no login token."""
+    scratch = tmp_path_factory.mktemp("forked")
+    with ForkedRuns({**recipe_env(), "HF_HOME": str(scratch / "hf-home")}, REPO, scratch / "runs") as runs:
+        yield runs
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_bad_input_is_refused_before_any_work(assets, tmp_path, name):
+def test_bad_input_is_refused_before_any_work(assets, forked, tmp_path, name):
     if name == "fp16-without-gpu" and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     case = CASES[name]
@@ -426,7 +441,9 @@ def test_bad_input_is_refused_before_any_work(assets, tmp_path, name):
     existed = output_dir.exists()
     args = case.args(assets)
     users_files = _snapshot(assets.root)
-    message = run_refused(case.stage, args, output_dir, case.env(assets), hf_home=tmp_path / "hf-home")
+    env = case.env(assets)
+    message = run_refused(case.stage, args, output_dir, env, hf_home=tmp_path / "hf-home",
+                          forked=None if env else forked)
     for expected in case.expected:
         assert expected in message, message
     assert FAKE_TOKEN not in message

@@ -1,7 +1,6 @@
 """Parsing a recipe (defaults < YAML `--config` < CLI flags, unknown keys refused) and running it."""
 
 import difflib
-import enum
 import os
 import re
 import sys
@@ -16,6 +15,7 @@ from .errors import RecipeError
 from .hub import redact, scrub
 from .recipe_file import check_recipe_values, load_recipe_file
 from .recipe_help import FullHelpAction, short_help
+from .run_spec import plain_value
 
 SECRET_FLAGS = ("--hub_token",)
 # argparse reads `-1e-3` as a flag (its own pattern knows only `-1` and `-.5`); these are values
@@ -109,17 +109,6 @@ def _named_keys(argv: list[str]) -> tuple[list[str], str | None]:
     return keys, config_path
 
 
-def _plain(value):
-    """YAML-safe form of a parsed value (enums as their value)."""
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
-
-
 def effective_recipe(argv: list[str], parsed) -> str:
     """The run's recipe as YAML: every key the user set (file or flag) with the value it ended up with."""
     keys, _ = _named_keys(argv)
@@ -128,7 +117,7 @@ def effective_recipe(argv: list[str], parsed) -> str:
         for obj in parsed:
             if hasattr(obj, key):
                 value = getattr(obj, key)
-                recipe[key] = _plain(value)
+                recipe[key] = plain_value(value)
                 break
     return yaml.safe_dump(redact(recipe), sort_keys=False)
 

@@ -56,14 +56,14 @@ STRUCTURAL = frozenset({
 })
 
 
-def _plain(value):
+def plain_value(value):
     """A JSON value for a recipe value (enums by value, other objects by their text)."""
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_value(v) for v in value]
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_value(v) for k, v in value.items()}
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
@@ -75,7 +75,7 @@ def shaping_values(parsed) -> dict:
     for arguments in parsed:
         for spec_field in dataclasses.fields(arguments):
             if spec_field.init and spec_field.name not in NOT_SHAPING:
-                values[spec_field.name] = _plain(getattr(arguments, spec_field.name))
+                values[spec_field.name] = plain_value(getattr(arguments, spec_field.name))
     return values
 
 
