@@ -185,6 +185,18 @@ def _add_output_and_resume_assets(a: Assets, model: Path) -> None:
                                        "split_sha256": {"train": "0" * 64, "test": "1" * 64}}}
     (finished / "goft_run.json").write_text(json.dumps(record))
     a.paths["finished_run"] = finished
+    shared = {"model_name_or_path": str(model), "dataset_name": a["sft"], "max_steps": 2, "report_to": "none"}
+    (root / "comparison").mkdir()
+    a.paths["compared_recipe"] = root / "comparison" / "sft.yaml"
+    a.paths["compared_recipe"].write_text(yaml.safe_dump(shared))
+    a.paths["comparison"] = root / "comparison" / "compare.yaml"
+    a.paths["comparison"].write_text(yaml.safe_dump({"recipe": a["compared_recipe"], "stage": "sft",
+                                                     "methods": {"givens": {}}}))
+    a.paths["repeated_recipe"] = root / "repeated-recipe.yaml"
+    a.paths["repeated_recipe"].write_text(yaml.safe_dump(shared) + "max_steps: 3\n")
+    a.paths["comparison_of_repeated"] = root / "compare-repeated.yaml"
+    a.paths["comparison_of_repeated"].write_text(yaml.safe_dump({"recipe": a["repeated_recipe"], "stage": "sft",
+                                                                 "methods": {"givens": {}}}))
 
 
 def _interrupted_run(a: Assets, folder: Path, args: list[str], learning_rate=None, data=None) -> Path:
@@ -353,6 +365,8 @@ LIBRARY_ERROR_CASES = {  # what a library finds in the input is one line too, wh
                                  ("recipe-latin1.yaml",)),
     "chat-template-does-not-render": Case("sft", lambda a: base(a) + ["--chat_template_path", a["broken_template"]],
                                           ("broken.jinja", "fails on a plain user/assistant conversation")),
+    "comparison-recipe-repeated-key": Case("compare", lambda a: ["--config", a["comparison_of_repeated"]],
+                                           ("'max_steps' is given twice", "repeated-recipe.yaml")),
     "hub-dataset-offline": Case("sft", lambda a: base(a) + ["--dataset_name", "someone/no-such-dataset"],
                                 ("Cannot load the dataset 'someone/no-such-dataset'", "offline")),
 }
@@ -373,6 +387,9 @@ OUTPUT_CASES = {  # nothing a user made is written into, moved or lost
     "merge-into-its-adapter-folder": Case("merge", lambda a: ["--adapter_path", a["adapter"], "--overwrite_output_dir",
                                                               "true"], ("lies inside the adapter folder",),
                                           output=lambda a: a.paths["adapter"] / "merged"),
+    "compare-into-its-recipe-folder": Case("compare", lambda a: ["--config", a["comparison"]],
+                                           ("contains the recipe", "sft.yaml"),
+                                           output=lambda a: a.paths["comparison"].parent),
     "evaluate-into-an-adapter-folder": Case("evaluate", lambda a: ["--adapters", a["adapter"]],
                                             ("is the adapter folder",), output=lambda a: a.paths["adapter"]),
 }
@@ -483,3 +500,24 @@ def test_a_token_the_hub_rejects_is_refused_before_training(assets, tmp_path):
     assert any(path.startswith("/api/whoami") for _, path, _ in hub.requests)
     assert not any(path.startswith("/api/repos/create") for _, path, _ in hub.requests)
     assert not output_dir.exists()
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_help_fits_one_screen_and_points_to_every_key(forked, stage):
+    """`--help` of a training recipe: goft's and the common keys, one screen of 120 columns; `--help_all`: every key.
+    The other entry points keep argparse's help, which is short."""
+    short = forked.run(REPO / "recipes" / f"{stage}.py", ["--help"])
+    assert short.returncode == 0, short.stderr[-2000:]
+    lines = short.stdout.rstrip().splitlines()
+    assert len(lines) <= 60 and max(map(len, lines)) <= 120, short.stdout
+    for key in ("--model_name_or_path", "--adapter", "--learning_rate", "--resume_with_changes", "--anchor_weight"):
+        assert key in short.stdout
+    assert "--help_all" in lines[-2] and "--lr_scheduler_kwargs" not in short.stdout
+    full = forked.run(REPO / "recipes" / f"{stage}.py", ["--help_all"])
+    assert full.returncode == 0 and "--lr_scheduler_kwargs" in full.stdout and len(full.stdout.splitlines()) > 200
+
+
+@pytest.mark.parametrize("script", ["merge", "evaluate", "compare"])
+def test_the_other_entry_points_help(forked, script):
+    result = forked.run(REPO / "recipes" / f"{script}.py", ["--help"])
+    assert result.returncode == 0 and "--output_dir" in result.stdout, result.stderr[-2000:]

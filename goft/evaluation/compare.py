@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from ..training.checkpoints import FINISHED_MARKER, read_run_record
 from ..training.errors import RecipeError
@@ -33,6 +32,7 @@ from .report import (TASK_LEVELS, check_report_dir, plot_sweep, render_sweep, re
                      task_axis_name, write_json)
 from ..training.models import resolve_model_source
 from ..training.outputs import check_output_location, hold_output_lock
+from ..training.recipe_file import check_recipe_values, load_recipe_file
 from .runner import BaseReference, EvaluationSets, Evaluator, held_out_split
 
 logger = logging.getLogger(__name__)
@@ -141,6 +141,8 @@ def plan_runs(args: CompareArguments, parser) -> list[Run]:
         raise RecipeError(f"`stage` must be one of {', '.join(STAGES)}, got {args.stage!r}.")
     if not Path(args.recipe).is_file():
         raise RecipeError(f"The recipe {args.recipe!r} does not exist.")
+    # the shared recipe file as the recipes read it: no repeated key, values of their keys' types
+    check_recipe_values(load_recipe_file(args.recipe), parser, args.recipe)
     if not args.methods:
         raise RecipeError("`methods` is empty: give each method's recipe keys, e.g. `lora: {adapter: lora}`.")
     check_recipe_changes(args)
@@ -199,8 +201,7 @@ def matmul_flops_per_second(seconds: float = 0.3, size: int = 512) -> float:
 
 def _recipe(args: CompareArguments) -> dict:
     """The recipe every run trains with: its file, with the comparison's `recipe_changes` applied."""
-    with open(args.recipe) as handle:
-        return {**(yaml.safe_load(handle) or {}), **args.recipe_changes}
+    return {**load_recipe_file(args.recipe), **args.recipe_changes}
 
 
 def _model_parameters(recipe: dict) -> int:
