@@ -349,6 +349,10 @@ ARGUMENT_CASES = {
                                   ("`chat_template_path`", "t.jinja", "is not a file")),
     "deepspeed-config-is-a-folder": Case("sft", lambda a: base(a) + ["--deepspeed", str(a.root)],
                                          ("`deepspeed`", "is a folder")),
+    "report-to-unknown-integration": Case("sft", lambda a: base(a) + ["--report_to", "nonsense"],
+                                          ("`report_to` 'nonsense' is not a logging integration", "tensorboard")),
+    "attention-unknown": Case("sft", lambda a: base(a) + ["--attn_implementation", "nope"],
+                              ("`attn_implementation` 'nope'", "sdpa")),
     "argparse-type-error": Case("sft", lambda a: base(a) + ["--per_device_train_batch_size", "two"],
                                 ("`--per_device_train_batch_size`: invalid int value: 'two'",)),
 }

@@ -232,7 +232,40 @@ def check_deepspeed_config(value) -> None:
                           f"{type(config).__name__}.")
 
 
+def check_report_to(report_to) -> None:
+    """Every logging integration `report_to` names is one transformers knows and whose package is installed."""
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    available = get_available_reporting_integrations()
+    for name in names:
+        if name in ("none", "all"):
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            raise RecipeError(f"`report_to` {name!r} is not a logging integration transformers knows: use none, all "
+                              f"or some of {', '.join(sorted(INTEGRATION_TO_CALLBACK))}.")
+        if name not in available:
+            raise RecipeError(f"`report_to` {name!r} needs its package, which is not installed here (`pip install "
+                              f"{name.replace('_', '-')}`), or choose `report_to: none`.")
+
+
+def check_attention(attn_implementation: str | None) -> None:
+    """`attn_implementation` is eager or one transformers has registered (a Hub kernel `owner/name` is left to it)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    if attn_implementation is None or "/" in attn_implementation:
+        return
+    known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+    if attn_implementation not in known:
+        raise RecipeError(f"`attn_implementation` {attn_implementation!r} is not one transformers knows: use one of "
+                          f"{', '.join(known)}, or drop the key for the model's default.")
+
+
 def check_training_arguments(data_args, training_args, model_args, adapter_args, retention_args) -> None:
-    """The type and range of every training key the run uses, and the files they name (see the module text)."""
+    """The type and range of every training key the run uses, the files they name and the integrations they ask
+    for (see the module text)."""
     check_ranges(recipe_values(training_args, data_args, model_args, adapter_args, retention_args))
     check_chat_template_path(getattr(training_args, "chat_template_path", None))
+    check_report_to(training_args.report_to)
+    check_attention(model_args.attn_implementation)

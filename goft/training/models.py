@@ -115,6 +115,9 @@ def resolve_model_source(name_or_path: str | None, gguf_file: str | None = None)
             raise RecipeError(f"The embedded model {name_or_path!r} needs the package that ships it: "
                               f"`{embedded.install_hint}`.")
         folder = os.path.dirname(spec.origin)
+        if gguf_file and not os.path.isfile(os.path.join(folder, gguf_file)):
+            raise RecipeError(f"`gguf_file` {gguf_file!r} is not in the embedded model {name_or_path!r}; drop the key "
+                              f"to load its own {embedded.gguf_file!r}.")
         return ModelSource(name=name_or_path, path=folder, gguf_file=gguf_file or embedded.gguf_file,
                            upstream_id=embedded.upstream_id)
     expanded = os.path.expanduser(name_or_path)
