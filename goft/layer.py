@@ -17,11 +17,14 @@ from .quantized import keep_standard_layout, quantization_kind, read_weight, wri
 from .givens import angles_from_raw, compute_dtype, givens_blocks, rotate_rows, rotate_weight
 
 
-def _in_features(base_layer: nn.Module) -> int:
-    if isinstance(base_layer, Conv1D):  # weight stored as (in, out); DeepSpeed ZeRO-3 keeps the true shape aside
-        return int(getattr(base_layer.weight, "ds_shape", base_layer.weight.shape)[0])
+def layer_features(base_layer: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a linear layer an adapter wraps: nn.Linear (and bitsandbytes' 4-/8-bit
+    subclasses) or transformers' Conv1D, whose weight is stored as (in, out)."""
+    if isinstance(base_layer, Conv1D):  # DeepSpeed ZeRO-3 keeps the true shape of a partitioned weight aside
+        shape = getattr(base_layer.weight, "ds_shape", base_layer.weight.shape)
+        return int(shape[0]), int(shape[1])
     if isinstance(base_layer, nn.Linear):
-        return int(base_layer.in_features)
+        return int(base_layer.in_features), int(base_layer.out_features)
     raise TypeError(
         f"Givens adapters support torch.nn.Linear and transformers Conv1D layers, got {type(base_layer).__name__}."
     )
@@ -50,7 +53,7 @@ class GivensLayer(BaseTunerLayer):
         self.merged_adapters = []
         base = self.get_base_layer()
         keep_standard_layout(base)
-        self.in_features = _in_features(base)
+        self.in_features, self.out_features = layer_features(base)  # as peft's own layers expose them
         self.fan_in_fan_out = isinstance(base, Conv1D)
 
     @property

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import PeftType
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
@@ -16,6 +16,7 @@ from transformers import LlamaForCausalLM
 import goft
 from goft import GivensConfig, orthogonality_error, orthogonality_penalty
 from goft.layer import GivensLayer
+from goft.sorsa import SorsaConfig
 
 from .conftest import tiny_llama_config
 
@@ -220,3 +221,36 @@ def test_orthogonality_helpers(tiny_llama):
     model.add_adapter("scaled", GivensConfig(strict=False, scaling=True, init_weights=False))
     assert orthogonality_error(model, adapter_name="scaled") == 0.0  # GOFT* is not orthogonal: not measured
     assert orthogonality_error(model, adapter_name="strict") > 0.0
+
+
+@pytest.mark.parametrize("make_config", [lambda: GivensConfig(task_type="CAUSAL_LM"),
+                                         lambda: GivensConfig(task_type="CAUSAL_LM", strict=False, quasi=True),
+                                         lambda: SorsaConfig(task_type="CAUSAL_LM", r=4)],
+                         ids=["givens", "qgoft", "sorsa"])
+def test_layers_keep_peft_layer_contract_like_lora(tmp_path, make_config):
+    """Every goft layer exposes `in_features`/`out_features` of the layer it wraps (Linear and Conv1D), and loading
+    a second adapter with `is_trainable=True` leaves the parameters trainable exactly where peft's LoRA does."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.pytorch_utils import Conv1D
+
+    def requires_grad_by_adapter(config):
+        torch.manual_seed(0)
+        saved = get_peft_model(LlamaForCausalLM(tiny_llama_config()), config)
+        folder = tmp_path / type(config).__name__
+        saved.save_pretrained(folder)
+        model = PeftModel.from_pretrained(LlamaForCausalLM(tiny_llama_config()), folder, is_trainable=True)
+        model.load_adapter(folder, adapter_name="other", is_trainable=True)
+        return {name: {p.requires_grad for n, p in model.named_parameters() if f".{name}" in n}
+                for name in ("default", "other")}, model
+
+    goft_flags, model = requires_grad_by_adapter(make_config())
+    lora_flags, _ = requires_grad_by_adapter(LoraConfig(task_type="CAUSAL_LM", r=4))
+    assert goft_flags == lora_flags and goft_flags["default"] == {True}
+    layer = model.base_model.model.model.layers[0].mlp.down_proj
+    assert (layer.in_features, layer.out_features) == (100, 72)
+    if isinstance(make_config(), SorsaConfig):
+        return  # SORSA adapts nn.Linear only
+    gpt2 = get_peft_model(GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=48, n_layer=1, n_head=4)), make_config())
+    attention = gpt2.base_model.model.transformer.h[0].attn.c_attn
+    assert isinstance(attention.get_base_layer(), Conv1D)
+    assert (attention.in_features, attention.out_features) == (48, 144)
