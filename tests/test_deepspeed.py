@@ -146,3 +146,16 @@ def test_regularisers_under_deepspeed_match_a_single_process_run(assets, case): 
     assert len(logged) == 4 and max(logged) > 0 and logged == pytest.approx(expected, rel=1e-4, abs=1e-6)
     if case.startswith("sorsa"):
         assert "before clipping rather than after it" in result.stderr
+
+
+def test_multi_node_template_is_a_valid_accelerate_config_like_zero3():
+    """The multi-node template parses as an accelerate config and differs from zero3.yaml only in what spreads the
+    run over machines."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    multi = load_config_from_file(str(REPO / "accelerate_configs" / "multi_node_zero3.yaml")).to_dict()
+    single = load_config_from_file(str(CONFIGS["zero3"])).to_dict()
+    assert multi["num_machines"] == 2 and multi["num_processes"] == 16 and multi["main_process_port"] == 29500
+    assert multi["main_process_ip"] and multi["deepspeed_config"] == single["deepspeed_config"]
+    spread = {"num_machines", "num_processes", "machine_rank", "main_process_ip", "main_process_port"}
+    assert {k: v for k, v in multi.items() if k not in spread} == {k: v for k, v in single.items() if k not in spread}

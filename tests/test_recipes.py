@@ -1,5 +1,6 @@
 """The SFT and DPO recipes end to end with `accelerate launch`, on a tiny random Llama built offline."""
 
+import importlib.metadata
 import json
 import math
 import os
@@ -104,6 +105,14 @@ def test_sft_single_process_trains_saves_and_reloads(sft_run, assets):
     for expected in ("- goft", "- givens", "- trl", "- sft", "import goft", "orthogonality_error", "pmlr-v235-ma24a",
                      "learning_rate: 0.02"):
         assert expected in card
+    # what TRL's cards carry: the training hyper-parameters and the framework versions
+    hyperparameters = card.split("## Training hyper-parameters")[1].split("##")[0]
+    for expected in ("- learning_rate: 0.02", "- per_device_train_batch_size: 4", "- total_train_batch_size: 4",
+                     "- max_steps: 8", "- seed: 7", "- optimizer: adamw_torch", "- precision: fp32"):
+        assert expected in hyperparameters, hyperparameters
+    versions = card.split("## Framework versions")[1].split("##")[0]
+    for library in ("goft", "torch", "transformers", "peft", "trl", "datasets"):
+        assert f"- {library}: {importlib.metadata.version(library)}" in versions, versions
     assert "adapter:" in result.stdout and "model card:" in result.stdout
     # a fresh process loads the adapter with plain peft after `import goft`; it changes the output and stays orthogonal
     script = f"""

@@ -1,5 +1,7 @@
 """The model card written next to every trained adapter and pushed with it."""
 
+import importlib.metadata
+
 from huggingface_hub import ModelCard, ModelCardData
 
 GOFT_CITATION = """@InProceedings{pmlr-v235-ma24a,
@@ -22,7 +24,8 @@ def _metrics_table(metrics: dict) -> str:
 
 def build_model_card(*, stage: str, source, method: str, strict: bool, recipe_yaml: str, metrics: dict,
                      dataset_name: str | None, repo_or_dir: str, init_adapter: str | None = None,
-                     strictness_waived: bool = False, resume_changes=()) -> ModelCard:
+                     strictness_waived: bool = False, resume_changes=(), hyperparameters: dict | None = None,
+                     ) -> ModelCard:
     """Card with metadata (base model, tags), the method, the full recipe, final metrics, usage and citation."""
     tags = ["goft", "givens", "trl", stage, "peft"]
     if strict:
@@ -58,11 +61,47 @@ def build_model_card(*, stage: str, source, method: str, strict: bool, recipe_ya
         "```", "",
         "`model.merge_and_unload()` gives a plain transformers model that no longer needs goft.",
         "", "## Final metrics", "", _metrics_table(metrics),
+        *_listed_section("Training hyper-parameters", hyperparameters or {}),
+        *_listed_section("Framework versions", framework_versions()),
         "", "## Recipe", "", "The complete recipe of this run (YAML keys and command-line flags; secrets removed):",
         "", "```yaml", recipe_yaml.rstrip(), "```", *_changes_section(resume_changes),
         "", "## Citation", "", "```bibtex", GOFT_CITATION, "```", "",
     ]
     return ModelCard("\n".join(lines))
+
+
+FRAMEWORKS = ("goft", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers", "deepspeed",
+              "bitsandbytes")
+
+
+def framework_versions() -> dict:
+    """The installed version of goft and of each library a run uses (those not installed are left out)."""
+    versions = {}
+    for name in FRAMEWORKS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def training_hyperparameters(args, processes: int) -> dict:
+    """What TRL's cards list of a run's training: rates, batch sizes (per device and in all), schedule, length."""
+    total = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
+    length = {"max_steps": args.max_steps} if args.max_steps > 0 else {"num_train_epochs": args.num_train_epochs}
+    return {"learning_rate": args.learning_rate, "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps, "processes": processes,
+            "total_train_batch_size": total, "seed": args.seed,
+            "optimizer": str(getattr(args.optim, "value", args.optim)),
+            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
+            **length, "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"}
+
+
+def _listed_section(title: str, values: dict) -> list[str]:
+    if not values:
+        return []
+    return ["", f"## {title}", "", *(f"- {key}: {value}" for key, value in values.items())]
 
 
 def _changes_section(changes) -> list[str]:

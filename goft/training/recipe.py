@@ -205,7 +205,8 @@ class RecipeRun:
                 metrics=metrics, dataset_name=self.data_args.dataset_name,
                 repo_or_dir=args.hub_model_id if self.push_to_hub else os.path.abspath(args.output_dir),
                 init_adapter=self.source.adapter_path, strictness_waived=self.strictness_waived,
-                resume_changes=self.spec.get("changes", []))
+                resume_changes=self.spec.get("changes", []),
+                hyperparameters=model_card.training_hyperparameters(args, trainer.accelerator.num_processes))
             card.save(os.path.join(args.output_dir, "README.md"))
             checkpoints.mark_finished(args.output_dir, {"stage": self.stage, "metrics": metrics,
                                                         "world_size": trainer.accelerator.num_processes,
