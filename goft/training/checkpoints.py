@@ -55,7 +55,7 @@ def set_aside_incomplete(output_dir: str, resume_from: str | None) -> None:
     folder = Path(output_dir)
     if not folder.is_dir() or not is_main_process():
         return
-    last_step = _step_of(resume_from) if resume_from and Path(resume_from).parent == folder else -1
+    last_step = step_of(resume_from) if resume_from and Path(resume_from).parent == folder else -1
     for step, path in _checkpoints(folder):
         if step > last_step and not is_complete(path):
             set_aside(path)
@@ -101,11 +101,6 @@ def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
         if match and path.is_dir():
             found.append((int(match.group(1)), path))
     return sorted(found)
-
-
-def _step_of(checkpoint: str | None) -> int:
-    """The step N of a `checkpoint-N` path; -1 for None."""
-    return -1 if checkpoint is None else int(_CHECKPOINT_NAME.match(Path(checkpoint).name).group(1))
 
 
 def is_complete(checkpoint: Path) -> bool:

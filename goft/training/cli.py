@@ -97,7 +97,7 @@ def check_known_keys(parser: TrlParser, argv: list[str]) -> None:
 
 def _named_keys(argv: list[str]) -> tuple[list[str], str | None]:
     """Keys given in the YAML file and on the command line, in order, and the YAML file's path."""
-    keys, config_path = [], _config_path(argv)
+    keys, config_path = [], recipe_config_path(argv)
     if config_path:
         keys += [k for k in load_recipe_file(config_path) if k != "env"]
     for token in argv:
@@ -127,7 +127,7 @@ def parse_recipe(parser: TrlParser, argv: list[str] | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     follow_house_rules(parser)
     refuse_secret_flags(argv)
-    config_path = _config_path(argv)
+    config_path = recipe_config_path(argv)
     try:
         check_known_keys(parser, argv)
         recipe = load_recipe_file(config_path) if config_path else {}
@@ -143,7 +143,7 @@ def parse_recipe(parser: TrlParser, argv: list[str] | None = None):
     return (*parsed, effective_recipe(argv, parsed))
 
 
-def _config_path(argv: list[str]) -> str | None:
+def recipe_config_path(argv: list[str]) -> str | None:
     """The path after `--config`, or None without one."""
     if "--config" not in argv:
         return None

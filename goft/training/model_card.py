@@ -4,6 +4,8 @@ import importlib.metadata
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .run_spec import plain_value
+
 GOFT_CITATION = """@InProceedings{pmlr-v235-ma24a,
   title     = {Parameter Efficient Quasi-Orthogonal Fine-Tuning via Givens Rotation},
   author    = {Ma, Xinyu and Chu, Xu and Yang, Zhibang and Lin, Yang and Gao, Xin and Zhao, Junfeng},
@@ -92,8 +94,7 @@ def training_hyperparameters(args, processes: int) -> dict:
     return {"learning_rate": args.learning_rate, "per_device_train_batch_size": args.per_device_train_batch_size,
             "gradient_accumulation_steps": args.gradient_accumulation_steps, "processes": processes,
             "total_train_batch_size": total, "seed": args.seed,
-            "optimizer": str(getattr(args.optim, "value", args.optim)),
-            "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)),
+            "optimizer": plain_value(args.optim), "lr_scheduler_type": plain_value(args.lr_scheduler_type),
             "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
             **length, "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"}
 

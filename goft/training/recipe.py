@@ -12,6 +12,7 @@ from ..sorsa import SorsaConfig
 from . import adapters, anchor, checkpoints, forgetting, hub, model_card, outputs, preflight, replay, run_spec
 from .argument_checks import check_training_arguments
 from .chat_templates import use_training_chat_template
+from .cli import recipe_config_path
 from .data import load_recipe_dataset
 from .errors import RecipeError
 from .models import (ModelSource, is_adapter_folder, load_adapter_config, load_causal_lm, load_tokenizer,
@@ -258,20 +259,14 @@ def check_model(source: ModelSource, adapter_config: PeftConfig, adapter_args, m
     preflight.check_fresh_adapter(skeleton, adapter_config, source.name, adapter_args.adapter)
 
 
-def _read_locations(data_args, training_args, model_args, retention_args, source: ModelSource) -> dict:
+def _read_locations(data_args, training_args, retention_args, source: ModelSource) -> dict:
     """Every local location the run reads, by what it is (the output must overlap none of them)."""
     return {"model folder": source.path, "adapter folder it continues": source.adapter_path,
-            "dataset": data_args.dataset_name, "recipe file": _recipe_file(),
+            "dataset": data_args.dataset_name, "recipe file": recipe_config_path(sys.argv[1:]),
             "chat template": getattr(training_args, "chat_template_path", None),
             "retention questions": retention_args.retention_questions, "general text": retention_args.general_text,
             "replay prompts": retention_args.replay_prompts,
             "DeepSpeed config": training_args.deepspeed if isinstance(training_args.deepspeed, str) else None}
-
-
-def _recipe_file() -> str | None:
-    """The YAML recipe given with `--config`, if any."""
-    argv = sys.argv[1:]
-    return argv[argv.index("--config") + 1] if "--config" in argv[:-1] else None
 
 
 def _resume_spec(spec: dict, resume_from: str | None, allow_changes: bool) -> dict:
@@ -311,7 +306,7 @@ def prepare_run(stage: str, data_args, training_args, model_args, adapter_args, 
     preflight.check_precision(training_args, model_args)
     source = resolve_model_source(name, model_args.gguf_file)
     outputs.check_output_location(training_args.output_dir,
-                                  _read_locations(data_args, training_args, model_args, retention_args, source))
+                                  _read_locations(data_args, training_args, retention_args, source))
     if not adapter_folder:
         adapter_config.base_model_name_or_path = source.name
     check_model(source, adapter_config, adapter_args, model_args, training_args)
