@@ -4,9 +4,10 @@
 
 Each method trains in its own process (so that its peak memory is its own), built exactly as `recipes/sft.py`
 builds it: the same recipe, batch, sequence length (packed rows of `max_length` tokens) and steps; only `adapter`
-differs. The processes alternate, method after method, for `rounds` rounds. Reported: the median step time over
-all timed steps, the ratio to LoRA, tokens per second, and the peak memory during the timed steps (resident set
-size on CPU, `torch.cuda.max_memory_allocated` on GPU).
+differs. Each method runs with gradient checkpointing off and on (TRL's default; `use_reentrant` as TRL sets it).
+The processes alternate, variant after variant, for `rounds` rounds. Reported: the median step time over all timed
+steps, the ratio to LoRA with the same checkpointing, the ratio of checkpointing on to off, tokens per second, and
+the peak memory during the timed steps (resident set size on CPU, `torch.cuda.max_memory_allocated` on GPU).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from benchmarks.measure import machine, markdown_table, peak_rss_bytes, reset_pe
 REPOSITORY = Path(__file__).resolve().parent.parent
 TARGET_TIME, TARGET_MEMORY = 1.10, 1.05  # strict GOFT / LoRA r = 16
 REFERENCE = "lora"
+CHECKPOINTING = ("off", "on")
 
 
 @dataclass
@@ -43,15 +45,20 @@ class SFTBenchmarkArguments:
     steps: int = field(default=6, metadata={"help": "Timed steps per process."})
     rounds: int = field(default=2, metadata={"help": "Processes per method, alternating between methods."})
     lora_r: int = field(default=16)
+    checkpointing: list[str] = field(default_factory=lambda: list(CHECKPOINTING),
+                                     metadata={"help": "Gradient checkpointing settings to run: off, on or both."})
     output: str = field(default="runs/benchmarks/sft.json", metadata={"help": "Where the JSON results go."})
     worker: str | None = field(default=None, metadata={"help": "Internal: train one method and write its numbers."})
     worker_output: str | None = field(default=None, metadata={"help": "Internal: the worker's JSON file."})
+    worker_checkpointing: str = field(default="off", metadata={"help": "Internal: the worker's checkpointing."})
 
     def __post_init__(self):
         if not Path(self.config).is_file():
             raise ValueError(f"The SFT recipe {self.config!r} does not exist.")
         if REFERENCE not in self.methods:
             self.methods.append(REFERENCE)
+        if not self.checkpointing or set(self.checkpointing) - set(CHECKPOINTING):
+            raise ValueError(f"checkpointing must list off and/or on, not {self.checkpointing}.")
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"methods lists a method twice: {self.methods}.")
         if min(self.per_device_train_batch_size, self.max_length, self.steps, self.rounds) < 1 or self.warmup_steps < 0:
@@ -98,8 +105,8 @@ class StepTimer(TrainerCallback):
         return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else peak_rss_bytes()
 
 
-def recipe_flags(args: SFTBenchmarkArguments, method: str, output_dir: str) -> list[str]:
-    flags = {"adapter": method, "output_dir": output_dir, "max_steps": args.warmup_steps + args.steps,
+def recipe_flags(args: SFTBenchmarkArguments, method: str, output_dir: str, checkpointing: str = "off") -> list[str]:
+    flags = {"adapter": method, "output_dir": output_dir, "gradient_checkpointing": str(checkpointing == "on").lower(), "max_steps": args.warmup_steps + args.steps,
              "per_device_train_batch_size": args.per_device_train_batch_size, "gradient_accumulation_steps": 1,
              "max_length": args.max_length, "packing": "true", "packing_strategy": "wrapped",
              "assistant_only_loss": "false", "save_strategy": "no", "logging_steps": 1, "task_eval_samples": 0,
@@ -121,7 +128,8 @@ def run_worker(args: SFTBenchmarkArguments) -> dict:
 
     use_all_cpu_cores()
     with tempfile.TemporaryDirectory() as output_dir:
-        *parsed, recipe_yaml = parse_recipe(make_recipe_parser(SFTConfig), recipe_flags(args, args.worker, output_dir))
+        *parsed, recipe_yaml = parse_recipe(make_recipe_parser(SFTConfig), recipe_flags(args, args.worker, output_dir,
+                                                                                  args.worker_checkpointing))
         run = prepare_run("sft", *parsed, recipe_yaml, required_columns=SFT_COLUMNS, alignment=False)
         trainer = run.make_trainer(SFTTrainer)
         device = trainer.args.device
@@ -129,22 +137,22 @@ def run_worker(args: SFTBenchmarkArguments) -> dict:
         trainer.add_callback(timer)
         trainer.train()
     model = trainer.model
-    return {"method": args.worker, "step_seconds": timer.step_seconds, "tokens_per_step": timer.tokens,
+    return {"method": args.worker, "checkpointing": args.worker_checkpointing, "step_seconds": timer.step_seconds, "tokens_per_step": timer.tokens,
             "peak_bytes": timer.peak_bytes(), "baseline_bytes": timer.baseline_bytes,
             "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "device": machine(device)}
 
 
-def spawn_worker(args: SFTBenchmarkArguments, method: str) -> dict:
+def spawn_worker(args: SFTBenchmarkArguments, method: str, checkpointing: str = "off") -> dict:
     """Run one method in a fresh process (its own peak memory) and read back its numbers."""
     with tempfile.TemporaryDirectory() as scratch:
         result = Path(scratch) / "result.json"
         command = [sys.executable, "-m", "benchmarks.sft_benchmark", *worker_flags(args),
-                   "--worker", method, "--worker_output", str(result)]
+                   "--worker", method, "--worker_output", str(result), "--worker_checkpointing", checkpointing]
         completed = subprocess.run(command, cwd=REPOSITORY, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                                    capture_output=True, text=True)
         if completed.returncode != 0:
-            raise RuntimeError(f"The {method} run failed (exit {completed.returncode}):\n{completed.stderr[-4000:]}")
+            raise RuntimeError(f"The {method} run (checkpointing {checkpointing}) failed (exit {completed.returncode}):\n{completed.stderr[-4000:]}")
         return json.loads(result.read_text())
 
 
@@ -152,7 +160,7 @@ def worker_flags(args: SFTBenchmarkArguments) -> list[str]:
     flags = []
     for f in fields(args):
         value = getattr(args, f.name)
-        if f.name in ("worker", "worker_output", "output"):
+        if f.name in ("worker", "worker_output", "worker_checkpointing", "output"):
             continue
         if f.name == "config":
             value = str(Path(value).resolve())
@@ -162,41 +170,54 @@ def worker_flags(args: SFTBenchmarkArguments) -> list[str]:
 
 def summarize(args: SFTBenchmarkArguments, runs: list[dict]) -> dict:
     rows = []
-    for method in args.methods:
-        mine = [r for r in runs if r["method"] == method]
-        steps = [s for r in mine for s in r["step_seconds"]]
-        tokens = [t for r in mine for t in r["tokens_per_step"]]
-        median_step = statistics.median(steps)
-        tokens_per_step = statistics.median(tokens) if tokens else args.per_device_train_batch_size * args.max_length
-        rows.append({"method": method, "median_step_seconds": median_step, "min_step_seconds": min(steps),
-                     "max_step_seconds": max(steps), "timed_steps": len(steps), "tokens_per_step": tokens_per_step,
-                     "tokens_per_second": tokens_per_step / median_step,
-                     "peak_bytes": max(r["peak_bytes"] for r in mine),
-                     "trainable_parameters": mine[0]["trainable_parameters"]})
-    reference = next(r for r in rows if r["method"] == REFERENCE)
+    for checkpointing in args.checkpointing:
+        for method in args.methods:
+            mine = [r for r in runs if r["method"] == method and r.get("checkpointing", "off") == checkpointing]
+            steps = [s for r in mine for s in r["step_seconds"]]
+            tokens = [t for r in mine for t in r["tokens_per_step"]]
+            median_step = statistics.median(steps)
+            tokens_per_step = (statistics.median(tokens) if tokens
+                               else args.per_device_train_batch_size * args.max_length)
+            rows.append({"method": method, "checkpointing": checkpointing, "median_step_seconds": median_step,
+                         "min_step_seconds": min(steps), "max_step_seconds": max(steps), "timed_steps": len(steps),
+                         "tokens_per_step": tokens_per_step, "tokens_per_second": tokens_per_step / median_step,
+                         "peak_bytes": max(r["peak_bytes"] for r in mine),
+                         "trainable_parameters": mine[0]["trainable_parameters"]})
+    row_of = {(r["method"], r["checkpointing"]): r for r in rows}
+    checks = []
     for row in rows:
+        reference = row_of[(REFERENCE, row["checkpointing"])]
         row["time_vs_lora"] = row["median_step_seconds"] / reference["median_step_seconds"]
         row["memory_vs_lora"] = row["peak_bytes"] / reference["peak_bytes"]
-    checks = []
-    givens = next((r for r in rows if r["method"] == "givens"), None)
-    if givens is not None:
-        checks = [{"target": "step time", "ratio": givens["time_vs_lora"], "limit": TARGET_TIME,
-                   "met": givens["time_vs_lora"] <= TARGET_TIME},
-                  {"target": "peak memory", "ratio": givens["memory_vs_lora"], "limit": TARGET_MEMORY,
-                   "met": givens["memory_vs_lora"] <= TARGET_MEMORY}]
+        off = row_of.get((row["method"], "off"))
+        if row["checkpointing"] == "on" and off is not None:  # what checkpointing costs and saves, per method
+            row["time_vs_checkpointing_off"] = row["median_step_seconds"] / off["median_step_seconds"]
+            row["memory_vs_checkpointing_off"] = row["peak_bytes"] / off["peak_bytes"]
+        if row["method"] == "givens":
+            suffix = "" if row["checkpointing"] == "off" else " (checkpointing on)"
+            checks += [{"target": f"step time{suffix}", "ratio": row["time_vs_lora"], "limit": TARGET_TIME,
+                        "met": row["time_vs_lora"] <= TARGET_TIME},
+                       {"target": f"peak memory{suffix}", "ratio": row["memory_vs_lora"], "limit": TARGET_MEMORY,
+                        "met": row["memory_vs_lora"] <= TARGET_MEMORY}]
     return {"benchmark": "sft", "machine": runs[0]["device"], "config": args.config,
             "per_device_train_batch_size": args.per_device_train_batch_size, "max_length": args.max_length,
             "warmup_steps": args.warmup_steps, "steps": args.steps, "rounds": args.rounds,
             "results": rows, "targets": checks, "runs": runs}
 
 
+def _ratio(value) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
 def report(summary: dict) -> str:
     memory = "peak RSS" if summary["machine"]["device"].startswith("CPU") else "peak CUDA memory"
     table = markdown_table(
-        ["method", "median step s", "× LoRA", "tokens/s", f"{memory} MiB", "memory × LoRA", "trainable params"],
-        [[r["method"], f"{r['median_step_seconds']:.2f}", f"{r['time_vs_lora']:.3f}", f"{r['tokens_per_second']:.0f}",
-          f"{r['peak_bytes'] / 2**20:.0f}", f"{r['memory_vs_lora']:.3f}", f"{r['trainable_parameters']:,}"]
-         for r in summary["results"]])
+        ["method", "checkpointing", "median step s", "× LoRA", "tokens/s", f"{memory} MiB", "memory × LoRA",
+         "time × off", "memory × off", "trainable params"],
+        [[r["method"], r["checkpointing"], f"{r['median_step_seconds']:.2f}", f"{r['time_vs_lora']:.3f}",
+          f"{r['tokens_per_second']:.0f}", f"{r['peak_bytes'] / 2**20:.0f}", f"{r['memory_vs_lora']:.3f}",
+          _ratio(r.get("time_vs_checkpointing_off")), _ratio(r.get("memory_vs_checkpointing_off")),
+          f"{r['trainable_parameters']:,}"] for r in summary["results"]])
     lines = [table]
     if summary["targets"]:
         lines += ["", markdown_table(["target", "GOFT / LoRA", "limit", "met"],
@@ -208,12 +229,13 @@ def report(summary: dict) -> str:
 def main(args: SFTBenchmarkArguments) -> dict:
     runs = []
     for round_index in range(args.rounds):
-        for method in args.methods:
-            print(f"round {round_index + 1}/{args.rounds}: {method}", flush=True)
-            runs.append(spawn_worker(args, method))
+        for checkpointing in args.checkpointing:
+            for method in args.methods:
+                print(f"round {round_index + 1}/{args.rounds}: {method}, checkpointing {checkpointing}", flush=True)
+                runs.append(spawn_worker(args, method, checkpointing))
     summary = summarize(args, runs)
     print(f"\n{summary['machine']['device']}; {args.per_device_train_batch_size} × {args.max_length} tokens per step, "
-          f"median of {args.steps} steps × {args.rounds} processes per method\n")
+          f"median of {args.steps} steps × {args.rounds} processes per method and checkpointing\n")
     print(report(summary))
     print(f"\nwrote {write_json(args.output, summary)}")
     return summary

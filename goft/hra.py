@@ -7,6 +7,7 @@ from peft.tuners.hra import HRALayer
 from torch import nn
 
 from .orthogonality import defect_norm
+from .sharded import whole
 
 
 def hra_orthogonality(model: nn.Module) -> torch.Tensor:
@@ -20,7 +21,7 @@ def hra_orthogonality(model: nn.Module) -> torch.Tensor:
         for name in layer.active_adapters:
             if name not in layer.hra_u or layer.hra_apply_GS.get(name, False):
                 continue
-            vectors = layer.hra_u[name]
+            vectors = whole(layer.hra_u[name])
             unit = vectors / vectors.norm(dim=0, keepdim=True)
             eye = torch.eye(unit.shape[1], device=unit.device, dtype=unit.dtype)
             terms.append(defect_norm(eye - unit.t() @ unit))

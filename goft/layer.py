@@ -13,8 +13,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .config import GivensConfig
-from .quantized import keep_standard_layout, quantization_kind, read_weight, write_weight
 from .givens import angles_from_raw, compute_dtype, givens_blocks, rotate_rows, rotate_weight
+from .quantized import keep_standard_layout, quantization_kind, read_weight, write_weight
+from .sharded import whole
 
 
 def layer_features(base_layer: nn.Module) -> tuple[int, int]:
@@ -107,10 +108,10 @@ class GivensLayer(BaseTunerLayer):
         # Built in at least fp32 even when trainers store adapter weights in bf16 (as TRL does for quantized
         # bases): any angle gives an exact rotation, but cos/sin rounded to bf16 would not be orthogonal.
         if adapter_name in self.givens_angles:
-            raw = self.givens_angles[adapter_name]
+            raw = whole(self.givens_angles[adapter_name])
             max_angle = self.givens_max_angle.get(adapter_name, math.pi)
             return givens_blocks(angles_from_raw(raw.to(compute_dtype(raw.dtype)), max_angle)), True
-        blocks = self.givens_blocks[adapter_name]
+        blocks = whole(self.givens_blocks[adapter_name])
         return blocks.to(compute_dtype(blocks.dtype)), False
 
     def rotate_inputs(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
@@ -138,7 +139,8 @@ class GivensLayer(BaseTunerLayer):
         work = compute_dtype(weight_nd.dtype)
         blocks, orthogonal = self.rotation_blocks(adapter_name)
         blocks = blocks.to(device=weight_nd.device, dtype=work)
-        scale = self.givens_scale[adapter_name].to(weight_nd.device, work) if adapter_name in self.givens_scale else None
+        scale = self.givens_scale.get(adapter_name)
+        scale = whole(scale).to(weight_nd.device, work) if scale is not None else None
         weight = weight_nd.to(work)
         if not inverse:
             return rotate_weight(weight * scale if scale is not None else weight, blocks, orthogonal)

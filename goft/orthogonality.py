@@ -8,6 +8,7 @@ from torch import nn
 
 from .givens import compute_dtype, orthogonality_defect
 from .layer import GivensLayer
+from .sharded import whole
 
 
 def defect_norm(defect: torch.Tensor) -> torch.Tensor:
@@ -60,7 +61,7 @@ def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
             weight = layer.givens_penalty_weight.get(name, 0.0)
             if name not in layer.givens_blocks or weight == 0.0:
                 continue
-            m = layer.givens_blocks[name]
+            m = whole(layer.givens_blocks[name])
             term = weight * (m[:, 0, 0] * m[:, 0, 1] + m[:, 1, 0] * m[:, 1, 1]).pow(2).sum()
             total = term if total is None else total + term.to(total.device)
     if total is None:

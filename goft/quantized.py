@@ -8,6 +8,8 @@ import torch
 from peft.utils.integrations import dequantize_bnb_weight, get_bnb_param_type
 from torch import nn
 
+from .sharded import store_whole, whole
+
 
 def quantization_kind(layer: nn.Module) -> str | None:
     """'4bit', '8bit' or None for a plain floating-point weight."""
@@ -49,7 +51,7 @@ def read_weight(layer: nn.Module) -> torch.Tensor:
             f"Cannot merge into a {type(weight).__name__} base weight of dtype {weight.dtype}; merge into a "
             "full-precision or bitsandbytes 4-/8-bit copy of the base model instead."
         )
-    return weight.data
+    return whole(weight.data)
 
 
 def write_weight(layer: nn.Module, new_weight: torch.Tensor) -> None:
@@ -71,4 +73,4 @@ def write_weight(layer: nn.Module, new_weight: torch.Tensor) -> None:
         ).to(old.device)
         layer.state.reset_grads()  # the layer caches the old int8 matrix and scales; the next forward reloads them
     else:
-        old.data = new_weight.to(old.dtype).contiguous()
+        store_whole(old, new_weight)

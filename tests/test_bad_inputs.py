@@ -358,6 +358,37 @@ ARGUMENT_CASES = {
 }
 CASES.update(ARGUMENT_CASES)
 
+
+def _mixture(a: Assets, name: str, members: list[dict], **keys) -> list[str]:
+    """The arguments of a run whose data is a `dataset_mixture` of `members` (an asset's key stands for its path),
+    given in the YAML recipe `name`."""
+    members = [{**m, "id": a[m["id"]]} if m.get("id") in a.paths else m for m in members]
+    text = yaml.safe_dump({"dataset_mixture": {"datasets": members, **keys}})
+    return _recipe(a, name, text) + ["--model_name_or_path", a["model"], "--report_to", "none"]
+
+
+MIXTURE_CASES = {  # each dataset of a mixture is checked like `dataset_name`, and named
+    "mixture-weight-above-one": Case("sft", lambda a: _mixture(a, "mix-weight.yaml", [{"id": "sft", "weight": 1.5}]),
+                                     ("`dataset_mixture.datasets[0]`", "`weight` is 1.5", "(0, 1]")),
+    "mixture-member-key-of-trl": Case("sft", lambda a: _mixture(a, "mix-key.yaml", [{"path": a["sft"]}]),
+                                      ("`dataset_mixture.datasets[0]` has the unknown key 'path'",
+                                       "did you mean `id`?")),
+    "mixture-member-bad-record": Case("sft", lambda a: _mixture(a, "mix-record.yaml",
+                                                                [{"id": "sft"}, {"id": "sft_unknown_role"}]),
+                                      ("`dataset_mixture.datasets[1]`", "sft-unknown-role.jsonl', line 3:",
+                                       "the role 'human'")),
+    "mixture-member-missing": Case("sft", lambda a: _mixture(a, "mix-missing.yaml",
+                                                             [{"id": "sft"}, {"id": "./no-such.jsonl"}]),
+                                   ("`dataset_mixture.datasets[1]` ('./no-such.jsonl')", "does not exist")),
+    "mixture-columns-leave-out-the-stages": Case("dpo", lambda a: _mixture(a, "mix-columns.yaml",
+                                                                           [{"id": "dpo", "columns": ["prompt"]}]),
+                                                 ("`dataset_mixture.datasets[0]`",
+                                                  "leaves out the column(s) ['chosen', 'rejected']")),
+    "mixture-and-dataset-name": Case("sft", lambda a: _mixture(a, "mix-both.yaml", [{"id": "sft"}])
+                                     + ["--dataset_name", a["sft"]], ("Both `dataset_name` and `dataset_mixture`",)),
+}
+CASES.update(MIXTURE_CASES)
+
 LIBRARY_ERROR_CASES = {  # what a library finds in the input is one line too, whichever library it is
     "adapter-weights-truncated": Case("dpo", lambda a: base(a, "dpo", model="adapter_truncated"),
                                       ("adapter_model.safetensors is truncated or damaged",)),

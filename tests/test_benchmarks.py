@@ -74,15 +74,27 @@ def test_layer_benchmark_refuses_bad_arguments(bad, message):
 
 def test_sft_benchmark_summary_ratios():
     args = sft_benchmark.SFTBenchmarkArguments(methods=["givens", "lora"], steps=2, rounds=2)
-    runs = [{"method": m, "step_seconds": s, "tokens_per_step": [100, 100], "peak_bytes": p, "baseline_bytes": 0,
-             "trainable_parameters": n, "device": {"device": "CPU: test"}}
-            for m, s, p, n in [("givens", [1.0, 3.0], 110, 7), ("lora", [2.0, 2.0], 100, 9),
-                               ("givens", [2.0, 2.5], 105, 7), ("lora", [2.0, 2.0], 100, 9)]]
+    runs = [{"method": m, "checkpointing": c, "step_seconds": s, "tokens_per_step": [100, 100], "peak_bytes": p,
+             "baseline_bytes": 0, "trainable_parameters": n, "device": {"device": "CPU: test"}}
+            for m, c, s, p, n in [("givens", "off", [1.0, 3.0], 110, 7), ("lora", "off", [2.0, 2.0], 100, 9),
+                                  ("givens", "off", [2.0, 2.5], 105, 7), ("lora", "off", [2.0, 2.0], 100, 9),
+                                  ("givens", "on", [3.0, 3.0], 55, 7), ("lora", "on", [3.0, 3.0], 60, 9)]]
     summary = sft_benchmark.summarize(args, runs)
-    givens = next(r for r in summary["results"] if r["method"] == "givens")
+    rows = {(r["method"], r["checkpointing"]): r for r in summary["results"]}
+    givens = rows[("givens", "off")]
     assert givens["median_step_seconds"] == 2.25 and givens["time_vs_lora"] == pytest.approx(1.125)
     assert givens["memory_vs_lora"] == pytest.approx(1.10) and givens["tokens_per_second"] == pytest.approx(100 / 2.25)
-    assert [c["met"] for c in summary["targets"]] == [False, False]
+    assert "time_vs_checkpointing_off" not in givens
+    on = rows[("givens", "on")]  # compared with LoRA under checkpointing, and with itself without it
+    assert on["time_vs_lora"] == pytest.approx(1.0) and on["memory_vs_lora"] == pytest.approx(55 / 60)
+    assert on["time_vs_checkpointing_off"] == pytest.approx(3.0 / 2.25)
+    assert on["memory_vs_checkpointing_off"] == pytest.approx(55 / 110)
+    assert [c["met"] for c in summary["targets"]] == [False, False, True, True]
+
+
+def test_sft_benchmark_refuses_an_unknown_checkpointing_setting():
+    with pytest.raises(ValueError, match="checkpointing"):
+        sft_benchmark.SFTBenchmarkArguments(checkpointing=["sometimes"])
 
 
 def test_sft_benchmark_refuses_a_missing_recipe(tmp_path):
@@ -101,12 +113,13 @@ def test_sft_benchmark_end_to_end_on_a_tiny_model(tmp_path):
     args = sft_benchmark.SFTBenchmarkArguments(config=str(config), per_device_train_batch_size=2, max_length=32,
                                                warmup_steps=1, steps=2, rounds=1, output=str(tmp_path / "sft.json"))
     summary = sft_benchmark.main(args)
-    rows = {r["method"]: r for r in summary["results"]}
-    assert set(rows) == {"givens", "lora"}
+    rows = {(r["method"], r["checkpointing"]): r for r in summary["results"]}
+    assert set(rows) == {(m, c) for m in ("givens", "lora") for c in ("off", "on")}
     for row in rows.values():
         assert row["timed_steps"] == 2 and row["tokens_per_step"] == 2 * 32 and row["peak_bytes"] > 0
+    assert all(rows[(m, "on")]["time_vs_checkpointing_off"] > 0 for m in ("givens", "lora"))
     # strict Givens: d − 1 angles per adapted layer (q, k, v, o, gate, up read 48 features, down reads 80)
-    assert rows["givens"]["trainable_parameters"] == 2 * (6 * 47 + 79)
+    assert rows[("givens", "off")]["trainable_parameters"] == 2 * (6 * 47 + 79)
     assert json.loads((tmp_path / "sft.json").read_text())["results"] == summary["results"]
 
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from peft import get_peft_model
 
 import goft
 from goft import SorsaConfig, sorsa_orthonormality

@@ -130,9 +130,17 @@ def _data_record(adapter_path) -> dict | None:
     """The `data` record a finished recipe run wrote next to its adapter, or None."""
     record = read_run_record(adapter_path)
     data = record.get("data") if record else None
-    if data is not None and not (isinstance(data, dict) and data.get("dataset_name")):
-        raise RecipeError(f"The `data` record in {Path(adapter_path) / FINISHED_MARKER} names no `dataset_name`.")
+    if data is not None and not (isinstance(data, dict) and (data.get("dataset_name") or data.get("dataset_mixture"))):
+        raise RecipeError(f"The `data` record in {Path(adapter_path) / FINISHED_MARKER} names no `dataset_name` "
+                          "(nor `dataset_mixture`).")
     return data
+
+
+def _data_label(record: dict) -> str:
+    """The data a record names, for messages: its dataset, or the ids of its mixture's datasets."""
+    if record.get("dataset_name"):
+        return repr(record["dataset_name"])
+    return "the mixture of " + ", ".join(repr(member.get("id")) for member in record["dataset_mixture"]["datasets"])
 
 
 def held_out_split(adapter_path, dataset_name: str | None = None):
@@ -144,7 +152,8 @@ def held_out_split(adapter_path, dataset_name: str | None = None):
         record = _data_record(adapter_path)
         if record is None:
             return None
-        args = DataArguments(dataset_name=record["dataset_name"], dataset_config=record.get("dataset_config"),
+        args = DataArguments(dataset_name=record.get("dataset_name"), dataset_mixture=record.get("dataset_mixture"),
+                             dataset_config=record.get("dataset_config"),
                              dataset_train_split=record.get("dataset_train_split", "train"),
                              dataset_test_split=record.get("dataset_test_split", "test"),
                              dataset_test_size=record.get("dataset_test_size", 0.1))
@@ -164,12 +173,12 @@ def _check_data_unchanged(adapter_path, record: dict, dataset) -> None:
     recorded = record.get("split_sha256")
     if not recorded:
         logger.warning("%s records no fingerprint of its data (an older run): the held-out split rebuilt from %s "
-                       "is used unchecked.", adapter_path, record["dataset_name"])
+                       "is used unchecked.", adapter_path, _data_label(record))
         return
     changed = [split for split, digest in recorded.items() if split in dataset and
                rows_fingerprint(dataset[split]) != digest]
     if changed:
-        raise RecipeError(f"The data of the run in {str(adapter_path)!r} ({record['dataset_name']!r}) changed since "
+        raise RecipeError(f"The data of the run in {str(adapter_path)!r} ({_data_label(record)}) changed since "
                           f"it was trained (its {' and '.join(changed)} split{'s' if len(changed) > 1 else ''} "
                           "differ): the held-out split rebuilt from it is not the one the run held out, and some of "
                           "its rows may have been trained on. Restore the data the run used, or score on a dataset "

@@ -12,6 +12,7 @@ from peft.utils.integrations import gather_params_ctx
 from torch import nn
 
 from ..orthogonality import defect_norm
+from ..sharded import whole
 
 
 class SorsaLayer(BaseTunerLayer):
@@ -70,13 +71,19 @@ class SorsaLayer(BaseTunerLayer):
 
     def orthonormality_defect(self, adapter_name: str) -> torch.Tensor:
         """``‖UᵀU − I‖_F + ‖V Vᵀ − I‖_F`` (Frobenius, not squared; Cao 2024), differentiable."""
-        u, vh = self.sorsa_U[adapter_name], self.sorsa_Vh[adapter_name]
+        u, vh = whole(self.sorsa_U[adapter_name]), whole(self.sorsa_Vh[adapter_name])
         eye = torch.eye(u.shape[1], device=u.device, dtype=u.dtype)
         return defect_norm(u.t() @ u - eye) + defect_norm(vh @ vh.t() - eye)
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         adapter_names = check_adapters_to_merge(self, adapter_names)
         weight = self.get_base_layer().weight
+        if adapter_names and not weight.dtype.is_floating_point:
+            # adding the float delta to an integer weight would silently round it away
+            raise NotImplementedError(
+                f"Cannot merge a SORSA adapter into a base weight of dtype {weight.dtype}; merge into a "
+                "full-precision copy of the base model instead."
+            )
         for name in adapter_names:
             if name not in self._available_adapters:
                 continue

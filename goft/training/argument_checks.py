@@ -250,6 +250,34 @@ def check_report_to(report_to) -> None:
                               f"{name.replace('_', '-')}`), or choose `report_to: none`.")
 
 
+def check_trackio(training_args) -> None:
+    """With trackio in `report_to`: a `project` name trackio accepts and, while the Hub is offline, no Space or
+    Bucket, which trackio would reach the Hub for once training starts. Without them it logs locally (see
+    `logging_targets`)."""
+    from .logging_targets import enabled_integrations
+
+    if "trackio" not in enabled_integrations(training_args.report_to):
+        return
+    from trackio.sqlite_storage import SQLiteStorage
+
+    project = training_args.project
+    try:
+        SQLiteStorage.validate_project_name(project)
+    except ValueError as error:
+        raise RecipeError(f"`project` {project!r} cannot name a trackio project: {error}") from None
+    if not huggingface_hub.constants.HF_HUB_OFFLINE:
+        return
+    space_id = getattr(training_args, "trackio_space_id", None)
+    remote = [("`trackio_space_id`", space_id), ("TRACKIO_SPACE_ID (environment)", os.environ.get("TRACKIO_SPACE_ID")),
+              ("`trackio_bucket_id`", getattr(training_args, "trackio_bucket_id", None))]
+    for key, value in remote:
+        if value:
+            raise RecipeError(f"{key} is {value!r}, but the Hub is offline (HF_HUB_OFFLINE=1) and trackio would reach "
+                              "it for a Space or Bucket once training starts. Drop it (and unset TRACKIO_SPACE_ID) to "
+                              "log to the local trackio store ($TRACKIO_DIR, by default $HF_HOME/trackio), or go "
+                              "online.")
+
+
 def check_attention(attn_implementation: str | None) -> None:
     """`attn_implementation` is eager or one transformers has registered (a Hub kernel `owner/name` is left to it)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -268,4 +296,5 @@ def check_training_arguments(data_args, training_args, model_args, adapter_args,
     check_ranges(recipe_values(training_args, data_args, model_args, adapter_args, retention_args))
     check_chat_template_path(getattr(training_args, "chat_template_path", None))
     check_report_to(training_args.report_to)
+    check_trackio(training_args)
     check_attention(model_args.attn_implementation)

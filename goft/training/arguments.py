@@ -13,8 +13,17 @@ ADAPTER_CHOICES = ("givens", "sorsa", "hra", "oft", "boft", "road", "lora")
 
 @dataclass
 class DataArguments(ScriptArguments):
-    """Where the data comes from: `dataset_name` is a local JSON/JSONL file or folder, or a Hub dataset id."""
+    """Where the data comes from: `dataset_name` is a local JSON/JSONL file or folder, or a Hub dataset id; or
+    `dataset_mixture` mixes several of them (see `goft.training.mixtures`)."""
 
+    dataset_mixture: dict | None = field(
+        default=None,
+        metadata={"help": "Instead of `dataset_name` (YAML recipe): several datasets mixed into one, as in "
+                  "alignment-handbook. `datasets`: a list of {id (local file or folder, or Hub id), config, split "
+                  "(default train), columns (keep only these), weight (share of its rows taken, in (0, 1]; default "
+                  "1)}; `seed` (default: the run's) picks the rows and shuffles them; `test_split_size` (default: "
+                  "`dataset_test_size`) is held out of the mixed rows."},
+    )
     dataset_test_size: float = field(
         default=0.1,
         metadata={"help": "Fraction held out as the test split when the dataset has no `dataset_test_split`."},

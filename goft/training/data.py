@@ -1,5 +1,5 @@
-"""Recipe datasets: local JSON/JSONL files or folders, or Hub ids; checked for their encoding, JSON, columns and the
-shape of every record (before any model is loaded); split if needed."""
+"""Recipe datasets: local JSON/JSONL files or folders, or Hub ids, or a mixture of them (`mixtures`); checked for
+their encoding, JSON, columns and the shape of every record (before any model is loaded); split if needed."""
 
 import codecs
 import json
@@ -13,6 +13,7 @@ from datasets import DatasetDict, load_dataset
 from datasets.exceptions import DatasetGenerationError
 from huggingface_hub import constants
 
+from . import mixtures
 from .errors import RecipeError
 from .records import STAGE_COLUMNS, RecordCheck, check_rows, json_type
 
@@ -192,37 +193,74 @@ def _loaded(name: str, load) -> DatasetDict:
         raise RecipeError(f"Cannot load the dataset {name!r}: {type(cause).__name__}: {cause}.{offline}") from None
 
 
-def load_recipe_dataset(data_args, required_columns: tuple[str, ...], seed: int) -> DatasetDict:
-    """Train and test splits with `required_columns`; a test split is carved out when the data has none. The records
-    of a stage's columns (`SFT_COLUMNS`, `DPO_COLUMNS`) are checked one by one first."""
-    name = data_args.dataset_name
-    if not name:
-        raise RecipeError("`dataset_name` is required: a local .json/.jsonl file or folder, or a Hub dataset id.")
+def _load_checked(name: str, config: str | None, split: str, required_columns: tuple[str, ...]):
+    """(dataset, whether it is local): a local file or folder, read and checked record by record and loaded as
+    `split`, or a Hub dataset (`config`); it must have `split`, with `required_columns`."""
     local = Path(os.path.expanduser(name))
     is_local = local.exists()
-    train_split, test_split = data_args.dataset_train_split, data_args.dataset_test_split
     if is_local:
         files = _local_json_files(local)
         if _check_local_records(files, required_columns) == 0:
             raise RecipeError(f"The dataset {name!r} holds no records (only blank lines or an empty array).")
-        dataset = _loaded(name, lambda: load_dataset("json", data_files={train_split: files}))
+        dataset = _loaded(name, lambda: load_dataset("json", data_files={split: files}))
     elif looks_local(name):
         raise RecipeError(f"The dataset {name!r} does not exist: there is no such file or folder "
                           f"({os.path.abspath(local)}). Give a local .json/.jsonl file or folder, or a Hub dataset id "
                           "(`owner/name`).")
     else:
-        dataset = _loaded(name, lambda: load_dataset(name, name=data_args.dataset_config))
-    if train_split not in dataset:
-        raise RecipeError(f"The dataset {name!r} has no split {train_split!r}; it has {sorted(dataset)}.")
-    missing = [c for c in required_columns if c not in dataset[train_split].column_names]
+        dataset = _loaded(name, lambda: load_dataset(name, name=config))
+    if split not in dataset:
+        raise RecipeError(f"The dataset {name!r} has no split {split!r}; it has {sorted(dataset)}.")
+    missing = [c for c in required_columns if c not in dataset[split].column_names]
     if missing:
         raise RecipeError(f"The dataset {name!r} lacks the column(s) {missing} this stage needs "
-                          f"({', '.join(required_columns)}); its columns are {dataset[train_split].column_names}.")
-    for split in (train_split, test_split):
+                          f"({', '.join(required_columns)}); its columns are {dataset[split].column_names}.")
+    return dataset, is_local
+
+
+def _checked_rows(dataset: DatasetDict, name: str, splits: tuple[str, ...], required_columns: tuple[str, ...],
+                  is_local: bool) -> None:
+    """The given splits (those there are) have rows; a Hub dataset's rows are checked for the stage (local records
+    were checked as they were read)."""
+    for split in splits:
         if split in dataset and len(dataset[split]) == 0:
             raise RecipeError(f"The dataset {name!r} has no rows in split {split!r}.")
-    if not is_local:  # local records were checked as they were read
-        _check_split_rows(dataset, name, (train_split, test_split), required_columns)
+    if not is_local:
+        _check_split_rows(dataset, name, splits, required_columns)
+
+
+def _member_rows(member: mixtures.Member, required_columns: tuple[str, ...]):
+    """The rows of a mixture member's split, checked like a `dataset_name`'s."""
+    dataset, is_local = _load_checked(member.id, member.config, member.split, required_columns)
+    _checked_rows(dataset, member.id, (member.split,), required_columns, is_local)
+    return dataset[member.split]
+
+
+def _load_mixture(data_args, required_columns: tuple[str, ...], seed: int) -> DatasetDict:
+    if data_args.dataset_config:
+        raise RecipeError("`dataset_config` applies to `dataset_name`; with `dataset_mixture`, give each dataset of "
+                          "the mixture its own `config`.")
+    mixture = mixtures.read_mixture(data_args.dataset_mixture, seed, data_args.dataset_test_size, required_columns)
+    return mixtures.build_mixture(mixture, lambda member: _member_rows(member, required_columns),
+                                  data_args.dataset_train_split, data_args.dataset_test_split)
+
+
+def load_recipe_dataset(data_args, required_columns: tuple[str, ...], seed: int) -> DatasetDict:
+    """Train and test splits with `required_columns`, from `dataset_name` or `dataset_mixture` (see `mixtures`); a
+    test split is carved out when the data has none. The records of a stage's columns (`SFT_COLUMNS`,
+    `DPO_COLUMNS`) are checked one by one first."""
+    name = data_args.dataset_name
+    if name and data_args.dataset_mixture is not None:
+        raise RecipeError("Both `dataset_name` and `dataset_mixture` are given; give one of them: `dataset_name` for "
+                          "one dataset, `dataset_mixture` to mix several.")
+    if data_args.dataset_mixture is not None:
+        return _load_mixture(data_args, tuple(required_columns), seed)
+    if not name:
+        raise RecipeError("`dataset_name` or `dataset_mixture` is required: `dataset_name` is a local .json/.jsonl "
+                          "file or folder, or a Hub dataset id; `dataset_mixture` mixes several (see --help_all).")
+    train_split, test_split = data_args.dataset_train_split, data_args.dataset_test_split
+    dataset, is_local = _load_checked(name, data_args.dataset_config, train_split, required_columns)
+    _checked_rows(dataset, name, (train_split, test_split), required_columns, is_local)
     if test_split not in dataset:
         if not 0 < data_args.dataset_test_size < 1:
             raise RecipeError(f"`dataset_test_size` must be in (0, 1), got {data_args.dataset_test_size}.")
@@ -231,3 +269,8 @@ def load_recipe_dataset(data_args, required_columns: tuple[str, ...], seed: int)
         held_out = dataset[train_split].train_test_split(test_size=data_args.dataset_test_size, seed=seed)
         dataset = DatasetDict({train_split: held_out["train"], test_split: held_out["test"]})
     return dataset
+
+
+def is_hub_dataset(name: str) -> bool:
+    """Whether a dataset name is read from the Hub: no local file or folder, and not a name only a path can have."""
+    return not os.path.exists(os.path.expanduser(name)) and not looks_local(name)

@@ -4,6 +4,8 @@ import importlib.metadata
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from . import mixtures
+from .data import is_hub_dataset
 from .run_spec import plain_value
 
 GOFT_CITATION = """@InProceedings{pmlr-v235-ma24a,
@@ -18,6 +20,22 @@ GOFT_CITATION = """@InProceedings{pmlr-v235-ma24a,
 }"""
 
 
+def describe_data(dataset_name: str | None, mixture: dict | None = None) -> tuple[list[str], str]:
+    """(the Hub datasets the run trained on, for the card's metadata; the card's dataset line): `dataset_name`, or
+    every dataset of the recipe's `dataset_mixture` with its weight."""
+    if mixture is None:
+        return ([dataset_name] if dataset_name and is_hub_dataset(dataset_name) else []), f"`{dataset_name}`"
+    members = mixtures.read_mixture(mixture).members
+    hub_ids = list(dict.fromkeys(member.id for member in members if is_hub_dataset(member.id)))
+    return hub_ids, "a mixture of " + ", ".join(_member_text(member) for member in members)
+
+
+def _member_text(member: mixtures.Member) -> str:
+    details = [f"config {member.config}"] if member.config else []
+    details += [f"split {member.split}"] if member.split != "train" else []
+    return f"`{member.id}` ({', '.join([*details, f'weight {member.weight:g}'])})"
+
+
 def _metrics_table(metrics: dict) -> str:
     rows = [f"| {key} | {value:.6g} |" if isinstance(value, float) else f"| {key} | {value} |"
             for key, value in sorted(metrics.items())]
@@ -25,16 +43,16 @@ def _metrics_table(metrics: dict) -> str:
 
 
 def build_model_card(*, stage: str, source, method: str, strict: bool, recipe_yaml: str, metrics: dict,
-                     dataset_name: str | None, repo_or_dir: str, init_adapter: str | None = None,
+                     dataset_name: str | None, repo_or_dir: str, dataset_mixture: dict | None = None, init_adapter: str | None = None,
                      strictness_waived: bool = False, resume_changes=(), hyperparameters: dict | None = None,
                      ) -> ModelCard:
     """Card with metadata (base model, tags), the method, the full recipe, final metrics, usage and citation."""
     tags = ["goft", "givens", "trl", stage, "peft"]
     if strict:
         tags.append("orthogonal")
+    hub_datasets, dataset_line = describe_data(dataset_name, dataset_mixture)
     data = ModelCardData(library_name="peft", base_model=source.hub_base_model, tags=tags,
-                         datasets=[dataset_name] if dataset_name and "/" in dataset_name
-                         and not dataset_name.endswith((".json", ".jsonl")) else None)
+                         datasets=hub_datasets or None)
     base_line = f"`{source.name}`"
     if source.upstream_id and source.upstream_id != source.name:
         base_line += (f" (the GGUF `{source.gguf_file}` of [{source.upstream_id}](https://huggingface.co/"
@@ -45,7 +63,7 @@ def build_model_card(*, stage: str, source, method: str, strict: bool, recipe_ya
         f"- **Base model:** {base_line}",
         f"- **Method:** {method}",
         f"- **Stage:** {stage}" + (f", continued from the adapter `{init_adapter}`" if init_adapter else ""),
-        f"- **Dataset:** `{dataset_name}`",
+        f"- **Dataset:** {dataset_line}",
     ]
     if strictness_waived:
         lines += ["", "> **Warning:** this alignment-stage adapter is *not* exactly orthogonal. The run was allowed by "

@@ -9,12 +9,14 @@ from peft import PeftConfig, PeftModel
 from transformers.trainer_utils import set_seed
 
 from ..sorsa import SorsaConfig
-from . import adapters, anchor, checkpoints, forgetting, hub, model_card, outputs, preflight, replay, run_spec
+from . import adapters, anchor, checkpoints, forgetting, fsdp, hub, model_card, outputs, preflight, replay, run_spec
 from .argument_checks import check_training_arguments
 from .chat_templates import use_training_chat_template
 from .cli import recipe_config_path
 from .data import load_recipe_dataset
 from .errors import RecipeError
+from .logging_targets import log_destinations, set_log_defaults
+from .mixtures import member_locations, read_mixture
 from .models import (ModelSource, is_adapter_folder, load_adapter_config, load_causal_lm, load_tokenizer,
                      quantization_config, resolve_model_source)
 from .regularized import Regularizer
@@ -67,10 +69,11 @@ class RecipeRun:
         n = min(self.data_args.task_eval_samples, len(self.test_dataset))
         if n <= 0:
             return None
-        if trainer.is_deepspeed_enabled:
-            # DeepSpeed builds its engine when training starts: evaluating first would leave it unbuilt, and ZeRO-3
-            # generation needs every rank. Evaluate the saved adapter after the run instead.
-            logger.warning("task_eval_samples is ignored under DeepSpeed; evaluate the saved adapter afterwards.")
+        if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+            # DeepSpeed builds its engine when training starts: evaluating first would leave it unbuilt; and sharded
+            # generation (ZeRO-3, FSDP) needs every rank. Evaluate the saved adapter after the run instead.
+            logger.warning("task_eval_samples is ignored under DeepSpeed and FSDP; evaluate the saved adapter "
+                           "afterwards (recipes/evaluate.py).")
             return None
         return self.test_dataset.select(range(n))
 
@@ -92,6 +95,7 @@ class RecipeRun:
         """Load model and tokenizer and build `trainer_class` (a TRL trainer) for this run; the method's regulariser
         (qGOFT, SORSA, HRA) joins the training, the safeguards guard it (complete checkpoints, a stop on a non-finite
         loss, orthogonality before each checkpoint), and a continued adapter becomes its own frozen reference."""
+        set_log_defaults(self.training_args)  # TensorBoard writes to <output_dir>/runs unless told otherwise
         model, tokenizer, peft_config = self.load_model_and_tokenizer()
         self.measures = forgetting.make_callbacks(self.retention_args, tokenizer, self.train_dataset,
                                                   self.training_args.max_length)
@@ -103,6 +107,7 @@ class RecipeRun:
                                 callbacks=self.measures or None)
         if self.stage == "dpo":
             self.use_adapter_as_reference(trainer)
+        trainer.whole_adapter_parameters = fsdp.keep_adapters_whole_under_fsdp1(trainer)
         return trainer
 
     def add_replay_and_anchor(self, model, tokenizer) -> tuple:
@@ -146,12 +151,16 @@ class RecipeRun:
         """How the run's data and held-out split were made, so that evaluation can rebuild the same split."""
         args = self.data_args
         name = args.dataset_name
-        local = os.path.expanduser(name)
-        return {"dataset_name": os.path.abspath(local) if os.path.exists(local) else name,
-                "dataset_config": args.dataset_config, "dataset_train_split": args.dataset_train_split,
-                "dataset_test_split": args.dataset_test_split, "dataset_test_size": args.dataset_test_size,
-                "seed": self.training_args.seed, "columns": list(self.train_dataset.column_names),
-                "split_sha256": self.spec.get("data")}
+        local = os.path.expanduser(name) if name else None
+        record = {"dataset_name": os.path.abspath(local) if local and os.path.exists(local) else name,
+                  "dataset_config": args.dataset_config, "dataset_train_split": args.dataset_train_split,
+                  "dataset_test_split": args.dataset_test_split, "dataset_test_size": args.dataset_test_size,
+                  "seed": self.training_args.seed, "columns": list(self.train_dataset.column_names),
+                  "split_sha256": self.spec.get("data")}
+        if args.dataset_mixture is not None:
+            record["dataset_mixture"] = read_mixture(args.dataset_mixture, self.training_args.seed,
+                                                     args.dataset_test_size).record()
+        return record
 
     def record_task_metrics(self, when: str, metrics: dict) -> None:
         self.task_metrics.update({f"task/{when}/{key}": value for key, value in metrics.items()})
@@ -204,6 +213,7 @@ class RecipeRun:
                 stage=self.stage, source=self.source, method=adapters.describe_adapter(self.adapter_config),
                 strict=adapters.is_exactly_orthogonal(self.adapter_config), recipe_yaml=self.recipe_yaml,
                 metrics=metrics, dataset_name=self.data_args.dataset_name,
+                dataset_mixture=self.data_args.dataset_mixture,
                 repo_or_dir=args.hub_model_id if self.push_to_hub else os.path.abspath(args.output_dir),
                 init_adapter=self.source.adapter_path, strictness_waived=self.strictness_waived,
                 resume_changes=self.spec.get("changes", []),
@@ -213,6 +223,7 @@ class RecipeRun:
                                                         "world_size": trainer.accelerator.num_processes,
                                                         "data": self.data_record(),
                                                         "retention": self.retention_record,
+                                                        "logs": log_destinations(args),
                                                         run_spec.SPEC_KEY: self.spec})
             outputs.drop_set_aside_runs(args.output_dir)
             if self.push_to_hub:
@@ -262,7 +273,8 @@ def check_model(source: ModelSource, adapter_config: PeftConfig, adapter_args, m
 def _read_locations(data_args, training_args, retention_args, source: ModelSource) -> dict:
     """Every local location the run reads, by what it is (the output must overlap none of them)."""
     return {"model folder": source.path, "adapter folder it continues": source.adapter_path,
-            "dataset": data_args.dataset_name, "recipe file": recipe_config_path(sys.argv[1:]),
+            "dataset": data_args.dataset_name, **member_locations(data_args.dataset_mixture),
+            "recipe file": recipe_config_path(sys.argv[1:]),
             "chat template": getattr(training_args, "chat_template_path", None),
             "retention questions": retention_args.retention_questions, "general text": retention_args.general_text,
             "replay prompts": retention_args.replay_prompts,
@@ -356,6 +368,8 @@ def print_summary(trainer, run: RecipeRun, metrics: dict) -> None:
     output = os.path.abspath(run.training_args.output_dir)
     lines.append(f"  adapter: {output}/adapter_model.safetensors")
     lines.append(f"  model card: {output}/README.md")
+    for name, destination in log_destinations(run.training_args).items():
+        lines.append(f"  logs ({name}): {destination}")
     if "hub_url" in metrics:
         lines.append(f"  pushed to: {metrics['hub_url']}")
     print("\n".join(lines), flush=True)

@@ -15,6 +15,7 @@ GROUPS = (
     ("Model, data and output", (
         ("model_name_or_path", "Hub id, local folder, adapter folder (to continue) or embedded model"),
         ("dataset_name", "local JSON/JSONL file or folder, or a Hub dataset id"),
+        ("dataset_mixture", "instead of dataset_name (YAML): datasets mixed by weight"),
         ("output_dir", "where the adapter, its model card and the checkpoints go"),
         ("overwrite_output_dir", "start afresh; the previous run is kept aside until the new one finishes"),
         ("resume_from_checkpoint", "a checkpoint folder (rerunning a command resumes by itself)"),

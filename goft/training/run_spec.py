@@ -29,6 +29,7 @@ NOT_SHAPING = frozenset({
     "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "resume_with_changes", "logging_strategy",
     "logging_steps", "logging_first_step", "log_on_each_node", "logging_nan_inf_filter", "log_level",
     "log_level_replica", "disable_tqdm", "report_to", "run_name", "project", "trackio_space_id", "trackio_bucket_id",
+    "logging_dir",  # transformers 4 (5 reads $TENSORBOARD_LOGGING_DIR, see logging_targets)
     "trackio_static_space_id", "include_num_input_tokens_seen", "eval_strategy", "eval_steps", "eval_delay",
     "per_device_eval_batch_size", "prediction_loss_only", "eval_on_start", "eval_do_concat_batches",
     "eval_use_gather_object", "eval_accumulation_steps", "include_for_metrics", "batch_eval_metrics", "eval_packing",

@@ -22,6 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from ..orthogonality import orthogonality_error
 from . import adapters, checkpoints
 from .errors import NonFiniteLossError, RecipeError
+from .fsdp import WholeAdaptersUnderFsdp1Mixin
 from .regularized import regularizers_for, with_regularizers
 from .run_spec import SPEC_KEY, ResumeChangesMixin
 
@@ -114,6 +115,7 @@ def recipe_trainer_class(trainer_class, adapter_config, adapter_args, extra_regu
     in it and record `run_spec` in every checkpoint."""
     regularized = with_regularizers(trainer_class,
                                     regularizers_for(adapter_config, adapter_args) + tuple(extra_regularizers))
-    return type(f"Safeguarded{regularized.__name__}", (SafeguardsMixin, ResumeChangesMixin, regularized),
+    return type(f"Safeguarded{regularized.__name__}",
+                (SafeguardsMixin, WholeAdaptersUnderFsdp1Mixin, ResumeChangesMixin, regularized),
                 {"strict_orthogonal": adapters.is_exactly_orthogonal(adapter_config), "run_spec": run_spec,
                  "resume_changes": tuple(resume_changes)})

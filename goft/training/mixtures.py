@@ -1,0 +1,225 @@
+"""Dataset mixtures: alignment-handbook's `dataset_mixture`, read and checked, and the mixed train and test splits.
+
+    dataset_mixture:
+      datasets:
+        - id: data/facts.jsonl     # a local .json/.jsonl file or folder, or a Hub dataset id
+          config: null             # the Hub dataset's config name
+          split: train             # the split whose rows are taken (default: train)
+          columns: [messages]      # keep only these columns
+          weight: 0.5              # the share of that split's rows taken, in (0, 1] (default: 1)
+        - id: data/chat.jsonl
+      seed: 42                     # default: the run's seed
+      test_split_size: 0.1         # default: dataset_test_size
+
+Each member is checked like `dataset_name` (by the loader `build_mixture` is given), its rows are shuffled with the
+seed and the first `floor(weight * rows)` taken; the members' rows are concatenated, shuffled with the seed and split:
+`test_split_size` of them are held out. The same spec and seed give the same rows, in the same order.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from datasets import Dataset, DatasetDict, concatenate_datasets
+
+from .errors import RecipeError
+
+KEY = "dataset_mixture"
+MIXTURE_KEYS = ("datasets", "seed", "test_split_size")
+MEMBER_KEYS = ("id", "config", "split", "columns", "weight")
+TRL_NAMES = {"path": "id", "name": "config", "fraction": "weight"}  # TRL's DatasetConfig spells these so
+SEED_LIMIT = 2 ** 32
+EXAMPLE = "`dataset_mixture: {datasets: [{id: data/a.jsonl, weight: 0.5}, {id: data/b.jsonl}]}`"
+
+
+@dataclass(frozen=True)
+class Member:
+    """One dataset of a mixture; `index` is its place in `dataset_mixture.datasets`, from 0."""
+
+    index: int
+    id: str
+    config: str | None = None
+    split: str = "train"
+    columns: tuple[str, ...] | None = None
+    weight: float = 1.0
+
+    @property
+    def label(self) -> str:
+        return f"`{KEY}.datasets[{self.index}]` ({self.id!r})"
+
+    def record(self) -> dict:
+        """The member as goft_run.json records it: a local id as an absolute path, every key spelled out."""
+        local = os.path.expanduser(self.id)
+        return {"id": os.path.abspath(local) if os.path.exists(local) else self.id, "config": self.config,
+                "split": self.split, "columns": list(self.columns) if self.columns else None, "weight": self.weight}
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """A checked `dataset_mixture`, its seed and held-out share filled in."""
+
+    members: tuple[Member, ...]
+    seed: int
+    test_split_size: float
+
+    def record(self) -> dict:
+        """The mixture with every default filled in, from which the same splits can be rebuilt elsewhere."""
+        return {"datasets": [member.record() for member in self.members], "seed": self.seed,
+                "test_split_size": self.test_split_size}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _refuse_unknown(keys, known: tuple[str, ...], where: str) -> None:
+    unknown = [key for key in keys if key not in known]
+    if not unknown:
+        return
+    key = unknown[0]
+    close = TRL_NAMES.get(key) or next(iter(difflib.get_close_matches(str(key), known, n=1)), None)
+    hint = f" (did you mean `{close}`?)" if close else ""
+    raise RecipeError(f"{where} has the unknown key {key!r}{hint}; its keys are {', '.join(known)}.")
+
+
+def _columns(value, label: str, required_columns: tuple[str, ...]) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)):
+        raise RecipeError(f"{label}: `columns` must be a non-empty list of column names, e.g. `columns: [messages]`, "
+                          f"not {value!r}.")
+    left_out = [column for column in required_columns if column not in value]
+    if left_out:
+        raise RecipeError(f"{label}: `columns` {value} leaves out the column(s) {left_out} this stage needs "
+                          f"({', '.join(required_columns)}); add them, or drop `columns` to keep every column.")
+    return tuple(dict.fromkeys(value))
+
+
+def _weight(value, label: str) -> float:
+    if value is None:
+        return 1.0
+    if not _is_number(value) or not 0 < value <= 1:
+        raise RecipeError(f"{label}: `weight` is {value!r}, but it must be a number in (0, 1]: the share of the "
+                          "dataset's rows taken (1 takes them all; a dataset cannot be taken more than once).")
+    return float(value)
+
+
+def _member(index: int, value, required_columns: tuple[str, ...]) -> Member:
+    where = f"`{KEY}.datasets[{index}]`"
+    if not isinstance(value, dict):
+        raise RecipeError(f"{where} is {value!r}, not a mapping with an `id` (and optionally config, split, columns, "
+                          "weight).")
+    _refuse_unknown(value, MEMBER_KEYS, where)
+    name = value.get("id")
+    if not isinstance(name, str) or not name.strip():
+        raise RecipeError(f"{where} has no `id`: give the local .json/.jsonl file or folder, or the Hub dataset id, "
+                          "whose rows it takes.")
+    label = f"{where} ({name!r})"
+    config = value.get("config")
+    split = "train" if value.get("split") is None else value["split"]
+    if config is not None and not isinstance(config, str):
+        raise RecipeError(f"{label}: `config` must be the name of a Hub dataset config, not {config!r}.")
+    if not isinstance(split, str) or not split:
+        raise RecipeError(f"{label}: `split` must be the name of a split, e.g. `split: train`, not {split!r}.")
+    return Member(index=index, id=name, config=config, split=split,
+                  columns=_columns(value.get("columns"), label, required_columns),
+                  weight=_weight(value.get("weight"), label))
+
+
+def read_mixture(value, run_seed: int = 0, default_test_size: float = 0.1,
+                 required_columns: tuple[str, ...] = ()) -> Mixture:
+    """The mixture a recipe's `dataset_mixture` describes, with `run_seed` and `default_test_size` where it sets no
+    `seed` or `test_split_size`; a bad spec is refused with what is wrong and where."""
+    if not isinstance(value, dict):
+        raise RecipeError(f"`{KEY}` must be a mapping with a `datasets` list, e.g. {EXAMPLE}; got {value!r}.")
+    _refuse_unknown(value, MIXTURE_KEYS, f"`{KEY}`")
+    datasets = value.get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise RecipeError(f"`{KEY}.datasets` must be a non-empty list of datasets, e.g. {EXAMPLE}; got "
+                          f"{datasets!r}.")
+    seed = value.get("seed")
+    seed = run_seed if seed is None else seed
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT):
+        raise RecipeError(f"`{KEY}.seed` is {seed!r}, but it must be a whole number in [0, {SEED_LIMIT}), or left "
+                          "out to use the run's `seed`.")
+    test_size = value.get("test_split_size")
+    key = f"{KEY}.test_split_size" if test_size is not None else "dataset_test_size"
+    test_size = default_test_size if test_size is None else test_size
+    if not _is_number(test_size) or not 0 < test_size < 1:
+        raise RecipeError(f"`{key}` is {test_size!r}, but it must be a number in (0, 1): the share of the mixed rows "
+                          "held out as the test split.")
+    members = tuple(_member(index, item, tuple(required_columns)) for index, item in enumerate(datasets))
+    return Mixture(members=members, seed=seed, test_split_size=float(test_size))
+
+
+def member_locations(value) -> dict[str, str]:
+    """{what: id} for every member `id` a `dataset_mixture` value names (unchecked: read what is there), so that an
+    output folder overlapping a member's local data is refused."""
+    datasets = value.get("datasets") if isinstance(value, dict) else None
+    members = datasets if isinstance(datasets, list) else []
+    return {f"dataset of `{KEY}.datasets[{index}]`": member["id"] for index, member in enumerate(members)
+            if isinstance(member, dict) and isinstance(member.get("id"), str)}
+
+
+def _taken(rows: Dataset, member: Member, seed: int) -> Dataset:
+    """`member.weight` of the rows, chosen by a shuffle with `seed`."""
+    count = math.floor(member.weight * len(rows) + 1e-9)  # 0.29 * 100 is 28.999…: count it as 29
+    if count == 0:
+        raise RecipeError(f"{member.label}: `weight` {member.weight} of its {len(rows)} row(s) in split "
+                          f"{member.split!r} takes none; raise the weight or add rows.")
+    return rows if count == len(rows) else rows.shuffle(seed=seed).select(range(count))
+
+
+def _check_same_columns(parts: list[Dataset], members: tuple[Member, ...]) -> None:
+    layouts = {frozenset(part.column_names) for part in parts}
+    if len(layouts) == 1:
+        return
+    listed = "; ".join(f"{member.label}: {part.column_names}" for member, part in zip(members, parts))
+    raise RecipeError(f"The `{KEY}` members have different columns ({listed}). Mixed rows need the same columns: "
+                      "give each member `columns: [...]` with the ones the stage trains on.")
+
+
+def _concatenated(parts: list[Dataset], members: tuple[Member, ...]) -> Dataset:
+    try:
+        return concatenate_datasets(parts)
+    except ValueError:
+        listed = "; ".join(f"{member.label}: {part.features}" for member, part in zip(members, parts))
+        raise RecipeError(f"The `{KEY}` members' columns hold values of different types, which cannot be mixed "
+                          f"({listed}). Give every member's records the same shape (the same keys in each "
+                          "message, for instance).") from None
+
+
+def _check_split_sizes(rows: int, test_size: float) -> None:
+    held_out = math.ceil(test_size * rows)  # as datasets' train_test_split counts
+    if held_out >= rows:
+        raise RecipeError(f"The `{KEY}` has {rows} row(s), too few to hold out a test split of {test_size}: it would "
+                          f"hold out {held_out} and leave none to train on. Lower `{KEY}.test_split_size` (or "
+                          "`dataset_test_size`), raise the weights, or add rows.")
+
+
+def build_mixture(mixture: Mixture, load_member: Callable[[Member], Dataset], train_split: str,
+                  test_split: str) -> DatasetDict:
+    """The mixed `train_split` and held-out `test_split`. `load_member(member)` gives the rows of the member's split,
+    checked (a `RecipeError` it raises is named with the member); `columns` and `weight` are applied here."""
+    parts = []
+    for member in mixture.members:
+        try:
+            rows = load_member(member)
+        except RecipeError as error:
+            raise RecipeError(f"{member.label}: {error}") from None
+        if member.columns:
+            missing = [column for column in member.columns if column not in rows.column_names]
+            if missing:
+                raise RecipeError(f"{member.label}: `columns` names {missing}, which the dataset does not have; its "
+                                  f"columns are {rows.column_names}.")
+            rows = rows.select_columns(list(member.columns))
+        parts.append(_taken(rows, member, mixture.seed))
+    _check_same_columns(parts, mixture.members)
+    mixed = _concatenated(parts, mixture.members)
+    _check_split_sizes(len(mixed), mixture.test_split_size)
+    held_out = mixed.train_test_split(test_size=mixture.test_split_size, shuffle=True, seed=mixture.seed)  # interleaves
+    return DatasetDict({train_split: held_out["train"], test_split: held_out["test"]})
