@@ -40,3 +40,17 @@ def tiny_gpt2():
 @pytest.fixture
 def input_ids():
     return torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def no_hub_datasets(monkeypatch):
+    """Local data never reaches the Hub: loading a Hub dataset fails loudly unless the test stands one in."""
+    from goft.training import data as data_module
+
+    real = data_module.load_dataset
+
+    def local_only(path, *args, **kwargs):
+        assert path == "json", f"tried {path!r} as a Hub dataset"
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(data_module, "load_dataset", local_only)

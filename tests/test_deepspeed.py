@@ -119,35 +119,54 @@ def test_zero3_on_a_4bit_base(assets):  # noqa: F811
     assert saved and all(t.numel() > 0 for t in saved.values())
 
 
+def logged_values(output_dir, metric: str) -> list[float]:
+    history = json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    return [entry[metric] for entry in history if metric in entry]
+
+
+def assert_same_regularised_run(output_dir, reference, metric: str) -> None:
+    """The same adapter as the single-process `reference`, and the same logged (non-zero) regulariser values."""
+    assert_same_adapter(load_file(output_dir / "adapter_model.safetensors"),
+                        load_file(reference / "adapter_model.safetensors"))
+    logged, expected = logged_values(output_dir, metric), logged_values(reference, metric)
+    assert len(logged) == 4 and max(logged) > 0 and logged == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+# The regularised methods: (recipe flags, the logged metric).
+REGULARISED_METHODS = {
+    "hra": (["--adapter", "hra", "--hra_r", "4", "--hra_lambda", "0.01"], "hra_orthogonality"),
+    # SGD: Adam turns the sign of near-zero gradients, which summation order decides, into full steps
+    "qgoft": (["--givens_quasi", "true", "--givens_penalty_weight", "0.1", "--optim", "sgd", "--learning_rate", "0.5"],
+              "qgoft_penalty"),
+    "sorsa": (["--adapter", "sorsa", "--sorsa_r", "8"], "sorsa_orthonormality"),
+}
+
+
+def regularised_reference(assets, method: str):  # noqa: F811
+    """`method`'s single-process run (batch 8, checkpointing off, in-process): (its folder, its flags, its metric)."""
+    flags, metric = REGULARISED_METHODS[method]
+    flags = flags + ["--adapter_target_modules", "all-linear"]
+    reference = assets["root"] / f"single-regularised-{method}"
+    if not (reference / "adapter_model.safetensors").exists():
+        run_recipe(SFT["make_parser"], SFT["main"],
+                   args(assets["model"], assets["sft"], reference, per_device=8) + flags + NO_CHECKPOINTING)
+    return reference, flags, metric
+
+
 # Each method's regulariser under DeepSpeed: in the loss (HRA, qGOFT; ZeRO-3 gathers the adapter tensors for it) or,
 # for SORSA's after-clipping rule, moved into the loss with weight gamma / lr since DeepSpeed steps inside its engine.
-REGULARIZED = {
-    "hra-zero3": ("zero3", ["--adapter", "hra", "--hra_r", "4", "--hra_lambda", "0.01"], "hra_orthogonality"),
-    # SGD: Adam turns the sign of near-zero gradients, which summation order decides, into full steps
-    "qgoft-zero3": ("zero3", ["--givens_quasi", "true", "--givens_penalty_weight", "0.1", "--optim", "sgd",
-                              "--learning_rate", "0.5"], "qgoft_penalty"),
-    "sorsa-zero2": ("zero2", ["--adapter", "sorsa", "--sorsa_r", "8"], "sorsa_orthonormality"),
-}
+REGULARIZED = {"hra-zero3": ("zero3", "hra"), "qgoft-zero3": ("zero3", "qgoft"), "sorsa-zero2": ("zero2", "sorsa")}
 
 
 @pytest.mark.parametrize("case", list(REGULARIZED))
 def test_regularisers_under_deepspeed_match_a_single_process_run(assets, case):  # noqa: F811
-    zero, flags, metric = REGULARIZED[case]
-    flags = flags + ["--adapter_target_modules", "all-linear"]
-    reference = assets["root"] / f"single-{case}"
-    run_recipe(SFT["make_parser"], SFT["main"],
-               args(assets["model"], assets["sft"], reference, per_device=8) + flags + NO_CHECKPOINTING)
+    zero, method = REGULARIZED[case]
+    reference, flags, metric = regularised_reference(assets, method)
     output_dir = assets["root"] / case
     result = launch("sft.py", args(assets["model"], assets["sft"], output_dir, per_device=4) + flags, processes=2,
                     config_file=CONFIGS[zero], port=29570 + list(REGULARIZED).index(case))
     check_ok(result)
-    assert_same_adapter(load_file(output_dir / "adapter_model.safetensors"),
-                        load_file(reference / "adapter_model.safetensors"))
-    logged = [e[metric] for e in json.loads((output_dir / "checkpoint-4" / "trainer_state.json").read_text())
-              ["log_history"] if metric in e]
-    expected = [e[metric] for e in json.loads((reference / "checkpoint-4" / "trainer_state.json").read_text())
-                ["log_history"] if metric in e]
-    assert len(logged) == 4 and max(logged) > 0 and logged == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    assert_same_regularised_run(output_dir, reference, metric)
     if case.startswith("sorsa"):
         assert "before clipping rather than after it" in result.stderr
 

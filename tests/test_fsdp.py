@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from goft.training.cli import run_recipe
 
-from .test_deepspeed import NO_CHECKPOINTING, assert_same_adapter
+from .test_deepspeed import NO_CHECKPOINTING, assert_same_adapter, assert_same_regularised_run, regularised_reference
 from .test_deepspeed import args as recipe_args
 from .test_recipes import REPO, assets, check_ok, launch, recipe_env, run_summary  # noqa: F401  (assets: fixture)
 
@@ -107,33 +107,17 @@ def test_dpo_under_fsdp_continues_an_sft_adapter(assets, version):  # noqa: F811
 
 # qGOFT and HRA: penalties in the loss, computed from whole tensors (DTensors gathered under FSDP2; under FSDP1
 # the adapters are kept whole); SORSA: its after-clipping rule, which FSDP leaves a place for (unlike DeepSpeed).
-REGULARIZED = {
-    "qgoft-fsdp2": ("fsdp2", ["--givens_quasi", "true", "--givens_penalty_weight", "0.1", "--optim", "sgd",
-                              "--learning_rate", "0.5"], "qgoft_penalty"),
-    "hra-fsdp1": ("fsdp1", ["--adapter", "hra", "--hra_r", "4", "--hra_lambda", "0.01"], "hra_orthogonality"),
-    "sorsa-fsdp1": ("fsdp1", ["--adapter", "sorsa", "--sorsa_r", "8"], "sorsa_orthonormality"),
-    "sorsa-fsdp2": ("fsdp2", ["--adapter", "sorsa", "--sorsa_r", "8"], "sorsa_orthonormality"),
-}
+REGULARIZED = {"qgoft-fsdp2": ("fsdp2", "qgoft"), "hra-fsdp1": ("fsdp1", "hra"), "sorsa-fsdp1": ("fsdp1", "sorsa"),
+               "sorsa-fsdp2": ("fsdp2", "sorsa")}
 
 
 @pytest.mark.parametrize("case", list(REGULARIZED))
 def test_regularisers_under_fsdp_match_a_single_process_run(assets, case):  # noqa: F811
-    version, flags, metric = REGULARIZED[case]
-    flags = flags + ["--adapter_target_modules", "all-linear"]
-    reference = assets["root"] / f"fsdp-single-{case}"
-    run_recipe(SFT["make_parser"], SFT["main"],
-               recipe_args(assets["model"], assets["sft"], reference, per_device=8) + flags + NO_CHECKPOINTING)
+    version, method = REGULARIZED[case]
+    reference, flags, metric = regularised_reference(assets, method)
     output_dir = assets["root"] / case
     fsdp_launch(version, "sft.py", recipe_args(assets["model"], assets["sft"], output_dir, per_device=4) + flags)
-    assert_same_adapter(load_file(output_dir / "adapter_model.safetensors"),
-                        load_file(reference / "adapter_model.safetensors"))
-
-    def logged(folder):
-        history = json.loads((folder / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
-        return [entry[metric] for entry in history if metric in entry]
-
-    assert len(logged(output_dir)) == 4 and max(logged(output_dir)) > 0
-    assert logged(output_dir) == pytest.approx(logged(reference), rel=1e-4, abs=1e-6)
+    assert_same_regularised_run(output_dir, reference, metric)
 
 
 @pytest.mark.parametrize("version", ["fsdp1", "fsdp2"])
@@ -168,5 +152,6 @@ def test_the_fsdp_configs_parse_as_accelerate_configs(version):
     config = load_config_from_file(str(CONFIGS[version])).to_dict()
     fsdp = config["fsdp_config"]
     assert config["distributed_type"] == "FSDP" and fsdp["fsdp_version"] == int(version[-1])
-    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP" and fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    assert fsdp["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert fsdp["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     assert version == "fsdp2" or fsdp["fsdp_use_orig_params"]  # FSDP1: adapter and frozen weights kept apart

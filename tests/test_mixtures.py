@@ -53,16 +53,7 @@ def tags(dataset: DatasetDict) -> list[str]:
     return [row["messages"][0]["content"] for split in ("train", "test") for row in dataset[split]]
 
 
-@pytest.fixture(autouse=True)
-def no_hub(monkeypatch):
-    """A local member never reaches the Hub: a Hub load fails loudly unless a test stands one in."""
-    real = data_module.load_dataset
-
-    def local_only(path, *args, **kwargs):
-        assert path == "json", f"tried {path!r} as a Hub dataset"
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(data_module, "load_dataset", local_only)
+pytestmark = pytest.mark.usefixtures("no_hub_datasets")  # a local member never reaches the Hub
 
 
 # ---- what a mixture takes ----------------------------------------------------------------------------------------

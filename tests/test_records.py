@@ -42,16 +42,7 @@ def with_bad(rows: list[dict], bad: dict[int, dict], path: Path) -> Path:
     return write_jsonl([bad.get(number, row) for number, row in enumerate(rows, start=1)], path)
 
 
-@pytest.fixture(autouse=True)
-def no_hub(monkeypatch):
-    """Local data never reaches the Hub: a Hub load in these tests fails loudly."""
-    real = data_module.load_dataset
-
-    def local_only(path, *args, **kwargs):
-        assert path == "json", f"tried {path!r} as a Hub dataset"
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(data_module, "load_dataset", local_only)
+pytestmark = pytest.mark.usefixtures("no_hub_datasets")  # local data never reaches the Hub
 
 
 # ---- good data passes ---------------------------------------------------------------------------------------------
