@@ -386,6 +386,24 @@ MIXTURE_CASES = {  # each dataset of a mixture is checked like `dataset_name`, a
                                                   "leaves out the column(s) ['chosen', 'rejected']")),
     "mixture-and-dataset-name": Case("sft", lambda a: _mixture(a, "mix-both.yaml", [{"id": "sft"}])
                                      + ["--dataset_name", a["sft"]], ("Both `dataset_name` and `dataset_mixture`",)),
+    # TRL's own `datasets:` list goes through the same checks
+    "mixture-trl-streaming": Case("sft", lambda a: _recipe(a, "trl-stream.yaml", yaml.safe_dump(
+        {"datasets": [{"path": "json", "data_files": a["sft"]}], "streaming": True})) + ["--model_name_or_path",
+                                  a["model"]], ("`streaming: true` is not supported", "checks every record")),
+    "mixture-trl-member-bad-record": Case("sft", lambda a: _recipe(a, "trl-record.yaml", yaml.safe_dump(
+        {"datasets": [{"path": "json", "data_files": a["sft"]},
+                      {"path": "json", "data_files": a["sft_unknown_role"]}]}))
+        + ["--model_name_or_path", a["model"]], ("`datasets[1]` ('json')", "sft-unknown-role.jsonl', line 3:")),
+    "mixture-trl-fraction-on-some": Case("sft", lambda a: _recipe(a, "trl-fraction.yaml", yaml.safe_dump(
+        {"datasets": [{"path": "json", "data_files": a["sft"], "fraction": 0.5},
+                      {"path": "json", "data_files": a["sft"]}]}))
+        + ["--model_name_or_path", a["model"]], ("`fraction` must be set for every dataset of `datasets`",)),
+    "mixture-trl-path-is-a-file": Case("sft", lambda a: _recipe(a, "trl-file.yaml", yaml.safe_dump(
+        {"datasets": [{"path": a["sft"]}]})) + ["--model_name_or_path", a["model"]],
+        ("`datasets[0]`", "not a file: write `path: json` and `data_files:")),
+    "mixture-trl-and-dataset-name": Case("sft", lambda a: _recipe(a, "trl-both.yaml", yaml.safe_dump(
+        {"datasets": [{"path": "json", "data_files": a["sft"]}]})) + base(a),
+        ("Both `dataset_name` and `datasets` are given", "exactly one of")),
 }
 CASES.update(MIXTURE_CASES)
 

@@ -115,6 +115,7 @@ def test_zero3_on_a_4bit_base(assets):  # noqa: F811
     assert_falling(train_losses(output_dir))
     summary = json.loads((output_dir / "goft_run.json").read_text())
     assert summary["world_size"] == 2 and summary["metrics"]["orthogonality_error"] <= 1e-5
+    assert summary["parallelism"] == "DeepSpeed ZeRO-3"
     saved = load_file(output_dir / "adapter_model.safetensors")
     assert saved and all(t.numel() > 0 for t in saved.values())
 

@@ -83,6 +83,7 @@ def test_fsdp_matches_a_single_process_run(assets, references, version, script):
                         load_file(reference / "checkpoint-2" / "adapter_model.safetensors"))
     summary = run_summary(output_dir)
     assert summary["world_size"] == 2 and summary["metrics"]["orthogonality_error"] <= 1e-5
+    assert summary["parallelism"] == version.upper()  # really FSDP: on a CPU, accelerate alone would run DDP
     # complete and loadable without FSDP: the same logits as the single-process adapter, merged or not
     expected = logits_without_fsdp(assets["model"], reference)
     torch.testing.assert_close(logits_without_fsdp(assets["model"], output_dir), expected, rtol=0, atol=1e-4)

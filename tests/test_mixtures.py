@@ -20,6 +20,7 @@ from goft.training.data import DPO_COLUMNS, SFT_COLUMNS, load_recipe_dataset
 from goft.training.errors import RecipeError
 from goft.training.mixtures import member_locations, read_mixture
 from goft.training.model_card import describe_data
+from goft.training.trl_datasets import read_datasets
 
 from .recipe_assets import build_tiny_chat_model, dpo_rows, write_jsonl
 
@@ -294,12 +295,12 @@ def test_the_recipe_parser_reads_the_mixture_from_yaml(tmp_path):
     assert (spec.seed, spec.test_split_size) == (3, 0.2)
 
 
-def test_the_recipe_parser_refuses_a_mixture_that_is_no_mapping_and_trls_top_level_key(tmp_path):
+def test_the_recipe_parser_refuses_a_mixture_that_is_no_mapping_and_a_misspelt_trl_key(tmp_path):
     with pytest.raises(RecipeError, match="`dataset_mixture` in the recipe file .* takes a mapping or null"):
         parsed(recipe_file(tmp_path, [{"id": "a.jsonl"}]))
     trl_style = tmp_path / "trl.yaml"
-    trl_style.write_text(yaml.safe_dump({"datasets": [{"path": "a.jsonl"}]}))
-    with pytest.raises(RecipeError, match="Unknown recipe key.*'datasets'"):
+    trl_style.write_text(yaml.safe_dump({"datasets": [{"path": "a.jsonl"}], "test_split_sise": 0.2}))
+    with pytest.raises(RecipeError, match="Unknown recipe key.*'test_split_sise' \\(did you mean 'test_split_size'"):
         parse_recipe(SFT["make_parser"](), ["--config", str(trl_style), "--output_dir", str(tmp_path / "o")])
 
 
@@ -335,6 +336,203 @@ def test_member_locations_name_every_member_id_for_the_output_check():
     assert member_locations({"datasets": [{"id": "a.jsonl"}, "junk", {"id": "owner/b"}]}) == {
         "dataset of `dataset_mixture.datasets[0]`": "a.jsonl", "dataset of `dataset_mixture.datasets[2]`": "owner/b"}
     assert member_locations(None) == {} and member_locations({"datasets": "x"}) == {}
+
+
+# ---- TRL's `datasets:` list, with TRL's own selection -------------------------------------------------------------
+
+
+def trl_mixed(members: list[dict], columns=SFT_COLUMNS, run_seed: int = 0, **keys) -> DatasetDict:
+    """The splits a recipe with TRL's `datasets: members` (and `keys`: test_split_size, streaming, ...) loads."""
+    return load_recipe_dataset(DataArguments(datasets=members, **keys), columns, seed=run_seed)
+
+
+def trl_refusal(members, columns=SFT_COLUMNS, **keys) -> str:
+    with pytest.raises(RecipeError) as refused:
+        trl_mixed(members, columns, **keys)
+    return str(refused.value)
+
+
+def trls_own_rows(members: list[dict]) -> list[str]:
+    """The rows TRL's own `get_dataset` mixes from `members` (no test split), as tags."""
+    from trl.scripts.utils import DatasetMixtureConfig, get_dataset
+
+    mixed_rows = get_dataset(DatasetMixtureConfig(datasets=[dict(member) for member in members]))["train"]
+    return [row["messages"][0]["content"] for row in mixed_rows]
+
+
+@pytest.mark.parametrize("sizes, fractions", [((25, 7), (0.6, 0.4)), ((10, 10), (3, 1)), ((20, 6), (0.7, 0.3)),
+                                              ((9, 4), (None, None)), ((12, 30), (1, 1))])
+def test_trl_datasets_take_the_rows_trls_get_dataset_takes_then_goft_holds_out_with_the_seed(tmp_path, sizes,
+                                                                                            fractions):
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    a = rows_file(tmp_path, "a", sizes[0])
+    rows_file(folder, "b", sizes[1])
+    members = [{"path": "json", "data_files": str(a), "fraction": fractions[0]},
+               {"path": str(folder), "fraction": fractions[1]}]
+    members = [{k: v for k, v in m.items() if v is not None} for m in members]
+    expected = trls_own_rows(members)  # TRL's first rows by normalised fraction, member after member
+    dataset = trl_mixed(members, run_seed=3, test_split_size=0.25)
+    split = Dataset.from_dict({"tag": expected}).train_test_split(test_size=0.25, shuffle=True, seed=3)
+    assert tags(dataset) == list(split["train"]["tag"]) + list(split["test"]["tag"])
+    if fractions[0] is None:
+        assert len(expected) == sum(sizes)
+
+
+def test_trl_datasets_read_data_files_lists_mappings_and_a_folders_named_splits_as_datasets_does(tmp_path):
+    a, b = rows_file(tmp_path, "a", 6), rows_file(tmp_path, "b", 5)
+    folder = tmp_path / "named"
+    folder.mkdir()
+    rows_file(folder, "train", 8), rows_file(folder, "test", 3)
+    members = [{"path": "json", "data_files": [str(b), str(a)], "fraction": 0.8},
+               {"path": "json", "data_files": {"train": str(a), "extra": str(b)}, "split": "extra", "fraction": 0.1},
+               {"path": str(folder), "split": "test", "fraction": 0.1}]
+    expected = trls_own_rows(members)
+    assert {t.split()[0] for t in expected} == {"a", "b", "test"}  # the folder's `test.jsonl` only
+    assert sorted(tags(trl_mixed(members, test_split_size=0.2))) == sorted(expected)
+    assert sorted(tags(trl_mixed([{"path": str(folder)}], test_split_size=0.2))) == sorted(
+        trls_own_rows([{"path": str(folder)}]))
+
+
+def test_trl_test_split_size_defaults_to_dataset_test_size_and_the_run_seed_picks_the_held_out_rows(tmp_path):
+    members = [{"path": "json", "data_files": str(rows_file(tmp_path, "a", 30))}]
+    args = DataArguments(datasets=members, dataset_test_size=0.2)
+    assert [len(split) for split in load_recipe_dataset(args, SFT_COLUMNS, seed=0).values()] == [24, 6]
+    assert tags(trl_mixed(members, run_seed=1)) == tags(trl_mixed(members, run_seed=1))
+    assert trl_mixed(members, run_seed=1)["test"]["messages"] != trl_mixed(members, run_seed=2)["test"]["messages"]
+
+
+@pytest.mark.parametrize("members, keys, expected", [
+    ([{"path": "json", "data_files": "a.jsonl"}], {"streaming": True}, ("`streaming: true` is not supported",)),
+    ([{"path": "json", "data_files": "a.jsonl", "fraction": 0.5}, {"path": "json", "data_files": "b.jsonl"}], {},
+     ("`fraction` must be set for every dataset of `datasets` or for none", "`datasets[1]` has none")),
+    ([{"path": "json", "data_files": "a.jsonl", "fraction": 0}], {}, ("`datasets[0]` ('json'): `fraction` is 0",)),
+    ([{"path": "json", "data_files": "a.jsonl", "fraction": "half"}], {}, ("`fraction` is 'half'",)),
+    ([{"id": "a.jsonl"}], {}, ("`datasets[0]` has the unknown key 'id'", "did you mean `path`?")),
+    ([{"path": "json", "data_files": "a.jsonl", "weight": 0.5}], {}, ("unknown key 'weight'", "`fraction`")),
+    ([{"name": "en"}], {}, ("`datasets[0]` has no `path`",)),
+    (["a.jsonl"], {}, ("`datasets[0]` is 'a.jsonl', not a mapping",)),
+    ([{"path": "json", "data_files": 3}], {}, ("`data_files` must be a file, a list of files or a mapping",)),
+    ([{"path": "json", "data_files": "a.jsonl", "columns": ["prompt"]}], {}, ("leaves out the column(s)",)),
+    ([], {}, ("`datasets` must be a non-empty list",)),
+    ([{"path": "json", "data_files": "a.jsonl"}], {"test_split_size": 50}, ("`test_split_size` is 50", "(0, 1)")),
+    ([{"path": "json", "data_files": "a.jsonl"}], {"dataset_config": "en"},
+     ("`dataset_config` applies to `dataset_name`", "its own `name`")),
+    ([{"path": "json", "data_files": "a.jsonl"}], {"dataset_name": "a.jsonl"},
+     ("Both `dataset_name` and `datasets` are given", "exactly one of `dataset_name`")),
+    ([{"path": "json", "data_files": "a.jsonl"}], {"dataset_name": "a.jsonl", "dataset_mixture": {"datasets": []}},
+     ("`dataset_name`, `dataset_mixture` and `datasets` are given",)),
+])
+def test_a_bad_trl_datasets_spec_is_refused_before_anything_loads(monkeypatch, members, keys, expected):
+    monkeypatch.setattr(data_module, "load_dataset", lambda *a, **k: pytest.fail("loaded before the spec was checked"))
+    message = trl_refusal(members, **keys)
+    for text in expected:
+        assert text in message, message
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: {"path": str(rows_file(d, "f", 4))}, ("reads `path` as a folder or a Hub dataset id, not a file",
+                                                      "`path: json` and `data_files: ")),
+    (lambda d: {"path": "json"}, ("`path: json` reads the local files of `data_files`",)),
+    (lambda d: {"path": "json", "data_files": str(d / "*.jsonl")}, ("is a pattern",)),
+    (lambda d: {"path": "json", "data_files": str(d / "gone.jsonl")}, ("gone.jsonl' does not exist",)),
+    (lambda d: {"path": "json", "data_files": str(rows_file(d, "f", 4)), "split": "test"},
+     ("reads a list of `data_files` as the split 'train', not 'test'",)),
+    (lambda d: {"path": "json", "data_files": {"train": str(rows_file(d, "f", 4))}, "split": "x"},
+     ("`data_files` has no split 'x'; it has ['train']",)),
+    (lambda d: {"path": "json", "data_files": str(rows_file(d, "f", 4)), "data_dir": "sub"},
+     ("(and no `data_dir`)",)),
+    (lambda d: {"path": "csv", "data_files": "a.csv"}, ("`path: csv` reads csv files", "JSON or JSONL only")),
+    (lambda d: {"path": str(d), "data_files": "a.jsonl"}, ("with a local folder as `path`, give no `data_files`",)),
+    (lambda d: {"path": str(d), "data_dir": "nope"}, ("`data_dir` 'nope' is no folder",)),
+    (lambda d: {"path": str(d), "split": "validation"}, ("not 'validation'",)),
+    (lambda d: {"path": "./no-such-folder"}, ("'./no-such-folder' does not exist",)),
+])
+def test_a_trl_member_goft_cannot_read_as_datasets_would_is_refused_and_named(tmp_path, make, expected):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows_file(data, "a", 6)
+    member = make(data)
+    message = trl_refusal([{"path": "json", "data_files": str(rows_file(tmp_path, "ok", 5))}, member])
+    assert message.startswith(f"`datasets[1]` ({member['path']!r}): "), message
+    for text in expected:
+        assert text in message, message
+
+
+def test_a_trl_members_records_are_checked_and_named_and_data_dir_reads_below_the_folder(tmp_path):
+    rows = [talk("b", i) for i in range(6)]
+    rows[3] = {"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "ok"}]}
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    b = write_jsonl(rows, tmp_path / "d" / "sub" / "b.jsonl")
+    good = rows_file(tmp_path, "a", 8)
+    message = trl_refusal([{"path": "json", "data_files": str(good)}, {"path": str(tmp_path / "d"), "data_dir": "sub"}])
+    assert message.startswith(f"`datasets[1]` ({str(tmp_path / 'd')!r}): The dataset file {str(b)!r}, line 4:")
+    write_jsonl([talk("b", i) for i in range(6)], b)
+    assert len(tags(trl_mixed([{"path": str(tmp_path / "d"), "data_dir": "sub"}]))) == 6
+
+
+def test_a_trl_hub_member_is_loaded_with_its_name_data_dir_and_data_files(monkeypatch):
+    loads = []
+
+    def fake_hub(path, *args, **kwargs):
+        loads.append((path, kwargs))
+        return DatasetDict({"train": Dataset.from_list([talk("hub", i) for i in range(8)])})
+
+    monkeypatch.setattr(data_module, "load_dataset", fake_hub)
+    dataset = trl_mixed([{"path": "someone/chats", "name": "en", "data_dir": "v2", "data_files": ["x.jsonl"]}])
+    assert loads == [("someone/chats", {"name": "en", "data_dir": "v2", "data_files": ["x.jsonl"]})]
+    assert len(tags(dataset)) == 8
+
+
+def test_test_split_size_and_streaming_go_with_datasets_only(tmp_path):
+    a = str(rows_file(tmp_path, "a", 10))
+    with pytest.raises(RecipeError, match="`test_split_size` goes with TRL's `datasets` list.*`dataset_test_size`"):
+        load_recipe_dataset(DataArguments(dataset_name=a, test_split_size=0.2), SFT_COLUMNS, seed=0)
+    with pytest.raises(RecipeError, match="`streaming` goes with.*`dataset_mixture.test_split_size`"):
+        load_recipe_dataset(DataArguments(dataset_mixture={"datasets": [{"id": a}]}, streaming=True), SFT_COLUMNS, 0)
+    with pytest.raises(RecipeError, match="The data is missing: give exactly one of `dataset_name`.*`datasets`"):
+        load_recipe_dataset(DataArguments(), SFT_COLUMNS, seed=0)
+
+
+def trl_recipe_file(tmp_path: Path, datasets, **keys) -> Path:
+    path = tmp_path / "trl-recipe.yaml"
+    path.write_text(yaml.safe_dump({"datasets": datasets, **keys}, sort_keys=False))
+    return path
+
+
+def test_the_recipe_parser_reads_trls_datasets_and_the_run_spec_and_card_hold_them(tmp_path):
+    a, b = rows_file(tmp_path, "a", 20), rows_file(tmp_path, "b", 10)
+    datasets = [{"path": "json", "data_files": str(a), "fraction": 0.7},
+                {"path": "someone/chats", "name": "en", "fraction": 0.3}]
+    data_args, *_, recipe_yaml = parsed(trl_recipe_file(tmp_path, datasets, test_split_size=0.2))
+    assert (data_args.datasets, data_args.test_split_size, data_args.streaming) == (datasets, 0.2, False)
+    assert yaml.safe_load(recipe_yaml)["datasets"] == datasets
+    spec = read_datasets(data_args.datasets, False, data_args.test_split_size, 42, 0.1)
+    assert [(m.id, m.config, m.fraction) for m in spec.members] == [("json", None, 0.7), ("someone/chats", "en", 0.3)]
+    assert describe_data(None, spec) == (["someone/chats"], f"a mixture (TRL's `datasets`: the first rows of each) of "
+                                         f"`{a}` (fraction 0.7), `someone/chats` (config en, fraction 0.3)")
+    specs = []
+    for fraction in (0.7, 0.7, 0.5):
+        members = [{"path": "json", "data_files": str(a), "fraction": fraction},
+                   {"path": "json", "data_files": str(b), "fraction": 0.3}]
+        args = parsed(trl_recipe_file(tmp_path, members))[:5]
+        specs.append(run_spec.build_spec(args, load_recipe_dataset(args[0], SFT_COLUMNS, seed=args[1].seed)))
+    assert run_spec.differences(specs[0], specs[1]) == []
+    assert "datasets" in [key for key, _, _ in run_spec.differences(specs[0], specs[2])]
+    with pytest.raises(RecipeError, match="datasets: .* in the checkpoint"):
+        run_spec.checked_resume_spec(specs[2], specs[0], "run/checkpoint-2", 2, allow_changes=False)
+    with pytest.raises(RecipeError, match="`streaming: true` is not supported"):
+        SFT["main"](*parsed(trl_recipe_file(tmp_path, members, streaming=True)))
+
+
+def test_trl_member_locations_name_every_local_path_and_data_file():
+    from goft.training.trl_datasets import member_locations as trl_locations
+
+    assert trl_locations([{"path": "json", "data_files": ["a.jsonl", "b.jsonl"]}, {"path": "data/c"},
+                          {"path": "json", "data_files": {"train": "d.jsonl"}}, "junk"]) == {
+        "dataset of `datasets[0]`, data file 0": "a.jsonl", "dataset of `datasets[0]`, data file 1": "b.jsonl",
+        "dataset of `datasets[1]`": "data/c", "dataset of `datasets[2]`, data file 0": "d.jsonl"}
+    assert trl_locations(None) == {}
 
 
 # ---- a run on a mixture, end to end -------------------------------------------------------------------------------
@@ -410,3 +608,34 @@ def test_an_output_folder_inside_a_members_folder_is_refused(model, tmp_path):
     with pytest.raises(RecipeError, match=r"lies inside the dataset of `dataset_mixture.datasets\[1\]`"):
         SFT["main"](*parse_recipe(SFT["make_parser"](), run_args(model, recipe, folder / "run")))
     assert not (folder / "run").exists()
+
+
+def test_a_run_on_trls_datasets_records_them_and_evaluation_rebuilds_its_held_out_split(model, tmp_path):
+    facts = rows_file(tmp_path, "facts", 24, source="facts")
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    rows_file(folder, "chat", 10)
+    datasets = [{"path": "json", "data_files": str(facts), "columns": ["messages"], "fraction": 0.75},
+                {"path": str(folder), "fraction": 0.25}]
+    output_dir = tmp_path / "run"
+    recipe = trl_recipe_file(tmp_path, datasets, test_split_size=0.25)
+    run_recipe(SFT["make_parser"], SFT["main"], run_args(model, recipe, output_dir))
+
+    record = json.loads((output_dir / checkpoints.FINISHED_MARKER).read_text())["data"]
+    assert record["dataset_name"] is None and "dataset_mixture" not in record and record["seed"] == 7
+    assert record["datasets"] == [
+        {"path": "json", "name": None, "data_dir": None, "data_files": [str(facts)], "split": "train",
+         "columns": ["messages"], "fraction": 0.75},
+        {"path": str(folder), "name": None, "data_dir": None, "data_files": None, "split": "train", "columns": None,
+         "fraction": 0.25}]
+    assert record["test_split_size"] == 0.25
+    card = (output_dir / "README.md").read_text()
+    assert "datasets" not in yaml.safe_load(card.split("---")[1])  # no Hub dataset: none in the metadata
+    assert (f"- **Dataset:** a mixture (TRL's `datasets`: the first rows of each) of `{facts}` (fraction 0.75), "
+            f"`{folder}` (fraction 0.25)\n") in card
+
+    expected = trls_own_rows([{k: v for k, v in m.items() if k != "columns"} for m in datasets])
+    assert len(expected) == 24 + 8  # 0.75 : 0.25 of the most rows that take none twice
+    rebuilt = held_out_split(output_dir)  # what recipes/evaluate.py scores the adapter on
+    split = Dataset.from_dict({"tag": expected}).train_test_split(test_size=0.25, shuffle=True, seed=7)
+    assert [row[0]["content"] for row in rebuilt["messages"]] == list(split["test"]["tag"])

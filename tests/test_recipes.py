@@ -98,7 +98,7 @@ def test_sft_single_process_trains_saves_and_reloads(sft_run, assets):
     config = json.loads((output_dir / "adapter_config.json").read_text())
     assert config["peft_type"] == "GIVENS" and config["strict"] and config["base_model_name_or_path"] == str(assets["model"])
     summary = run_summary(output_dir)
-    assert summary["world_size"] == 1
+    assert summary["world_size"] == 1 and summary["parallelism"] == "one process"
     assert summary["metrics"]["orthogonality_error"] <= 1e-5
     assert "task/before/exact_match" in summary["metrics"] and "task/after/exact_match" in summary["metrics"]
     card = (output_dir / "README.md").read_text()
@@ -137,7 +137,7 @@ def test_sft_two_processes(assets):
     output_dir = assets["root"] / "sft-2proc"
     result = launch("sft.py", common_args(assets["model"], assets["sft"], output_dir), processes=2, port=29532)
     check_ok(result)
-    assert run_summary(output_dir)["world_size"] == 2
+    assert run_summary(output_dir)["world_size"] == 2 and run_summary(output_dir)["parallelism"] == "DDP"
     assert_falling(train_losses(output_dir))
     assert (output_dir / "adapter_model.safetensors").is_file()
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 from ..training.checkpoints import FINISHED_MARKER, read_run_record
+from ..training.data import mixture_locations
 from ..training.errors import RecipeError
 from ..training.replay import REPLAY_FILE
 from . import assets, drift, knowledge
 from .report import (TASK_LEVELS, check_report_dir, plot_sweep, render_sweep, render_table, sweep_summary,
                      task_axis_name, write_json)
-from ..training.mixtures import member_locations
 from ..training.models import resolve_model_source
 from ..training.outputs import check_output_location, hold_output_lock
 from ..training.recipe_file import check_recipe_values, load_recipe_file
@@ -44,9 +44,10 @@ PLOT_FILE = "comparison.png"
 TIMINGS_FILE = "timings.json"
 RUN_SPEC_FILE = "compare_run.json"  # in each run's folder: what it was trained with, checked before it is reused
 # What makes the budget matched: a method may not change these.
-MATCHED_KEYS = ("model_name_or_path", "gguf_file", "dtype", "dataset_name", "dataset_mixture", "dataset_test_size",
-                "seed", "max_steps", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-                "max_length", "output_dir", "lr_scheduler_type", "warmup_steps", "warmup_ratio", "beta")
+MATCHED_KEYS = ("model_name_or_path", "gguf_file", "dtype", "dataset_name", "dataset_mixture", "datasets",
+                "test_split_size", "dataset_test_size", "seed", "max_steps", "num_train_epochs",
+                "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "output_dir",
+                "lr_scheduler_type", "warmup_steps", "warmup_ratio", "beta")
 STAGES = ("sft", "dpo")
 STEP_EFFICIENCY = 0.5  # share of the measured matmul speed a training step reaches (first guess, before timings)
 
@@ -436,7 +437,8 @@ def compare(args: CompareArguments, scripts: dict[str, Path], parsers: dict) -> 
     source = resolve_model_source(recipe.get("model_name_or_path"), recipe.get("gguf_file"))
     check_output_location(args.output_dir, {"recipe": args.recipe,
                                             "model folder": source.path, "dataset": recipe.get("dataset_name"),
-                                            **member_locations(recipe.get("dataset_mixture"))})
+                                            **mixture_locations(recipe.get("dataset_mixture"),
+                                                                recipe.get("datasets"))})
     hold_output_lock(args.output_dir, "comparison")
     reported = runs if args.only is None else plan_runs(dataclasses.replace(args, only=None), parsers.get(args.stage))
     return Comparison(args, scripts[args.stage], runs, source, reference, reported).run_all()

@@ -130,9 +130,10 @@ def _data_record(adapter_path) -> dict | None:
     """The `data` record a finished recipe run wrote next to its adapter, or None."""
     record = read_run_record(adapter_path)
     data = record.get("data") if record else None
-    if data is not None and not (isinstance(data, dict) and (data.get("dataset_name") or data.get("dataset_mixture"))):
+    if data is not None and not (isinstance(data, dict) and (data.get("dataset_name") or data.get("dataset_mixture")
+                                                             or data.get("datasets"))):
         raise RecipeError(f"The `data` record in {Path(adapter_path) / FINISHED_MARKER} names no `dataset_name` "
-                          "(nor `dataset_mixture`).")
+                          "(nor `dataset_mixture`, nor `datasets`).")
     return data
 
 
@@ -140,7 +141,9 @@ def _data_label(record: dict) -> str:
     """The data a record names, for messages: its dataset, or the ids of its mixture's datasets."""
     if record.get("dataset_name"):
         return repr(record["dataset_name"])
-    return "the mixture of " + ", ".join(repr(member.get("id")) for member in record["dataset_mixture"]["datasets"])
+    if record.get("dataset_mixture"):
+        return "the mixture of " + ", ".join(repr(member.get("id")) for member in record["dataset_mixture"]["datasets"])
+    return "the mixture of " + ", ".join(repr(member.get("path")) for member in record["datasets"])
 
 
 def held_out_split(adapter_path, dataset_name: str | None = None):
@@ -153,6 +156,7 @@ def held_out_split(adapter_path, dataset_name: str | None = None):
         if record is None:
             return None
         args = DataArguments(dataset_name=record.get("dataset_name"), dataset_mixture=record.get("dataset_mixture"),
+                             datasets=record.get("datasets"), test_split_size=record.get("test_split_size"),
                              dataset_config=record.get("dataset_config"),
                              dataset_train_split=record.get("dataset_train_split", "train"),
                              dataset_test_split=record.get("dataset_test_split", "test"),

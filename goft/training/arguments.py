@@ -14,7 +14,8 @@ ADAPTER_CHOICES = ("givens", "sorsa", "hra", "oft", "boft", "road", "lora")
 @dataclass
 class DataArguments(ScriptArguments):
     """Where the data comes from: `dataset_name` is a local JSON/JSONL file or folder, or a Hub dataset id; or
-    `dataset_mixture` mixes several of them (see `goft.training.mixtures`)."""
+    `dataset_mixture` mixes several of them (see `goft.training.mixtures`), or TRL's `datasets` list does (with TRL's
+    `test_split_size` and `streaming`; see `goft.training.trl_datasets`)."""
 
     dataset_mixture: dict | None = field(
         default=None,
@@ -23,6 +24,23 @@ class DataArguments(ScriptArguments):
                   "(default train), columns (keep only these), weight (share of its rows taken, in (0, 1]; default "
                   "1)}; `seed` (default: the run's) picks the rows and shuffles them; `test_split_size` (default: "
                   "`dataset_test_size`) is held out of the mixed rows."},
+    )
+    datasets: list[dict] | None = field(
+        default=None,
+        metadata={"help": "Instead of `dataset_name` (YAML recipe): TRL's list of datasets mixed into one, with TRL's "
+                  "meaning: {path (`json` with local `data_files`, a local folder, or a Hub id), name, data_dir, "
+                  "data_files, split (default train), columns, fraction}; the fractions (all or none) are normalised "
+                  "and each dataset gives its first rows, as many as fit without taking a row twice. The held-out "
+                  "split is then drawn with the run's `seed`."},
+    )
+    test_split_size: float | None = field(
+        default=None,
+        metadata={"help": "With `datasets`: the share of the mixed rows held out as the test split (default: "
+                  "`dataset_test_size`)."},
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "With `datasets`: TRL's streaming, refused when true (goft checks every record first)."},
     )
     dataset_test_size: float = field(
         default=0.1,

@@ -178,7 +178,7 @@ def refuse_secret_flags(argv: list[str]) -> None:
 def run_recipe(make_parser, main, argv: list[str] | None = None) -> None:
     """Parse and run; a `RecipeError` becomes one clear line on stderr and exit status 2."""
     use_all_cpu_cores()
-    from .fsdp import honour_fsdp_on_cpu  # imports cli: not at module level
+    from .cpu_fsdp import honour_fsdp_on_cpu  # imports cli: not at module level
 
     honour_fsdp_on_cpu()
     try:

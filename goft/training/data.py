@@ -13,7 +13,7 @@ from datasets import DatasetDict, load_dataset
 from datasets.exceptions import DatasetGenerationError
 from huggingface_hub import constants
 
-from . import mixtures
+from . import mixtures, trl_datasets
 from .errors import RecipeError
 from .records import STAGE_COLUMNS, RecordCheck, check_rows, json_type
 
@@ -193,13 +193,16 @@ def _loaded(name: str, load) -> DatasetDict:
         raise RecipeError(f"Cannot load the dataset {name!r}: {type(cause).__name__}: {cause}.{offline}") from None
 
 
-def _load_checked(name: str, config: str | None, split: str, required_columns: tuple[str, ...]):
-    """(dataset, whether it is local): a local file or folder, read and checked record by record and loaded as
-    `split`, or a Hub dataset (`config`); it must have `split`, with `required_columns`."""
+def _load_checked(name: str, config: str | None, split: str, required_columns: tuple[str, ...],
+                  files: list[str] | None = None, hub_options: dict | None = None):
+    """(dataset, whether it is local): a local file or folder (or the local `files` given), read and checked record by
+    record and loaded as `split`, or a Hub dataset (`config`, and `hub_options` for `load_dataset`); it must have
+    `split`, with `required_columns`."""
     local = Path(os.path.expanduser(name))
-    is_local = local.exists()
+    is_local = files is not None or local.exists()
     if is_local:
-        files = _local_json_files(local)
+        files = [checked for file in files for checked in _local_json_files(Path(file))] if files is not None \
+            else _local_json_files(local)
         if _check_local_records(files, required_columns) == 0:
             raise RecipeError(f"The dataset {name!r} holds no records (only blank lines or an empty array).")
         dataset = _loaded(name, lambda: load_dataset("json", data_files={split: files}))
@@ -208,7 +211,7 @@ def _load_checked(name: str, config: str | None, split: str, required_columns: t
                           f"({os.path.abspath(local)}). Give a local .json/.jsonl file or folder, or a Hub dataset id "
                           "(`owner/name`).")
     else:
-        dataset = _loaded(name, lambda: load_dataset(name, name=config))
+        dataset = _loaded(name, lambda: load_dataset(name, name=config, **(hub_options or {})))
     if split not in dataset:
         raise RecipeError(f"The dataset {name!r} has no split {split!r}; it has {sorted(dataset)}.")
     missing = [c for c in required_columns if c not in dataset[split].column_names]
@@ -230,34 +233,78 @@ def _checked_rows(dataset: DatasetDict, name: str, splits: tuple[str, ...], requ
 
 
 def _member_rows(member: mixtures.Member, required_columns: tuple[str, ...]):
-    """The rows of a mixture member's split, checked like a `dataset_name`'s."""
-    dataset, is_local = _load_checked(member.id, member.config, member.split, required_columns)
+    """The rows of a mixture member's split, checked like a `dataset_name`'s (a TRL member's local files as datasets
+    would read them)."""
+    hub_options = {key: value for key, value in (("data_dir", member.data_dir), ("data_files", member.data_files))
+                   if value is not None}
+    hub_options = {key: list(value) if isinstance(value, tuple) else value for key, value in hub_options.items()}
+    dataset, is_local = _load_checked(member.id, member.config, member.split, required_columns,
+                                      trl_datasets.local_files(member), hub_options)
     _checked_rows(dataset, member.id, (member.split,), required_columns, is_local)
     return dataset[member.split]
 
 
-def _load_mixture(data_args, required_columns: tuple[str, ...], seed: int) -> DatasetDict:
-    if data_args.dataset_config:
-        raise RecipeError("`dataset_config` applies to `dataset_name`; with `dataset_mixture`, give each dataset of "
-                          "the mixture its own `config`.")
-    mixture = mixtures.read_mixture(data_args.dataset_mixture, seed, data_args.dataset_test_size, required_columns)
-    return mixtures.build_mixture(mixture, lambda member: _member_rows(member, required_columns),
-                                  data_args.dataset_train_split, data_args.dataset_test_split)
+def recipe_mixture(data_args, run_seed: int = 0, required_columns: tuple[str, ...] = ()) -> mixtures.Mixture | None:
+    """The mixture the recipe's data arguments write, checked: `dataset_mixture`, or TRL's `datasets` (with its
+    `streaming` and `test_split_size`); None when they write none."""
+    if data_args.dataset_mixture is not None:
+        return mixtures.read_mixture(data_args.dataset_mixture, run_seed, data_args.dataset_test_size,
+                                     required_columns)
+    if data_args.datasets is not None:
+        return trl_datasets.read_datasets(data_args.datasets, data_args.streaming, data_args.test_split_size,
+                                          run_seed, data_args.dataset_test_size, required_columns)
+    return None
+
+
+def mixture_record(mixture: mixtures.Mixture) -> dict:
+    """The recipe keys, every default filled in, from which the mixture's splits are rebuilt (goft_run.json)."""
+    if mixture.selection == mixtures.FRACTION:
+        return trl_datasets.recipe_keys(mixture)
+    return {mixtures.KEY: mixture.record()}
+
+
+def mixture_locations(dataset_mixture, datasets) -> dict[str, str]:
+    """{what: location} of every dataset a `dataset_mixture` or TRL's `datasets` names (unchecked)."""
+    return {**mixtures.member_locations(dataset_mixture), **trl_datasets.member_locations(datasets)}
+
+
+SOURCES = "`dataset_name` (one dataset), `dataset_mixture` (alignment-handbook's mixture) and `datasets` (TRL's list)"
+
+
+def _check_one_source(data_args) -> None:
+    """Exactly one of `dataset_name`, `dataset_mixture` and `datasets`; TRL's `test_split_size` and `streaming` only
+    with `datasets`, `dataset_config` only with `dataset_name`."""
+    given = [f"`{key}`" for key, value in (("dataset_name", data_args.dataset_name),
+                                           ("dataset_mixture", data_args.dataset_mixture),
+                                           ("datasets", data_args.datasets)) if value not in (None, "")]
+    if len(given) > 1:
+        both = f"Both {given[0]} and {given[1]}" if len(given) == 2 else f"{', '.join(given[:-1])} and {given[-1]}"
+        raise RecipeError(f"{both} are given; give exactly one of {SOURCES}.")
+    if not given:
+        raise RecipeError(f"The data is missing: give exactly one of {SOURCES}. `dataset_name` is a local "
+                          ".json/.jsonl file or folder, or a Hub dataset id; the other two mix several (see "
+                          "--help_all).")
+    if data_args.datasets is None and (data_args.test_split_size is not None or data_args.streaming):
+        key = "test_split_size" if data_args.test_split_size is not None else "streaming"
+        raise RecipeError(f"`{key}` goes with TRL's `datasets` list; with {given[0]}, the held-out share is "
+                          + ("`dataset_mixture.test_split_size`." if given[0] == "`dataset_mixture`"
+                             else "`dataset_test_size`."))
+    if data_args.dataset_config and data_args.dataset_name in (None, ""):
+        own = "`config`" if data_args.dataset_mixture is not None else "`name`"
+        raise RecipeError(f"`dataset_config` applies to `dataset_name`; with {given[0]}, give each dataset of the "
+                          f"mixture its own {own}.")
 
 
 def load_recipe_dataset(data_args, required_columns: tuple[str, ...], seed: int) -> DatasetDict:
-    """Train and test splits with `required_columns`, from `dataset_name` or `dataset_mixture` (see `mixtures`); a
-    test split is carved out when the data has none. The records of a stage's columns (`SFT_COLUMNS`,
-    `DPO_COLUMNS`) are checked one by one first."""
+    """Train and test splits with `required_columns`, from `dataset_name`, `dataset_mixture` or TRL's `datasets`
+    (see `mixtures`); a test split is carved out when the data has none. The records of a stage's columns
+    (`SFT_COLUMNS`, `DPO_COLUMNS`) are checked one by one first."""
+    _check_one_source(data_args)
+    mixture = recipe_mixture(data_args, seed, tuple(required_columns))
+    if mixture is not None:
+        return mixtures.build_mixture(mixture, lambda member: _member_rows(member, tuple(required_columns)),
+                                      data_args.dataset_train_split, data_args.dataset_test_split)
     name = data_args.dataset_name
-    if name and data_args.dataset_mixture is not None:
-        raise RecipeError("Both `dataset_name` and `dataset_mixture` are given; give one of them: `dataset_name` for "
-                          "one dataset, `dataset_mixture` to mix several.")
-    if data_args.dataset_mixture is not None:
-        return _load_mixture(data_args, tuple(required_columns), seed)
-    if not name:
-        raise RecipeError("`dataset_name` or `dataset_mixture` is required: `dataset_name` is a local .json/.jsonl "
-                          "file or folder, or a Hub dataset id; `dataset_mixture` mixes several (see --help_all).")
     train_split, test_split = data_args.dataset_train_split, data_args.dataset_test_split
     dataset, is_local = _load_checked(name, data_args.dataset_config, train_split, required_columns)
     _checked_rows(dataset, name, (train_split, test_split), required_columns, is_local)

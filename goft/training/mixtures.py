@@ -14,6 +14,9 @@
 Each member is checked like `dataset_name` (by the loader `build_mixture` is given), its rows are shuffled with the
 seed and the first `floor(weight * rows)` taken; the members' rows are concatenated, shuffled with the seed and split:
 `test_split_size` of them are held out. The same spec and seed give the same rows, in the same order.
+
+TRL's own spelling, a top-level `datasets:` list (`trl_datasets`), is read into the same members with the selection
+`FRACTION`: TRL's first rows by normalised fraction instead of a seeded share; the rest is the same.
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ MIXTURE_KEYS = ("datasets", "seed", "test_split_size")
 MEMBER_KEYS = ("id", "config", "split", "columns", "weight")
 TRL_NAMES = {"path": "id", "name": "config", "fraction": "weight"}  # TRL's DatasetConfig spells these so
 SEED_LIMIT = 2 ** 32
+WEIGHT, FRACTION = "seeded weight", "first rows by normalised fraction"  # how members' rows are selected
 EXAMPLE = "`dataset_mixture: {datasets: [{id: data/a.jsonl, weight: 0.5}, {id: data/b.jsonl}]}`"
 
 
 @dataclass(frozen=True)
 class Member:
-    """One dataset of a mixture; `index` is its place in `dataset_mixture.datasets`, from 0."""
+    """One dataset of a mixture; `index` is its place in the list `key` (`dataset_mixture.datasets`, or TRL's
+    `datasets`), from 0. TRL's members may also have a `fraction`, `data_dir` and `data_files` (see `trl_datasets`)."""
 
     index: int
     id: str
@@ -46,10 +51,14 @@ class Member:
     split: str = "train"
     columns: tuple[str, ...] | None = None
     weight: float = 1.0
+    key: str = f"{KEY}.datasets"
+    fraction: float | None = None
+    data_dir: str | None = None
+    data_files: str | tuple[str, ...] | dict | None = None
 
     @property
     def label(self) -> str:
-        return f"`{KEY}.datasets[{self.index}]` ({self.id!r})"
+        return f"`{self.key}[{self.index}]` ({self.id!r})"
 
     def record(self) -> dict:
         """The member as goft_run.json records it: a local id as an absolute path, every key spelled out."""
@@ -60,11 +69,22 @@ class Member:
 
 @dataclass(frozen=True)
 class Mixture:
-    """A checked `dataset_mixture`, its seed and held-out share filled in."""
+    """A checked mixture, its seed and held-out share filled in; `selection`: `WEIGHT` (alignment-handbook's
+    `dataset_mixture`) or `FRACTION` (TRL's `datasets`)."""
 
     members: tuple[Member, ...]
     seed: int
     test_split_size: float
+    selection: str = WEIGHT
+
+    @property
+    def name(self) -> str:
+        """The recipe key the mixture was written as, for messages."""
+        return f"`{KEY}`" if self.selection == WEIGHT else "`datasets`"
+
+    @property
+    def test_key(self) -> str:
+        return f"`{KEY}.test_split_size`" if self.selection == WEIGHT else "`test_split_size`"
 
     def record(self) -> dict:
         """The mixture with every default filled in, from which the same splits can be rebuilt elsewhere."""
@@ -76,12 +96,13 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _refuse_unknown(keys, known: tuple[str, ...], where: str) -> None:
+def _refuse_unknown(keys, known: tuple[str, ...], where: str, other_names: dict = TRL_NAMES) -> None:
+    """A key not in `known` is refused, with the closest known key (or the one `other_names` maps it to)."""
     unknown = [key for key in keys if key not in known]
     if not unknown:
         return
     key = unknown[0]
-    close = TRL_NAMES.get(key) or next(iter(difflib.get_close_matches(str(key), known, n=1)), None)
+    close = other_names.get(key) or next(iter(difflib.get_close_matches(str(key), known, n=1)), None)
     hint = f" (did you mean `{close}`?)" if close else ""
     raise RecipeError(f"{where} has the unknown key {key!r}{hint}; its keys are {', '.join(known)}.")
 
@@ -174,37 +195,59 @@ def _taken(rows: Dataset, member: Member, seed: int) -> Dataset:
     return rows if count == len(rows) else rows.shuffle(seed=seed).select(range(count))
 
 
-def _check_same_columns(parts: list[Dataset], members: tuple[Member, ...]) -> None:
+def _first_rows_by_fraction(parts: list[Dataset], members: tuple[Member, ...]) -> list[Dataset]:
+    """TRL's selection: the fractions, normalised to sum to one, are each member's share of the mixture, whose size
+    `total` is the largest that takes no member's row twice; each member gives its first `round(share * total)` rows.
+    Without fractions every row is taken."""
+    fractions = [member.fraction for member in members]
+    if fractions[0] is None:
+        return parts
+    shares = [fraction / sum(fractions) for fraction in fractions]
+    total = min(len(part) / share for part, share in zip(parts, shares))
+    taken = []
+    for part, share, member in zip(parts, shares, members):
+        count = min(round(share * total), len(part))
+        if count == 0:
+            raise RecipeError(f"{member.label}: `fraction` {member.fraction} of a mixture of {total:g} row(s) takes "
+                              "none of its rows; raise its fraction or add rows to the other datasets.")
+        taken.append(part.select(range(count)))
+    return taken
+
+
+def _check_same_columns(parts: list[Dataset], mixture: Mixture) -> None:
     layouts = {frozenset(part.column_names) for part in parts}
     if len(layouts) == 1:
         return
-    listed = "; ".join(f"{member.label}: {part.column_names}" for member, part in zip(members, parts))
-    raise RecipeError(f"The `{KEY}` members have different columns ({listed}). Mixed rows need the same columns: "
-                      "give each member `columns: [...]` with the ones the stage trains on.")
+    listed = "; ".join(f"{member.label}: {part.column_names}" for member, part in zip(mixture.members, parts))
+    raise RecipeError(f"The {mixture.name} members have different columns ({listed}). Mixed rows need the same "
+                      "columns: give each member `columns: [...]` with the ones the stage trains on.")
 
 
-def _concatenated(parts: list[Dataset], members: tuple[Member, ...]) -> Dataset:
+def _concatenated(parts: list[Dataset], mixture: Mixture) -> Dataset:
     try:
         return concatenate_datasets(parts)
     except ValueError:
-        listed = "; ".join(f"{member.label}: {part.features}" for member, part in zip(members, parts))
-        raise RecipeError(f"The `{KEY}` members' columns hold values of different types, which cannot be mixed "
+        listed = "; ".join(f"{member.label}: {part.features}" for member, part in zip(mixture.members, parts))
+        raise RecipeError(f"The {mixture.name} members' columns hold values of different types, which cannot be mixed "
                           f"({listed}). Give every member's records the same shape (the same keys in each "
                           "message, for instance).") from None
 
 
-def _check_split_sizes(rows: int, test_size: float) -> None:
+def _check_split_sizes(rows: int, mixture: Mixture) -> None:
+    test_size = mixture.test_split_size
     held_out = math.ceil(test_size * rows)  # as datasets' train_test_split counts
     if held_out >= rows:
-        raise RecipeError(f"The `{KEY}` has {rows} row(s), too few to hold out a test split of {test_size}: it would "
-                          f"hold out {held_out} and leave none to train on. Lower `{KEY}.test_split_size` (or "
-                          "`dataset_test_size`), raise the weights, or add rows.")
+        shares = "the weights" if mixture.selection == WEIGHT else "the datasets"
+        raise RecipeError(f"The {mixture.name} mixture has {rows} row(s), too few to hold out a test split of "
+                          f"{test_size}: it would hold out {held_out} and leave none to train on. Lower "
+                          f"{mixture.test_key} (or `dataset_test_size`), raise {shares}, or add rows.")
 
 
 def build_mixture(mixture: Mixture, load_member: Callable[[Member], Dataset], train_split: str,
                   test_split: str) -> DatasetDict:
     """The mixed `train_split` and held-out `test_split`. `load_member(member)` gives the rows of the member's split,
-    checked (a `RecipeError` it raises is named with the member); `columns` and `weight` are applied here."""
+    checked (a `RecipeError` it raises is named with the member); `columns` and the selection (each member's `weight`,
+    or TRL's fractions) are applied here."""
     parts = []
     for member in mixture.members:
         try:
@@ -217,9 +260,11 @@ def build_mixture(mixture: Mixture, load_member: Callable[[Member], Dataset], tr
                 raise RecipeError(f"{member.label}: `columns` names {missing}, which the dataset does not have; its "
                                   f"columns are {rows.column_names}.")
             rows = rows.select_columns(list(member.columns))
-        parts.append(_taken(rows, member, mixture.seed))
-    _check_same_columns(parts, mixture.members)
-    mixed = _concatenated(parts, mixture.members)
-    _check_split_sizes(len(mixed), mixture.test_split_size)
+        parts.append(_taken(rows, member, mixture.seed) if mixture.selection == WEIGHT else rows)
+    if mixture.selection == FRACTION:
+        parts = _first_rows_by_fraction(parts, mixture.members)
+    _check_same_columns(parts, mixture)
+    mixed = _concatenated(parts, mixture)
+    _check_split_sizes(len(mixed), mixture)
     held_out = mixed.train_test_split(test_size=mixture.test_split_size, shuffle=True, seed=mixture.seed)  # interleaves
     return DatasetDict({train_split: held_out["train"], test_split: held_out["test"]})

@@ -4,7 +4,7 @@ import importlib.metadata
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from . import mixtures
+from . import mixtures, trl_datasets
 from .data import is_hub_dataset
 from .run_spec import plain_value
 
@@ -20,20 +20,37 @@ GOFT_CITATION = """@InProceedings{pmlr-v235-ma24a,
 }"""
 
 
-def describe_data(dataset_name: str | None, mixture: dict | None = None) -> tuple[list[str], str]:
+def describe_data(dataset_name: str | None, mixture: dict | mixtures.Mixture | None = None) -> tuple[list[str], str]:
     """(the Hub datasets the run trained on, for the card's metadata; the card's dataset line): `dataset_name`, or
-    every dataset of the recipe's `dataset_mixture` with its weight."""
+    every dataset of the recipe's mixture (a `dataset_mixture` value, or a read `Mixture`, TRL's `datasets` too) with
+    its weight or fraction."""
     if mixture is None:
         return ([dataset_name] if dataset_name and is_hub_dataset(dataset_name) else []), f"`{dataset_name}`"
-    members = mixtures.read_mixture(mixture).members
-    hub_ids = list(dict.fromkeys(member.id for member in members if is_hub_dataset(member.id)))
-    return hub_ids, "a mixture of " + ", ".join(_member_text(member) for member in members)
+    if not isinstance(mixture, mixtures.Mixture):
+        mixture = mixtures.read_mixture(mixture)
+    members = mixture.members
+    hub_ids = list(dict.fromkeys(member.id for member in members if _is_hub_member(member)))
+    kind = "" if mixture.selection == mixtures.WEIGHT else " (TRL's `datasets`: the first rows of each)"
+    return hub_ids, f"a mixture{kind} of " + ", ".join(_member_text(member) for member in members)
+
+
+def _is_hub_member(member: mixtures.Member) -> bool:
+    return not (member.key == trl_datasets.KEY and member.id == trl_datasets.JSON_BUILDER) and \
+        is_hub_dataset(member.id)
 
 
 def _member_text(member: mixtures.Member) -> str:
     details = [f"config {member.config}"] if member.config else []
     details += [f"split {member.split}"] if member.split != "train" else []
-    return f"`{member.id}` ({', '.join([*details, f'weight {member.weight:g}'])})"
+    name = member.id
+    if member.key != trl_datasets.KEY:
+        details.append(f"weight {member.weight:g}")
+    else:
+        files = member.data_files.get(member.split, ()) if isinstance(member.data_files, dict) else member.data_files
+        name = ", ".join(files) if member.id == trl_datasets.JSON_BUILDER and files else name
+        details += [f"data_dir {member.data_dir}"] if member.data_dir else []
+        details += [f"fraction {member.fraction:g}"] if member.fraction is not None else []
+    return f"`{name}`" + (f" ({', '.join(details)})" if details else "")
 
 
 def _metrics_table(metrics: dict) -> str:

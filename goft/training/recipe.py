@@ -5,6 +5,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
+from accelerate.utils import DistributedType
 from peft import PeftConfig, PeftModel
 from transformers.trainer_utils import set_seed
 
@@ -13,10 +14,9 @@ from . import adapters, anchor, checkpoints, forgetting, fsdp, hub, model_card, 
 from .argument_checks import check_training_arguments
 from .chat_templates import use_training_chat_template
 from .cli import recipe_config_path
-from .data import load_recipe_dataset
+from .data import load_recipe_dataset, mixture_locations, mixture_record, recipe_mixture
 from .errors import RecipeError
 from .logging_targets import log_destinations, set_log_defaults
-from .mixtures import member_locations, read_mixture
 from .models import (ModelSource, is_adapter_folder, load_adapter_config, load_causal_lm, load_tokenizer,
                      quantization_config, resolve_model_source)
 from .regularized import Regularizer
@@ -157,9 +157,9 @@ class RecipeRun:
                   "dataset_test_split": args.dataset_test_split, "dataset_test_size": args.dataset_test_size,
                   "seed": self.training_args.seed, "columns": list(self.train_dataset.column_names),
                   "split_sha256": self.spec.get("data")}
-        if args.dataset_mixture is not None:
-            record["dataset_mixture"] = read_mixture(args.dataset_mixture, self.training_args.seed,
-                                                     args.dataset_test_size).record()
+        mixture = recipe_mixture(args, self.training_args.seed)
+        if mixture is not None:  # `dataset_mixture`, or TRL's `datasets` and `test_split_size`
+            record.update(mixture_record(mixture))
         return record
 
     def record_task_metrics(self, when: str, metrics: dict) -> None:
@@ -213,7 +213,7 @@ class RecipeRun:
                 stage=self.stage, source=self.source, method=adapters.describe_adapter(self.adapter_config),
                 strict=adapters.is_exactly_orthogonal(self.adapter_config), recipe_yaml=self.recipe_yaml,
                 metrics=metrics, dataset_name=self.data_args.dataset_name,
-                dataset_mixture=self.data_args.dataset_mixture,
+                dataset_mixture=recipe_mixture(self.data_args, self.training_args.seed),
                 repo_or_dir=args.hub_model_id if self.push_to_hub else os.path.abspath(args.output_dir),
                 init_adapter=self.source.adapter_path, strictness_waived=self.strictness_waived,
                 resume_changes=self.spec.get("changes", []),
@@ -221,6 +221,7 @@ class RecipeRun:
             card.save(os.path.join(args.output_dir, "README.md"))
             checkpoints.mark_finished(args.output_dir, {"stage": self.stage, "metrics": metrics,
                                                         "world_size": trainer.accelerator.num_processes,
+                                                        "parallelism": parallelism(trainer.accelerator),
                                                         "data": self.data_record(),
                                                         "retention": self.retention_record,
                                                         "logs": log_destinations(args),
@@ -232,6 +233,15 @@ class RecipeRun:
                 metrics["hub_url"] = url
         trainer.accelerator.wait_for_everyone()
         return metrics
+
+
+def parallelism(accelerator) -> str:
+    """How the run was spread over its processes: 'FSDP1', 'FSDP2', 'DeepSpeed ZeRO-N', 'DDP' or 'one process'."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return f"FSDP{accelerator.state.fsdp_plugin.fsdp_version}"
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+    return "DDP" if accelerator.num_processes > 1 else "one process"
 
 
 def _final_training_metrics(trainer) -> dict:
@@ -273,7 +283,8 @@ def check_model(source: ModelSource, adapter_config: PeftConfig, adapter_args, m
 def _read_locations(data_args, training_args, retention_args, source: ModelSource) -> dict:
     """Every local location the run reads, by what it is (the output must overlap none of them)."""
     return {"model folder": source.path, "adapter folder it continues": source.adapter_path,
-            "dataset": data_args.dataset_name, **member_locations(data_args.dataset_mixture),
+            "dataset": data_args.dataset_name,
+            **mixture_locations(data_args.dataset_mixture, data_args.datasets),
             "recipe file": recipe_config_path(sys.argv[1:]),
             "chat template": getattr(training_args, "chat_template_path", None),
             "retention questions": retention_args.retention_questions, "general text": retention_args.general_text,

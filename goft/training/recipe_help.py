@@ -16,6 +16,7 @@ GROUPS = (
         ("model_name_or_path", "Hub id, local folder, adapter folder (to continue) or embedded model"),
         ("dataset_name", "local JSON/JSONL file or folder, or a Hub dataset id"),
         ("dataset_mixture", "instead of dataset_name (YAML): datasets mixed by weight"),
+        ("datasets", "or TRL's list (YAML): first rows by fraction; with test_split_size"),
         ("output_dir", "where the adapter, its model card and the checkpoints go"),
         ("overwrite_output_dir", "start afresh; the previous run is kept aside until the new one finishes"),
         ("resume_from_checkpoint", "a checkpoint folder (rerunning a command resumes by itself)"),
