@@ -181,18 +181,23 @@ def run_recipe(make_parser, main, argv: list[str] | None = None) -> None:
     from .cpu_fsdp import honour_fsdp_on_cpu  # imports cli: not at module level
 
     honour_fsdp_on_cpu()
+    finished = False
     try:
         main(*parse_recipe(make_parser(), argv))
+        finished = True
     except RecipeError as error:
         sys.stderr.write(f"error: {scrub(str(error))}\n")  # one write: processes' lines do not interleave
         sys.stderr.flush()
         sys.exit(2)
     finally:
-        leave_process_group()
+        leave_process_group(together=finished)
 
 
-def leave_process_group() -> None:
+def leave_process_group(together: bool = True) -> None:
     """Tear the process group down before exit: left to interpreter shutdown, gloo's threads can abort a finished
-    multi-process run ("terminate called without an active exception")."""
+    multi-process run ("terminate called without an active exception"). `together`: every process got here (a
+    finished run), so they first wait for each other and none closes its connections while another still writes."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if together:
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
