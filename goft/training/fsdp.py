@@ -124,10 +124,13 @@ class WholeAdaptersUnderFsdp1Mixin:
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.whole_adapter_parameters and self.accelerator.sync_gradients:
-            world = self.accelerator.num_processes
-            for param in self.whole_adapter_parameters:  # the same order on every process
+            params = self.whole_adapter_parameters  # the same order on every process
+            for param in params:
                 if param.grad is None:
                     param.grad = torch.zeros_like(param)
-                torch.distributed.all_reduce(param.grad)
-                param.grad.div_(world)
+            flat = torch.cat([param.grad.reshape(-1) for param in params])  # one collective, not one per tensor
+            torch.distributed.all_reduce(flat)
+            flat.div_(self.accelerator.num_processes)
+            for param, averaged in zip(params, flat.split([param.numel() for param in params])):
+                param.grad.copy_(averaged.view_as(param.grad))
         return loss
