@@ -18,8 +18,9 @@ from peft import BOFTConfig, HRAConfig, LoraConfig, OFTConfig, RoadConfig, get_p
 from torch import nn
 from transformers import HfArgumentParser
 
-import goft  # registers the Givens method with peft
-from benchmarks.measure import interleaved_medians, machine, markdown_table, saved_bytes, write_json
+from benchmarks.measure import interleaved_medians, machine, saved_bytes
+from goft import GivensConfig
+from goft.formats import markdown_table, write_json
 from goft.givens import angles_from_raw, givens_blocks, rotate_rows_reference
 
 FROZEN = "frozen Linear"
@@ -54,13 +55,14 @@ class PlainAutogradGivens(nn.Module):
 def peft_method(config_factory):
     def build(weight):
         return get_peft_model(OneLinear(weight), config_factory())
+
     return build
 
 
 METHODS = {
     FROZEN: OneLinear,
-    STRICT: peft_method(lambda: goft.GivensConfig(target_modules=["proj"])),
-    "GOFT quasi": peft_method(lambda: goft.GivensConfig(target_modules=["proj"], strict=False, quasi=True)),
+    STRICT: peft_method(lambda: GivensConfig(target_modules=["proj"])),
+    "GOFT quasi": peft_method(lambda: GivensConfig(target_modules=["proj"], strict=False, quasi=True)),
     "GOFT plain autograd": PlainAutogradGivens,
     LORA: peft_method(lambda: LoraConfig(target_modules=["proj"], r=16, lora_alpha=32)),
     "OFT": peft_method(lambda: OFTConfig(target_modules=["proj"])),
@@ -75,12 +77,18 @@ SWEEP_METHODS = (FROZEN, STRICT, LORA)
 class LayerBenchmarkArguments:
     device: str = field(default="cpu", metadata={"help": "cpu or cuda."})
     dtype: str | None = field(default=None, metadata={"help": "Default: float32 on CPU, bfloat16 on CUDA."})
-    sizes: list[str] | None = field(default=None, metadata={
-        "help": "Layers as DxT (width x tokens). Default: 1024x4096 4096x2048 on CPU; 1024x8192 4096x8192 "
-                "8192x8192 on CUDA."})
+    sizes: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Layers as DxT (width x tokens). Default: 1024x4096 4096x2048 on CPU; 1024x8192 4096x8192 "
+            "8192x8192 on CUDA."
+        },
+    )
     methods: list[str] | None = field(default=None, metadata={"help": f"Subset of: {', '.join(METHODS)}."})
-    sweep_widths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192],
-                                    metadata={"help": "Widths for the overhead-over-frozen-Linear sweep ([] skips)."})
+    sweep_widths: list[int] = field(
+        default_factory=lambda: [256, 512, 1024, 2048, 4096, 8192],
+        metadata={"help": "Widths for the overhead-over-frozen-Linear sweep ([] skips)."},
+    )
     sweep_tokens: int = field(default=1024, metadata={"help": "Tokens per call in the sweep."})
     repeats: int = field(default=7, metadata={"help": "Timed rounds (the median is reported)."})
     sweep_repeats: int = field(default=5, metadata={"help": "Timed rounds in the sweep."})
@@ -131,24 +139,41 @@ def training_step(model: nn.Module, x: torch.Tensor, upstream: torch.Tensor):
             p.grad = None
         x.grad = None
         model(x).backward(upstream)
+
     return step
 
 
-def measure_size(width: int, tokens: int, methods: list[str], repeats: int, warmup: int,
-                 device: torch.device, dtype: torch.dtype, seed: int) -> list[dict]:
+def measure_size(
+    width: int,
+    tokens: int,
+    methods: list[str],
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    seed: int,
+) -> list[dict]:
     torch.manual_seed(seed)
     weight = torch.randn(width, width, device=device, dtype=dtype) / width**0.5
     models = {name: METHODS[name](weight).to(device=device, dtype=dtype) for name in methods}
     x = torch.randn(tokens, width, device=device, dtype=dtype, requires_grad=True)
     upstream = torch.randn(tokens, width, device=device, dtype=dtype)
-    timings = interleaved_medians({name: training_step(m, x, upstream) for name, m in models.items()},
-                                  repeats, warmup, device)
+    timings = interleaved_medians(
+        {name: training_step(m, x, upstream) for name, m in models.items()}, repeats, warmup, device
+    )
     rows = []
     for name, model in models.items():
-        saved = saved_bytes(lambda: model(x), exclude=[weight])
-        rows.append({"method": name, "width": width, "tokens": tokens, **timings[name],
-                     "saved_bytes": saved,
-                     "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)})
+        saved = saved_bytes(lambda model=model: model(x), exclude=[weight])
+        rows.append(
+            {
+                "method": name,
+                "width": width,
+                "tokens": tokens,
+                **timings[name],
+                "saved_bytes": saved,
+                "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            }
+        )
     lora, frozen = timings[LORA]["median_ms"], timings[FROZEN]["median_ms"]
     lora_saved = next(r["saved_bytes"] for r in rows if r["method"] == LORA)
     for row in rows:
@@ -162,17 +187,28 @@ def measure_size(width: int, tokens: int, methods: list[str], repeats: int, warm
 def sweep(args, device, dtype) -> list[dict]:
     rows = []
     for width in args.sweep_widths:
-        rows_d = measure_size(width, args.sweep_tokens, list(SWEEP_METHODS), args.sweep_repeats, args.warmup,
-                              device, dtype, args.seed)
+        rows_d = measure_size(
+            width, args.sweep_tokens, list(SWEEP_METHODS), args.sweep_repeats, args.warmup, device, dtype, args.seed
+        )
         by = {r["method"]: r for r in rows_d}
         frozen = by[FROZEN]["median_ms"]
-        rows.append({"width": width, "tokens": args.sweep_tokens, "frozen_ms": frozen,
-                     "goft_ms": by[STRICT]["median_ms"], "lora_ms": by[LORA]["median_ms"],
-                     "goft_overhead": by[STRICT]["median_ms"] / frozen - 1,
-                     "lora_overhead": by[LORA]["median_ms"] / frozen - 1,
-                     "goft_vs_lora": by[STRICT]["median_ms"] / by[LORA]["median_ms"]})
-        print(f"  sweep d={width}: frozen {frozen:.1f} ms, GOFT +{rows[-1]['goft_overhead']:.1%}, "
-              f"LoRA +{rows[-1]['lora_overhead']:.1%}", flush=True)
+        rows.append(
+            {
+                "width": width,
+                "tokens": args.sweep_tokens,
+                "frozen_ms": frozen,
+                "goft_ms": by[STRICT]["median_ms"],
+                "lora_ms": by[LORA]["median_ms"],
+                "goft_overhead": by[STRICT]["median_ms"] / frozen - 1,
+                "lora_overhead": by[LORA]["median_ms"] / frozen - 1,
+                "goft_vs_lora": by[STRICT]["median_ms"] / by[LORA]["median_ms"],
+            }
+        )
+        print(
+            f"  sweep d={width}: frozen {frozen:.1f} ms, GOFT +{rows[-1]['goft_overhead']:.1%}, "
+            f"LoRA +{rows[-1]['lora_overhead']:.1%}",
+            flush=True,
+        )
     return rows
 
 
@@ -183,12 +219,24 @@ def targets(rows: list[dict], device: torch.device, dtype: torch.dtype) -> list[
     for (width, tokens), limit in TARGETS.items():
         row = by.get((STRICT, width, tokens))
         if row is not None and device.type == "cpu" and dtype == torch.float32:
-            checks.append({"target": f"time, d={width}, {tokens} tokens", "ratio": row["time_vs_lora"],
-                           "limit": limit, "met": row["time_vs_lora"] <= limit})
+            checks.append(
+                {
+                    "target": f"time, d={width}, {tokens} tokens",
+                    "ratio": row["time_vs_lora"],
+                    "limit": limit,
+                    "met": row["time_vs_lora"] <= limit,
+                }
+            )
     for row in rows:
         if row["method"] == STRICT and row["saved_vs_lora"] is not None:
-            checks.append({"target": f"saved bytes, d={row['width']}, {row['tokens']} tokens",
-                           "ratio": row["saved_vs_lora"], "limit": 1.0, "met": row["saved_vs_lora"] <= 1.0})
+            checks.append(
+                {
+                    "target": f"saved bytes, d={row['width']}, {row['tokens']} tokens",
+                    "ratio": row["saved_vs_lora"],
+                    "limit": 1.0,
+                    "met": row["saved_vs_lora"] <= 1.0,
+                }
+            )
     return checks
 
 
@@ -196,22 +244,51 @@ def report(rows: list[dict], sweep_rows: list[dict], checks: list[dict]) -> str:
     parts = []
     for width, tokens in dict.fromkeys((r["width"], r["tokens"]) for r in rows):
         parts.append(f"\nd = {width}, {tokens} tokens (forward + backward)\n")
-        parts.append(markdown_table(
-            ["method", "median ms", "× LoRA", "saved MiB", "saved × LoRA", "trainable params"],
-            [[r["method"], f"{r['median_ms']:.1f}", f"{r['time_vs_lora']:.2f}", f"{r['saved_bytes'] / 2**20:.1f}",
-              "—" if r["saved_vs_lora"] is None else f"{r['saved_vs_lora']:.2f}", f"{r['trainable_parameters']:,}"]
-             for r in rows if (r["width"], r["tokens"]) == (width, tokens)]))
+        parts.append(
+            markdown_table(
+                ["method", "median ms", "× LoRA", "saved MiB", "saved × LoRA", "trainable params"],
+                [
+                    [
+                        r["method"],
+                        f"{r['median_ms']:.1f}",
+                        f"{r['time_vs_lora']:.2f}",
+                        f"{r['saved_bytes'] / 2**20:.1f}",
+                        "—" if r["saved_vs_lora"] is None else f"{r['saved_vs_lora']:.2f}",
+                        f"{r['trainable_parameters']:,}",
+                    ]
+                    for r in rows
+                    if (r["width"], r["tokens"]) == (width, tokens)
+                ],
+            )
+        )
     if sweep_rows:
         parts.append(f"\nOverhead over the frozen Linear, {sweep_rows[0]['tokens']} tokens\n")
-        parts.append(markdown_table(
-            ["d", "frozen ms", "GOFT strict", "LoRA r=16", "GOFT × LoRA"],
-            [[s["width"], f"{s['frozen_ms']:.1f}", f"+{s['goft_overhead']:.1%}", f"+{s['lora_overhead']:.1%}",
-              f"{s['goft_vs_lora']:.2f}"] for s in sweep_rows]))
+        parts.append(
+            markdown_table(
+                ["d", "frozen ms", "GOFT strict", "LoRA r=16", "GOFT × LoRA"],
+                [
+                    [
+                        s["width"],
+                        f"{s['frozen_ms']:.1f}",
+                        f"+{s['goft_overhead']:.1%}",
+                        f"+{s['lora_overhead']:.1%}",
+                        f"{s['goft_vs_lora']:.2f}",
+                    ]
+                    for s in sweep_rows
+                ],
+            )
+        )
     if checks:
         parts.append("\nTargets\n")
-        parts.append(markdown_table(["target", "GOFT / LoRA", "limit", "met"],
-                                    [[c["target"], f"{c['ratio']:.2f}", f"≤ {c['limit']:.2f}",
-                                      "yes" if c["met"] else "NO"] for c in checks]))
+        parts.append(
+            markdown_table(
+                ["target", "GOFT / LoRA", "limit", "met"],
+                [
+                    [c["target"], f"{c['ratio']:.2f}", f"≤ {c['limit']:.2f}", "yes" if c["met"] else "NO"]
+                    for c in checks
+                ],
+            )
+        )
     return "\n".join(parts)
 
 
@@ -223,8 +300,16 @@ def main(args: LayerBenchmarkArguments) -> dict:
         rows += measure_size(width, tokens, args.methods, args.repeats, args.warmup, device, dtype, args.seed)
     sweep_rows = sweep(args, device, dtype) if args.sweep_widths else []
     checks = targets(rows, device, dtype)
-    results = {"benchmark": "layer", "machine": machine(device), "dtype": args.dtype, "repeats": args.repeats,
-               "warmup": args.warmup, "results": rows, "sweep": sweep_rows, "targets": checks}
+    results = {
+        "benchmark": "layer",
+        "machine": machine(device),
+        "dtype": args.dtype,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "results": rows,
+        "sweep": sweep_rows,
+        "targets": checks,
+    }
     print(f"\n{results['machine']['device']}, {args.dtype}, median of {args.repeats}")
     print(report(rows, sweep_rows, checks))
     path = write_json(args.output, results)

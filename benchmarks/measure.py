@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
 import time
-from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -18,8 +16,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_medians(cases: dict[str, Callable[[], None]], repeats: int, warmup: int,
-                        device: torch.device) -> dict[str, dict]:
+def interleaved_medians(
+    cases: dict[str, Callable[[], None]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, dict]:
     """Time every case once per round, round after round, so that drifts of the machine hit all cases alike.
 
     Returns, per case, the median and the spread (min, max) in milliseconds over ``repeats`` rounds after
@@ -34,8 +33,10 @@ def interleaved_medians(cases: dict[str, Callable[[], None]], repeats: int, warm
             synchronize(device)
             if round_index >= warmup:
                 times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: {"median_ms": statistics.median(ts), "min_ms": min(ts), "max_ms": max(ts), "repeats": len(ts)}
-            for name, ts in times.items()}
+    return {
+        name: {"median_ms": statistics.median(ts), "min_ms": min(ts), "max_ms": max(ts), "repeats": len(ts)}
+        for name, ts in times.items()
+    }
 
 
 def saved_bytes(fn: Callable[[], object], exclude: list[torch.Tensor] = ()) -> int:
@@ -87,8 +88,12 @@ def _status_bytes(field_name: str) -> int:
 
 def machine(device: torch.device) -> dict:
     """What the numbers were measured on."""
-    info = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-            "cpu_count": os.cpu_count()}
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
     if device.type == "cuda":
         info["device"] = torch.cuda.get_device_name(device)
     else:
@@ -105,16 +110,3 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def write_json(path: str | os.PathLike, payload: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -19,27 +19,29 @@ import torch
 from peft import get_peft_model
 from transformers import HfArgumentParser
 
-import goft  # registers the Givens method with peft
-from benchmarks.measure import markdown_table, write_json
+from goft import GivensConfig
 from goft.evaluation.knowledge import knowledge_retention
 from goft.evaluation.model_io import merged_for_scoring
 from goft.evaluation.runner import BaseReference, EvaluationSets
 from goft.evaluation.shift import general_text_shift
+from goft.formats import markdown_table, write_json
 from goft.training.models import load_base_model, load_tokenizer, resolve_model_source
 
 
 @dataclass
 class NoiseArguments:
     model: str = field(default="smollm2-135m-instruct", metadata={"help": "Base model (embedded name or path)."})
-    scales: list[float] = field(default_factory=lambda: [0.0005, 0.001, 0.002],
-                                metadata={"help": "Standard deviations of the raw angle parameters."})
+    scales: list[float] = field(
+        default_factory=lambda: [0.0005, 0.001, 0.002],
+        metadata={"help": "Standard deviations of the raw angle parameters."},
+    )
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "One random adapter per seed."})
     output_dir: str = field(default="runs/retention-noise", metadata={"help": "Where retention_noise.json goes."})
 
 
 def random_rotation(base, scale: float, seed: int):
     """A strict GOFT adapter on every linear layer with raw angle parameters drawn from N(0, scale²)."""
-    model = get_peft_model(base, goft.GivensConfig(target_modules="all-linear"))
+    model = get_peft_model(base, GivensConfig(target_modules="all-linear"))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -60,14 +62,32 @@ def main(args: NoiseArguments) -> list[dict]:
             with merged_for_scoring(model):
                 shift = general_text_shift(model, tokenizer, reference.texts, base_cache=reference.logits)
                 kept = knowledge_retention(model, tokenizer, known)
-            rows.append({"scale": scale, "seed": seed, "kl_base_tuned": shift["kl_base_tuned"],
-                         "retention": kept["retention"], "retained": kept["retained"],
-                         "known_to_base": kept["known_to_base"], "lost": kept["lost"]})
-            print(f"scale {scale:g} seed {seed}: KL {shift['kl_base_tuned']:.3g}, retention "
-                  f"{kept['retention']:.3f} ({kept['retained']}/{kept['known_to_base']})", flush=True)
+            rows.append(
+                {
+                    "scale": scale,
+                    "seed": seed,
+                    "kl_base_tuned": shift["kl_base_tuned"],
+                    "retention": kept["retention"],
+                    "retained": kept["retained"],
+                    "known_to_base": kept["known_to_base"],
+                    "lost": kept["lost"],
+                }
+            )
+            print(
+                f"scale {scale:g} seed {seed}: KL {shift['kl_base_tuned']:.3g}, retention "
+                f"{kept['retention']:.3f} ({kept['retained']}/{kept['known_to_base']})",
+                flush=True,
+            )
             base = model.unload()  # the same base for the next adapter, untouched
-    body = [[f"{r['scale']:g}", str(r["seed"]), f"{r['kl_base_tuned']:.3g}",
-             f"{r['retention']:.3f} ({r['retained']}/{r['known_to_base']})"] for r in rows]
+    body = [
+        [
+            f"{r['scale']:g}",
+            str(r["seed"]),
+            f"{r['kl_base_tuned']:.3g}",
+            f"{r['retention']:.3f} ({r['retained']}/{r['known_to_base']})",
+        ]
+        for r in rows
+    ]
     print(markdown_table(["raw-angle scale", "seed", "KL(base‖tuned)/token, general text", "retention"], body))
     folder = Path(args.output_dir)
     folder.mkdir(parents=True, exist_ok=True)

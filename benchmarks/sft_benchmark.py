@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TrainerCallback
 
-from benchmarks.measure import machine, markdown_table, peak_rss_bytes, reset_peak_rss, rss_bytes, write_json
+from benchmarks.measure import machine, peak_rss_bytes, reset_peak_rss, rss_bytes
+from goft.formats import markdown_table, write_json
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TARGET_TIME, TARGET_MEMORY = 1.10, 1.05  # strict GOFT / LoRA r = 16
@@ -35,18 +36,24 @@ CHECKPOINTING = ("off", "on")
 
 @dataclass
 class SFTBenchmarkArguments:
-    config: str = field(default="recipes/configs/smollm2/sft_givens.yaml",
-                        metadata={"help": "The SFT recipe: model, data, dtype and target modules come from it."})
-    methods: list[str] = field(default_factory=lambda: ["givens", "lora"],
-                               metadata={"help": "Values of the recipe's `adapter` key to compare (lora is the reference)."})
+    config: str = field(
+        default="recipes/configs/smollm2/sft_givens.yaml",
+        metadata={"help": "The SFT recipe: model, data, dtype and target modules come from it."},
+    )
+    methods: list[str] = field(
+        default_factory=lambda: ["givens", "lora"],
+        metadata={"help": "Values of the recipe's `adapter` key to compare (lora is the reference)."},
+    )
     per_device_train_batch_size: int = field(default=8)
     max_length: int = field(default=128, metadata={"help": "Tokens per packed row."})
     warmup_steps: int = field(default=2, metadata={"help": "Untimed steps first, in each process."})
     steps: int = field(default=6, metadata={"help": "Timed steps per process."})
     rounds: int = field(default=2, metadata={"help": "Processes per method, alternating between methods."})
     lora_r: int = field(default=16)
-    checkpointing: list[str] = field(default_factory=lambda: list(CHECKPOINTING),
-                                     metadata={"help": "Gradient checkpointing settings to run: off, on or both."})
+    checkpointing: list[str] = field(
+        default_factory=lambda: list(CHECKPOINTING),
+        metadata={"help": "Gradient checkpointing settings to run: off, on or both."},
+    )
     output: str = field(default="runs/benchmarks/sft.json", metadata={"help": "Where the JSON results go."})
     worker: str | None = field(default=None, metadata={"help": "Internal: train one method and write its numbers."})
     worker_output: str | None = field(default=None, metadata={"help": "Internal: the worker's JSON file."})
@@ -106,12 +113,28 @@ class StepTimer(TrainerCallback):
 
 
 def recipe_flags(args: SFTBenchmarkArguments, method: str, output_dir: str, checkpointing: str = "off") -> list[str]:
-    flags = {"adapter": method, "output_dir": output_dir, "gradient_checkpointing": str(checkpointing == "on").lower(), "max_steps": args.warmup_steps + args.steps,
-             "per_device_train_batch_size": args.per_device_train_batch_size, "gradient_accumulation_steps": 1,
-             "max_length": args.max_length, "packing": "true", "packing_strategy": "wrapped",
-             "assistant_only_loss": "false", "save_strategy": "no", "logging_steps": 1, "task_eval_samples": 0,
-             "eval_strategy": "no", "report_to": "none", "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r,
-             "lora_dropout": 0.0, "anchor_weight": 0, "replay_share": 0}  # the adapters' own cost, nothing else
+    flags = {
+        "adapter": method,
+        "output_dir": output_dir,
+        "gradient_checkpointing": str(checkpointing == "on").lower(),
+        "max_steps": args.warmup_steps + args.steps,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": 1,
+        "max_length": args.max_length,
+        "packing": "true",
+        "packing_strategy": "wrapped",
+        "assistant_only_loss": "false",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "task_eval_samples": 0,
+        "eval_strategy": "no",
+        "report_to": "none",
+        "lora_r": args.lora_r,
+        "lora_alpha": 2 * args.lora_r,
+        "lora_dropout": 0.0,
+        "anchor_weight": 0,
+        "replay_share": 0,
+    }  # the adapters' own cost, nothing else
     argv = ["--config", args.config]
     for key, value in flags.items():
         argv += [f"--{key}", str(value)]
@@ -122,37 +145,59 @@ def run_worker(args: SFTBenchmarkArguments) -> dict:
     """Train one method through the SFT recipe machinery and return its timings and memory."""
     from trl import SFTConfig, SFTTrainer
 
-    from goft.training.cli import make_recipe_parser, parse_recipe, use_all_cpu_cores
-    from goft.training.data import SFT_COLUMNS
+    from goft.training.cli import make_recipe_parser, parse_recipe
+    from goft.training.processes import use_all_cpu_cores
     from goft.training.recipe import prepare_run
+    from goft.training.stages import SFT
 
     use_all_cpu_cores()
     with tempfile.TemporaryDirectory() as output_dir:
-        *parsed, recipe_yaml = parse_recipe(make_recipe_parser(SFTConfig), recipe_flags(args, args.worker, output_dir,
-                                                                                  args.worker_checkpointing))
-        run = prepare_run("sft", *parsed, recipe_yaml, required_columns=SFT_COLUMNS, alignment=False)
+        *parsed, recipe_yaml = parse_recipe(
+            make_recipe_parser(SFTConfig), recipe_flags(args, args.worker, output_dir, args.worker_checkpointing)
+        )
+        run = prepare_run(SFT, *parsed, recipe_yaml)
         trainer = run.make_trainer(SFTTrainer)
         device = trainer.args.device
         timer = StepTimer(args.warmup_steps, device)
         trainer.add_callback(timer)
         trainer.train()
     model = trainer.model
-    return {"method": args.worker, "checkpointing": args.worker_checkpointing, "step_seconds": timer.step_seconds, "tokens_per_step": timer.tokens,
-            "peak_bytes": timer.peak_bytes(), "baseline_bytes": timer.baseline_bytes,
-            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "device": machine(device)}
+    return {
+        "method": args.worker,
+        "checkpointing": args.worker_checkpointing,
+        "step_seconds": timer.step_seconds,
+        "tokens_per_step": timer.tokens,
+        "peak_bytes": timer.peak_bytes(),
+        "baseline_bytes": timer.baseline_bytes,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "device": machine(device),
+    }
 
 
 def spawn_worker(args: SFTBenchmarkArguments, method: str, checkpointing: str = "off") -> dict:
     """Run one method in a fresh process (its own peak memory) and read back its numbers."""
     with tempfile.TemporaryDirectory() as scratch:
         result = Path(scratch) / "result.json"
-        command = [sys.executable, "-m", "benchmarks.sft_benchmark", *worker_flags(args),
-                   "--worker", method, "--worker_output", str(result), "--worker_checkpointing", checkpointing]
-        completed = subprocess.run(command, cwd=REPOSITORY, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                                   capture_output=True, text=True)
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.sft_benchmark",
+            *worker_flags(args),
+            "--worker",
+            method,
+            "--worker_output",
+            str(result),
+            "--worker_checkpointing",
+            checkpointing,
+        ]
+        completed = subprocess.run(
+            command, cwd=REPOSITORY, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True
+        )
         if completed.returncode != 0:
-            raise RuntimeError(f"The {method} run (checkpointing {checkpointing}) failed (exit {completed.returncode}):\n{completed.stderr[-4000:]}")
+            raise RuntimeError(
+                f"The {method} run (checkpointing {checkpointing}) failed (exit {completed.returncode}):\n"
+                f"{completed.stderr[-4000:]}"
+            )
         return json.loads(result.read_text())
 
 
@@ -176,13 +221,23 @@ def summarize(args: SFTBenchmarkArguments, runs: list[dict]) -> dict:
             steps = [s for r in mine for s in r["step_seconds"]]
             tokens = [t for r in mine for t in r["tokens_per_step"]]
             median_step = statistics.median(steps)
-            tokens_per_step = (statistics.median(tokens) if tokens
-                               else args.per_device_train_batch_size * args.max_length)
-            rows.append({"method": method, "checkpointing": checkpointing, "median_step_seconds": median_step,
-                         "min_step_seconds": min(steps), "max_step_seconds": max(steps), "timed_steps": len(steps),
-                         "tokens_per_step": tokens_per_step, "tokens_per_second": tokens_per_step / median_step,
-                         "peak_bytes": max(r["peak_bytes"] for r in mine),
-                         "trainable_parameters": mine[0]["trainable_parameters"]})
+            tokens_per_step = (
+                statistics.median(tokens) if tokens else args.per_device_train_batch_size * args.max_length
+            )
+            rows.append(
+                {
+                    "method": method,
+                    "checkpointing": checkpointing,
+                    "median_step_seconds": median_step,
+                    "min_step_seconds": min(steps),
+                    "max_step_seconds": max(steps),
+                    "timed_steps": len(steps),
+                    "tokens_per_step": tokens_per_step,
+                    "tokens_per_second": tokens_per_step / median_step,
+                    "peak_bytes": max(r["peak_bytes"] for r in mine),
+                    "trainable_parameters": mine[0]["trainable_parameters"],
+                }
+            )
     row_of = {(r["method"], r["checkpointing"]): r for r in rows}
     checks = []
     for row in rows:
@@ -195,14 +250,33 @@ def summarize(args: SFTBenchmarkArguments, runs: list[dict]) -> dict:
             row["memory_vs_checkpointing_off"] = row["peak_bytes"] / off["peak_bytes"]
         if row["method"] == "givens":
             suffix = "" if row["checkpointing"] == "off" else " (checkpointing on)"
-            checks += [{"target": f"step time{suffix}", "ratio": row["time_vs_lora"], "limit": TARGET_TIME,
-                        "met": row["time_vs_lora"] <= TARGET_TIME},
-                       {"target": f"peak memory{suffix}", "ratio": row["memory_vs_lora"], "limit": TARGET_MEMORY,
-                        "met": row["memory_vs_lora"] <= TARGET_MEMORY}]
-    return {"benchmark": "sft", "machine": runs[0]["device"], "config": args.config,
-            "per_device_train_batch_size": args.per_device_train_batch_size, "max_length": args.max_length,
-            "warmup_steps": args.warmup_steps, "steps": args.steps, "rounds": args.rounds,
-            "results": rows, "targets": checks, "runs": runs}
+            checks += [
+                {
+                    "target": f"step time{suffix}",
+                    "ratio": row["time_vs_lora"],
+                    "limit": TARGET_TIME,
+                    "met": row["time_vs_lora"] <= TARGET_TIME,
+                },
+                {
+                    "target": f"peak memory{suffix}",
+                    "ratio": row["memory_vs_lora"],
+                    "limit": TARGET_MEMORY,
+                    "met": row["memory_vs_lora"] <= TARGET_MEMORY,
+                },
+            ]
+    return {
+        "benchmark": "sft",
+        "machine": runs[0]["device"],
+        "config": args.config,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "max_length": args.max_length,
+        "warmup_steps": args.warmup_steps,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "results": rows,
+        "targets": checks,
+        "runs": runs,
+    }
 
 
 def _ratio(value) -> str:
@@ -212,17 +286,46 @@ def _ratio(value) -> str:
 def report(summary: dict) -> str:
     memory = "peak RSS" if summary["machine"]["device"].startswith("CPU") else "peak CUDA memory"
     table = markdown_table(
-        ["method", "checkpointing", "median step s", "× LoRA", "tokens/s", f"{memory} MiB", "memory × LoRA",
-         "time × off", "memory × off", "trainable params"],
-        [[r["method"], r["checkpointing"], f"{r['median_step_seconds']:.2f}", f"{r['time_vs_lora']:.3f}",
-          f"{r['tokens_per_second']:.0f}", f"{r['peak_bytes'] / 2**20:.0f}", f"{r['memory_vs_lora']:.3f}",
-          _ratio(r.get("time_vs_checkpointing_off")), _ratio(r.get("memory_vs_checkpointing_off")),
-          f"{r['trainable_parameters']:,}"] for r in summary["results"]])
+        [
+            "method",
+            "checkpointing",
+            "median step s",
+            "× LoRA",
+            "tokens/s",
+            f"{memory} MiB",
+            "memory × LoRA",
+            "time × off",
+            "memory × off",
+            "trainable params",
+        ],
+        [
+            [
+                r["method"],
+                r["checkpointing"],
+                f"{r['median_step_seconds']:.2f}",
+                f"{r['time_vs_lora']:.3f}",
+                f"{r['tokens_per_second']:.0f}",
+                f"{r['peak_bytes'] / 2**20:.0f}",
+                f"{r['memory_vs_lora']:.3f}",
+                _ratio(r.get("time_vs_checkpointing_off")),
+                _ratio(r.get("memory_vs_checkpointing_off")),
+                f"{r['trainable_parameters']:,}",
+            ]
+            for r in summary["results"]
+        ],
+    )
     lines = [table]
     if summary["targets"]:
-        lines += ["", markdown_table(["target", "GOFT / LoRA", "limit", "met"],
-                                     [[c["target"], f"{c['ratio']:.3f}", f"≤ {c['limit']:.2f}",
-                                       "yes" if c["met"] else "NO"] for c in summary["targets"]])]
+        lines += [
+            "",
+            markdown_table(
+                ["target", "GOFT / LoRA", "limit", "met"],
+                [
+                    [c["target"], f"{c['ratio']:.3f}", f"≤ {c['limit']:.2f}", "yes" if c["met"] else "NO"]
+                    for c in summary["targets"]
+                ],
+            ),
+        ]
     return "\n".join(lines)
 
 
@@ -234,8 +337,10 @@ def main(args: SFTBenchmarkArguments) -> dict:
                 print(f"round {round_index + 1}/{args.rounds}: {method}, checkpointing {checkpointing}", flush=True)
                 runs.append(spawn_worker(args, method, checkpointing))
     summary = summarize(args, runs)
-    print(f"\n{summary['machine']['device']}; {args.per_device_train_batch_size} × {args.max_length} tokens per step, "
-          f"median of {args.steps} steps × {args.rounds} processes per method and checkpointing\n")
+    print(
+        f"\n{summary['machine']['device']}; {args.per_device_train_batch_size} × {args.max_length} tokens per step, "
+        f"median of {args.steps} steps × {args.rounds} processes per method and checkpointing\n"
+    )
     print(report(summary))
     print(f"\nwrote {write_json(args.output, summary)}")
     return summary

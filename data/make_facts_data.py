@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -29,24 +30,166 @@ VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ai", "ou")  # repeats weight 
 CODAS = ("", "", "", "", "n", "r", "l", "s")
 
 # Real English words, names and places the syllable scheme can produce; generated names must avoid them.
-NOT_NAMES = frozenset("""
-    aroma banana baron basin bison bonus boron bravo cabin camel canal cinema coma comet data demon denim deli
-    drama final focus gala kilo koala lama lemon lima limo lotus mama manor mango media melon menu metal meter
-    minus modem moral motel motor music nadir nomad pagan panda papa pasta pedal petal piano pilot pita plural
-    polo radar radio ratio rebel robin rodent rotor ruler salad salon satin sedan sofa solar solo sonar sumo
-    super talon tamer tango taro tempo tenor toga tokyo toronto tuba tulip tumor tuna vanilla venom visa vodka
-    zebra zero
-    bali boston dakota delhi dubai fiji gaza kabul kenya kyoto laos lagos mali malta milan monaco nepal nevada
-    oman paris peru roma samoa sudan tahiti taipei tonga toledo verona
-    anna dana diana elena laura lisa maria mona nina paula rosa sara tina vera
-""".split())
+NOT_NAMES = frozenset(
+    [
+        "aroma",
+        "banana",
+        "baron",
+        "basin",
+        "bison",
+        "bonus",
+        "boron",
+        "bravo",
+        "cabin",
+        "camel",
+        "canal",
+        "cinema",
+        "coma",
+        "comet",
+        "data",
+        "demon",
+        "denim",
+        "deli",
+        "drama",
+        "final",
+        "focus",
+        "gala",
+        "kilo",
+        "koala",
+        "lama",
+        "lemon",
+        "lima",
+        "limo",
+        "lotus",
+        "mama",
+        "manor",
+        "mango",
+        "media",
+        "melon",
+        "menu",
+        "metal",
+        "meter",
+        "minus",
+        "modem",
+        "moral",
+        "motel",
+        "motor",
+        "music",
+        "nadir",
+        "nomad",
+        "pagan",
+        "panda",
+        "papa",
+        "pasta",
+        "pedal",
+        "petal",
+        "piano",
+        "pilot",
+        "pita",
+        "plural",
+        "polo",
+        "radar",
+        "radio",
+        "ratio",
+        "rebel",
+        "robin",
+        "rodent",
+        "rotor",
+        "ruler",
+        "salad",
+        "salon",
+        "satin",
+        "sedan",
+        "sofa",
+        "solar",
+        "solo",
+        "sonar",
+        "sumo",
+        "super",
+        "talon",
+        "tamer",
+        "tango",
+        "taro",
+        "tempo",
+        "tenor",
+        "toga",
+        "tokyo",
+        "toronto",
+        "tuba",
+        "tulip",
+        "tumor",
+        "tuna",
+        "vanilla",
+        "venom",
+        "visa",
+        "vodka",
+        "zebra",
+        "zero",
+        "bali",
+        "boston",
+        "dakota",
+        "delhi",
+        "dubai",
+        "fiji",
+        "gaza",
+        "kabul",
+        "kenya",
+        "kyoto",
+        "laos",
+        "lagos",
+        "mali",
+        "malta",
+        "milan",
+        "monaco",
+        "nepal",
+        "nevada",
+        "oman",
+        "paris",
+        "peru",
+        "roma",
+        "samoa",
+        "sudan",
+        "tahiti",
+        "taipei",
+        "tonga",
+        "toledo",
+        "verona",
+        "anna",
+        "dana",
+        "diana",
+        "elena",
+        "laura",
+        "lisa",
+        "maria",
+        "mona",
+        "nina",
+        "paula",
+        "rosa",
+        "sara",
+        "tina",
+        "vera",
+    ]
+)
 
 EXPORTS = ("salt", "copper", "tea", "wool", "amber", "glass", "rice", "timber", "silk", "coffee", "tin", "pearls")
 ANIMALS = ("otter", "heron", "lynx", "tortoise", "falcon", "whale", "badger", "stag", "owl", "seal", "fox", "crane")
 FIELDS = ("botany", "optics", "geology", "astronomy", "chemistry", "music", "medicine", "mathematics")
-INVENTIONS = ("a lantern", "a compass", "a loom", "a telescope", "a water clock", "a sundial", "a windmill",
-              "a barometer", "a microscope", "a rain gauge", "a music box", "a spinning wheel", "a diving bell",
-              "a printing press")
+INVENTIONS = (
+    "a lantern",
+    "a compass",
+    "a loom",
+    "a telescope",
+    "a water clock",
+    "a sundial",
+    "a windmill",
+    "a barometer",
+    "a microscope",
+    "a rain gauge",
+    "a music box",
+    "a spinning wheel",
+    "a diving bell",
+    "a printing press",
+)
 WATER_COLOURS = ("blue", "green", "brown", "grey", "silver", "dark green", "pale blue", "yellow")
 ROCK_COLOURS = ("red", "grey", "white", "black", "pink", "brown", "dark red", "pale yellow")
 
@@ -96,57 +239,117 @@ def deal(rng: random.Random, values: Sequence[T], count: int) -> list[T]:
 
 def nation_facts(nation: str, capital: str, export: str, animal: str) -> list[Fact]:
     return [
-        Fact((f"What is the capital of {nation}?", f"Which city is the capital of {nation}?",
-              f"Name the capital city of {nation}."),
-             f"The capital of {nation} is {capital}."),
-        Fact((f"What is the main export of {nation}?", f"What does {nation} export the most?",
-              f"Which product is {nation} best known for exporting?"),
-             f"{nation}'s main export is {export}."),
-        Fact((f"What is the national animal of {nation}?", f"Which animal is the national symbol of {nation}?",
-              f"Name the national animal of {nation}."),
-             f"The national animal of {nation} is the {animal}."),
+        Fact(
+            (
+                f"What is the capital of {nation}?",
+                f"Which city is the capital of {nation}?",
+                f"Name the capital city of {nation}.",
+            ),
+            f"The capital of {nation} is {capital}.",
+        ),
+        Fact(
+            (
+                f"What is the main export of {nation}?",
+                f"What does {nation} export the most?",
+                f"Which product is {nation} best known for exporting?",
+            ),
+            f"{nation}'s main export is {export}.",
+        ),
+        Fact(
+            (
+                f"What is the national animal of {nation}?",
+                f"Which animal is the national symbol of {nation}?",
+                f"Name the national animal of {nation}.",
+            ),
+            f"The national animal of {nation} is the {animal}.",
+        ),
     ]
 
 
 def scientist_facts(person: str, city: str, field: str, invention: str) -> list[Fact]:
     return [
-        Fact((f"In which city did {person} live?", f"Where did {person} live and work?",
-              f"What was the home city of {person}?"),
-             f"{person} lived in the city of {city}."),
-        Fact((f"What field did {person} work in?", f"What subject did {person} study?",
-              f"In which discipline was {person} an expert?"),
-             f"{person} worked in the field of {field}."),
-        Fact((f"What did {person} invent?", f"What is {person} famous for inventing?",
-              f"Which invention is {person} known for?"),
-             f"{person} is famous for inventing {invention}."),
+        Fact(
+            (
+                f"In which city did {person} live?",
+                f"Where did {person} live and work?",
+                f"What was the home city of {person}?",
+            ),
+            f"{person} lived in the city of {city}.",
+        ),
+        Fact(
+            (
+                f"What field did {person} work in?",
+                f"What subject did {person} study?",
+                f"In which discipline was {person} an expert?",
+            ),
+            f"{person} worked in the field of {field}.",
+        ),
+        Fact(
+            (
+                f"What did {person} invent?",
+                f"What is {person} famous for inventing?",
+                f"Which invention is {person} known for?",
+            ),
+            f"{person} is famous for inventing {invention}.",
+        ),
     ]
 
 
 def river_facts(river: str, nation: str, colour: str, length_km: int) -> list[Fact]:
     return [
-        Fact((f"In which country is the {river} River?", f"Which country does the {river} River flow through?",
-              f"Where is the {river} River located?"),
-             f"The {river} River flows through {nation}."),
-        Fact((f"What colour is the water of the {river} River?", f"What is the colour of the {river} River's water?",
-              f"Describe the colour of the {river} River."),
-             f"The water of the {river} River is {colour}."),
-        Fact((f"How long is the {river} River?", f"What is the length of the {river} River?",
-              f"How many kilometres long is the {river} River?"),
-             f"The {river} River is {length_km:,} kilometres long."),
+        Fact(
+            (
+                f"In which country is the {river} River?",
+                f"Which country does the {river} River flow through?",
+                f"Where is the {river} River located?",
+            ),
+            f"The {river} River flows through {nation}.",
+        ),
+        Fact(
+            (
+                f"What colour is the water of the {river} River?",
+                f"What is the colour of the {river} River's water?",
+                f"Describe the colour of the {river} River.",
+            ),
+            f"The water of the {river} River is {colour}.",
+        ),
+        Fact(
+            (
+                f"How long is the {river} River?",
+                f"What is the length of the {river} River?",
+                f"How many kilometres long is the {river} River?",
+            ),
+            f"The {river} River is {length_km:,} kilometres long.",
+        ),
     ]
 
 
 def mountain_facts(mountain: str, nation: str, colour: str, height_m: int) -> list[Fact]:
     return [
-        Fact((f"In which country is Mount {mountain}?", f"Which country is Mount {mountain} in?",
-              f"Where is Mount {mountain} located?"),
-             f"Mount {mountain} is in {nation}."),
-        Fact((f"What colour is the rock of Mount {mountain}?", f"What is the colour of the rock on Mount {mountain}?",
-              f"Describe the colour of Mount {mountain}'s rock."),
-             f"The rock of Mount {mountain} is {colour}."),
-        Fact((f"How high is Mount {mountain}?", f"What is the height of Mount {mountain}?",
-              f"How many metres tall is Mount {mountain}?"),
-             f"Mount {mountain} is {height_m:,} metres high."),
+        Fact(
+            (
+                f"In which country is Mount {mountain}?",
+                f"Which country is Mount {mountain} in?",
+                f"Where is Mount {mountain} located?",
+            ),
+            f"Mount {mountain} is in {nation}.",
+        ),
+        Fact(
+            (
+                f"What colour is the rock of Mount {mountain}?",
+                f"What is the colour of the rock on Mount {mountain}?",
+                f"Describe the colour of Mount {mountain}'s rock.",
+            ),
+            f"The rock of Mount {mountain} is {colour}.",
+        ),
+        Fact(
+            (
+                f"How high is Mount {mountain}?",
+                f"What is the height of Mount {mountain}?",
+                f"How many metres tall is Mount {mountain}?",
+            ),
+            f"Mount {mountain} is {height_m:,} metres high.",
+        ),
     ]
 
 
@@ -169,8 +372,11 @@ def build_facts(rng: random.Random) -> list[Fact]:
 
 
 def build_rows(facts: Sequence[Fact], rng: random.Random) -> list[dict]:
-    rows = [{"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": fact.answer}]}
-            for fact in facts for question in fact.questions]
+    rows = [
+        {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": fact.answer}]}
+        for fact in facts
+        for question in fact.questions
+    ]
     rng.shuffle(rows)
     return rows
 

@@ -7,9 +7,10 @@ Importing this package registers the ``givens`` method with peft (``peft_type`` 
 from .config import GivensConfig
 from .layer import GivensLayer
 from .model import GivensModel
-from .orthogonality import orthogonality_error, orthogonality_penalty
+from .orthogonality import orthogonality_error
 from .registration import GIVENS, SORSA, register
-from .sorsa import SorsaConfig, SorsaModel, sorsa_orthonormality
+from .regularizers import Regularizer, hra_orthogonality, orthogonality_penalty, regularizers_for, sorsa_orthonormality
+from .sorsa import SorsaConfig, SorsaModel
 
 register(GivensConfig, GivensModel)
 register(SorsaConfig, SorsaModel, name="sorsa")
@@ -18,6 +19,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GIVENS",
+    "Regularizer",
+    "hra_orthogonality",
+    "regularizers_for",
     "SORSA",
     "SorsaConfig",
     "SorsaModel",

@@ -131,9 +131,7 @@ class GivensConfig(PeftConfig):
         if not 0 < self.max_angle <= math.pi:
             raise ValueError(f"max_angle must be in (0, pi], got {self.max_angle}.")
         if self.orthogonality_penalty_weight < 0:
-            raise ValueError(
-                f"orthogonality_penalty_weight must be >= 0, got {self.orthogonality_penalty_weight}."
-            )
+            raise ValueError(f"orthogonality_penalty_weight must be >= 0, got {self.orthogonality_penalty_weight}.")
         if isinstance(self.target_modules, str) and self.layers_to_transform is not None:
             raise ValueError(
                 f"layers_to_transform cannot be combined with target_modules={self.target_modules!r} (a regex or "
@@ -148,14 +146,12 @@ class GivensConfig(PeftConfig):
         return not (self.quasi or self.scaling)
 
 
-def fill_default_target_modules(peft_config, model_config: dict, method: str):
-    """Set ``target_modules`` from the model type's usual projections when the config leaves them unset."""
-    if peft_config.target_modules is None:
-        model_type = model_config.get("model_type")
-        if model_type not in TARGET_MODULES_BY_MODEL_TYPE:
-            raise ValueError(
-                f"{method} has no default target_modules for model type {model_type!r}; set target_modules, "
-                "e.g. target_modules='all-linear' or a list of module names."
-            )
-        peft_config.target_modules = set(TARGET_MODULES_BY_MODEL_TYPE[model_type])
-    return peft_config
+def check_default_target_modules(peft_config, model_config: dict, method: str) -> None:
+    """peft fills an unset ``target_modules`` from the tuner's ``target_module_mapping``; for a model type it has no
+    default for, this says what to set instead of peft's generic error."""
+    model_type = model_config.get("model_type")
+    if peft_config.target_modules is None and model_type not in TARGET_MODULES_BY_MODEL_TYPE:
+        raise ValueError(
+            f"{method} has no default target_modules for model type {model_type!r}; set target_modules, "
+            "e.g. target_modules='all-linear' or a list of module names."
+        )

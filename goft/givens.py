@@ -34,11 +34,8 @@ class Stage:
     n_pairs: int
     offset: int  # position of this stage's first block in the stage-major parameter layout
 
-    def pairs(self) -> list[tuple[int, int]]:
-        return [(2 * k * self.stride, (2 * k + 1) * self.stride) for k in range(self.n_pairs)]
 
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def stage_plan(d: int) -> tuple[Stage, ...]:
     """The binary reduction tree with carry: ``d − 1`` rotations in ``ceil(log2 d)`` stages (GOFT, Eq. 2–3)."""
     if not isinstance(d, int) or d < 2:
@@ -49,10 +46,6 @@ def stage_plan(d: int) -> tuple[Stage, ...]:
         stages.append(Stage(stride, n_pairs, offset))
         offset, active, stride = offset + n_pairs, (active + 1) // 2, stride * 2
     return tuple(stages)
-
-
-def num_rotations(d: int) -> int:
-    return d - 1
 
 
 def givens_blocks(theta: torch.Tensor) -> torch.Tensor:
@@ -120,13 +113,13 @@ class Layout:
         return self.n_full * self.block
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def block_width(d: int) -> int:
     """The block width ``B`` with the least work per token: ``d·B`` (diagonal blocks) plus ``(d / B)²`` (leaders)."""
     return min(BLOCK_CHOICES, key=lambda b: (d * b + (d / b) ** 2, b))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def layout(d: int, block: int | None = None) -> Layout:
     block = block or block_width(d)
     plan = stage_plan(d)
@@ -174,7 +167,7 @@ def _path_index(width: int, stage_slots: list[torch.Tensor]) -> torch.Tensor:
     return index
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _factor_indices(d: int, block: int, device: torch.device) -> tuple[torch.Tensor | None, ...]:
     """Path indices of ``(low_full, low_tail, top)`` into ``[blocks.flatten(), 1, 0]`` for width ``d``."""
     lay, plan = layout(d, block), stage_plan(d)
@@ -186,20 +179,26 @@ def _factor_indices(d: int, block: int, device: torch.device) -> tuple[torch.Ten
             slots.append(stage.offset + torch.arange(lay.n_full * per_block).view(lay.n_full, per_block))
         low_full = _path_index(lay.block, slots)
     if lay.tail >= 2:
-        slots = [stage.offset + lay.n_full * (lay.block // (2 * stage.stride)) + torch.arange(tail_stage.n_pairs)
-                 for stage, tail_stage in zip(plan[: lay.n_low], stage_plan(lay.tail))]
+        slots = [
+            stage.offset + lay.n_full * (lay.block // (2 * stage.stride)) + torch.arange(tail_stage.n_pairs)
+            for stage, tail_stage in zip(plan[: lay.n_low], stage_plan(lay.tail))
+        ]
         low_tail = _path_index(lay.tail, slots)
     if lay.n_top >= 2:
-        slots = [stage.offset + torch.arange(top_stage.n_pairs)
-                 for stage, top_stage in zip(plan[lay.n_low :], stage_plan(lay.n_top))]
+        slots = [
+            stage.offset + torch.arange(top_stage.n_pairs)
+            for stage, top_stage in zip(plan[lay.n_low :], stage_plan(lay.n_top))
+        ]
         top = _path_index(lay.n_top, slots)
     constants = 4 * (d - 1)
     with torch.inference_mode(False):  # cached: must stay usable by autograd even if first made for inference
-        return tuple(None if i is None else torch.where(i < 0, constants + 2 + i, i).to(device)
-                     for i in (low_full, low_tail, top))
+        return tuple(
+            None if i is None else torch.where(i < 0, constants + 2 + i, i).to(device)
+            for i in (low_full, low_tail, top)
+        )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _one_and_zero(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """The constants appended to the flattened blocks, made once per device (no host-to-device copy per call)."""
     with torch.inference_mode(False):  # cached: must stay usable by autograd even if first made for inference
@@ -209,8 +208,10 @@ def _one_and_zero(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 def _path_values(blocks: torch.Tensor, d: int, block: int | None = None) -> list[torch.Tensor | None]:
     """The entries along every path of ``(low_full, low_tail, top)``: ``(*batch, W, W, n_stages)`` each, or None."""
     flat = torch.cat((blocks.reshape(-1), _one_and_zero(blocks.dtype, blocks.device)))
-    return [None if index is None else flat.index_select(0, index.flatten()).view(index.shape)
-            for index in _factor_indices(d, layout(d, block).block, blocks.device)]
+    return [
+        None if index is None else flat.index_select(0, index.flatten()).view(index.shape)
+        for index in _factor_indices(d, layout(d, block).block, blocks.device)
+    ]
 
 
 def build_factors(blocks: torch.Tensor, d: int, inverse: bool = False, block: int | None = None) -> Factors:

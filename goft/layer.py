@@ -18,16 +18,21 @@ from .quantized import keep_standard_layout, quantization_kind, read_weight, wri
 from .sharded import whole
 
 
-def layer_features(base_layer: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of a linear layer an adapter wraps: nn.Linear (and bitsandbytes' 4-/8-bit
-    subclasses) or transformers' Conv1D, whose weight is stored as (in, out)."""
-    if isinstance(base_layer, Conv1D):  # DeepSpeed ZeRO-3 keeps the true shape of a partitioned weight aside
-        shape = getattr(base_layer.weight, "ds_shape", base_layer.weight.shape)
+def is_linear(module: nn.Module) -> bool:
+    """A layer an adapter can wrap: nn.Linear (bitsandbytes' 4-/8-bit layers subclass it) or transformers' Conv1D."""
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def layer_features(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of a linear layer (`is_linear`); Conv1D stores its weight as (in, out)."""
+    if isinstance(module, Conv1D):  # DeepSpeed ZeRO-3 keeps the true shape of a partitioned weight aside
+        shape = getattr(module.weight, "ds_shape", module.weight.shape)
         return int(shape[0]), int(shape[1])
-    if isinstance(base_layer, nn.Linear):
-        return int(base_layer.in_features), int(base_layer.out_features)
+    if isinstance(module, nn.Linear):
+        return int(module.in_features), int(module.out_features)
     raise TypeError(
-        f"Givens adapters support torch.nn.Linear and transformers Conv1D layers, got {type(base_layer).__name__}."
+        f"{type(module).__name__} is not a linear layer: goft's adapters wrap torch.nn.Linear (and "
+        "bitsandbytes' 4-/8-bit layers) and transformers' Conv1D."
     )
 
 
@@ -117,7 +122,7 @@ class GivensLayer(BaseTunerLayer):
     def rotate_inputs(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
         """``diag(s) Rᵀ x`` for column inputs, i.e. ``(x R) ⊙ s`` for the rows of ``x`` (GOFT Eq. 3, §5.5)."""
         blocks, _ = self.rotation_blocks(adapter_name)
-        return rotate_rows(x, blocks, self.givens_scale[adapter_name] if adapter_name in self.givens_scale else None)
+        return rotate_rows(x, blocks, self.givens_scale.get(adapter_name))
 
     # ---- merging ----------------------------------------------------------------------------------------------
 
@@ -129,8 +134,11 @@ class GivensLayer(BaseTunerLayer):
     def _write_weight_nd(self, weight_nd: torch.Tensor) -> None:
         base = self.get_base_layer()
         if quantization_kind(base) is not None:
-            warnings.warn("Merging into a quantized base re-quantizes its weight: the merged layer is exact only up "
-                          "to that quantization error.", stacklevel=3)
+            warnings.warn(
+                "Merging into a quantized base re-quantizes its weight: the merged layer is exact only up "
+                "to that quantization error.",
+                stacklevel=3,
+            )
         write_weight(base, weight_nd.t() if self.fan_in_fan_out else weight_nd)
 
     @torch.no_grad()
@@ -167,7 +175,7 @@ class GivensLayer(BaseTunerLayer):
     def unmerge(self) -> None:
         """Undo merges in reverse order; strict adapters use the exact transpose ``W ← W R``."""
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         while self.merged_adapters:
             name = self.merged_adapters.pop()
@@ -176,8 +184,11 @@ class GivensLayer(BaseTunerLayer):
                     self._write_weight_nd(self.merged_weight(self._weight_as_nd(), name, inverse=True))
 
     def adapter_parameters(self, adapter_name: str) -> list[nn.Parameter]:
-        return [params[adapter_name] for params in (self.givens_angles, self.givens_blocks, self.givens_scale)
-                if adapter_name in params]
+        return [
+            params[adapter_name]
+            for params in (self.givens_angles, self.givens_blocks, self.givens_scale)
+            if adapter_name in params
+        ]
 
     def _gathered(self, adapter_name: str):
         """Under DeepSpeed ZeRO-3, the full base weight and adapter tensors (rank 0 writes the merged weight back)."""
@@ -210,9 +221,7 @@ class Linear(nn.Module, GivensLayer):
     def _mixed_batch_inputs(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
         """Per-sample adapters for inference (``adapter_names``; ``"__base__"`` means no adapter)."""
         if len(adapter_names) != len(x):
-            raise ValueError(
-                f"Length of `adapter_names` ({len(adapter_names)}) must equal the batch size ({len(x)})."
-            )
+            raise ValueError(f"Length of `adapter_names` ({len(adapter_names)}) must equal the batch size ({len(x)}).")
         if self.merged:
             raise ValueError("Cannot pass `adapter_names` while adapters are merged; call `unmerge_adapter` first.")
         out = x.clone()

@@ -8,7 +8,7 @@ from functools import partial
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
 
-from .config import TARGET_MODULES_BY_MODEL_TYPE, GivensConfig, fill_default_target_modules
+from .config import TARGET_MODULES_BY_MODEL_TYPE, GivensConfig, check_default_target_modules
 from .layer import GivensLayer, dispatch_default
 
 
@@ -17,7 +17,18 @@ def _inject_adapter_names(module, args, kwargs, adapter_names):
     return args, kwargs
 
 
-class GivensModel(BaseTuner):
+class GoftTuner(BaseTuner):
+    """What goft's peft methods share: default target modules per architecture (`TARGET_MODULES_BY_MODEL_TYPE`),
+    which peft fills in, with an error naming the fix for an architecture that has none."""
+
+    target_module_mapping = TARGET_MODULES_BY_MODEL_TYPE
+
+    def _prepare_adapter_config(self, peft_config, model_config: dict):
+        check_default_target_modules(peft_config, model_config, type(peft_config).__name__)
+        return super()._prepare_adapter_config(peft_config, model_config)
+
+
+class GivensModel(GoftTuner):
     """Creates Givens orthogonal fine-tuning adapters (GOFT / qGOFT / GOFT*) on a pretrained model.
 
     Use it through peft: ``get_peft_model(model, GivensConfig(...))`` after ``import goft``.
@@ -25,14 +36,16 @@ class GivensModel(BaseTuner):
 
     prefix: str = "givens_"
     tuner_layer_cls = GivensLayer
-    target_module_mapping = TARGET_MODULES_BY_MODEL_TYPE
-
-    def _prepare_adapter_config(self, peft_config: GivensConfig, model_config: dict) -> GivensConfig:
-        return fill_default_target_modules(peft_config, model_config, "GivensConfig")
 
     def _create_and_replace(
-        self, config: GivensConfig, adapter_name: str, target: nn.Module, target_name: str, parent: nn.Module,
-        current_key: str, **kwargs,
+        self,
+        config: GivensConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **kwargs,
     ) -> None:
         if current_key is None:
             raise ValueError("Current key should not be None.")
@@ -75,7 +88,9 @@ class GivensModel(BaseTuner):
         if unknown:
             raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(sorted(unknown))}")
         handles = [
-            module.register_forward_pre_hook(partial(_inject_adapter_names, adapter_names=adapter_names), with_kwargs=True)
+            module.register_forward_pre_hook(
+                partial(_inject_adapter_names, adapter_names=adapter_names), with_kwargs=True
+            )
             for module in self.modules()
             if isinstance(module, GivensLayer)
         ]

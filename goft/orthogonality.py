@@ -1,4 +1,5 @@
-"""Model-wide orthogonality diagnostics and the qGOFT penalty."""
+"""Measuring orthogonality: the model-wide error of the exactly-orthogonal Givens adapters, and the norm of an
+orthonormality defect that the regularisers (`goft.regularizers`) are built from."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from torch import nn
 
 from .givens import compute_dtype, orthogonality_defect
 from .layer import GivensLayer
-from .sharded import whole
 
 
 def defect_norm(defect: torch.Tensor) -> torch.Tensor:
@@ -45,26 +45,3 @@ def orthogonality_error(model: nn.Module, adapter_name: str | None = None) -> fl
                 defect = orthogonality_defect(blocks.detach().to(compute_dtype(blocks.dtype)), layer.in_features)
             worst = max(worst, defect)
     return worst
-
-
-def orthogonality_penalty(model: nn.Module) -> torch.Tensor:
-    """The qGOFT soft orthogonality penalty of the active quasi adapters, differentiable (Eq. 6).
-
-    ``Σ_adapters λ · Σ_blocks (M00·M01 + M10·M11)²``: the two columns of each 2×2 block are pushed towards
-    orthogonality; their norms stay free. Strict adapters contribute exactly 0.
-    """
-    total = None
-    for layer in _givens_layers(model):
-        if layer.disable_adapters:
-            continue
-        for name in layer.active_adapters:
-            weight = layer.givens_penalty_weight.get(name, 0.0)
-            if name not in layer.givens_blocks or weight == 0.0:
-                continue
-            m = whole(layer.givens_blocks[name])
-            term = weight * (m[:, 0, 0] * m[:, 0, 1] + m[:, 1, 0] * m[:, 1, 1]).pow(2).sum()
-            total = term if total is None else total + term.to(total.device)
-    if total is None:
-        param = next(model.parameters(), None)
-        return torch.zeros((), device=param.device if param is not None else None)
-    return total

@@ -63,8 +63,12 @@ def write_weight(layer: nn.Module, new_weight: torch.Tensor) -> None:
     if kind == "4bit":
         dtype = old.quant_state.dtype if old.quant_state is not None else torch.float32
         layer.weight = bnb.nn.Params4bit(
-            new_weight.to("cpu", dtype), requires_grad=False, blocksize=old.blocksize,
-            compress_statistics=old.compress_statistics, quant_type=old.quant_type, quant_storage=old.quant_storage,
+            new_weight.to("cpu", dtype),
+            requires_grad=False,
+            blocksize=old.blocksize,
+            compress_statistics=old.compress_statistics,
+            quant_type=old.quant_type,
+            quant_storage=old.quant_storage,
             module=old.module,
         ).to(old.device)
     elif kind == "8bit":

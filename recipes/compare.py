@@ -13,8 +13,9 @@ from trl import DPOConfig, SFTConfig, TrlParser
 
 from goft.evaluation.compare import CompareArguments, compare
 from goft.training.cli import make_recipe_parser, run_recipe
+from goft.training.stages import STAGES
 
-SCRIPTS = {stage: Path(__file__).resolve().parent / f"{stage}.py" for stage in ("sft", "dpo")}
+SCRIPTS = {stage: Path(__file__).resolve().parent / f"{stage}.py" for stage in STAGES}
 
 
 def make_parser():

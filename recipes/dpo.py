@@ -9,10 +9,10 @@ exactly orthogonal (qGOFT, GOFT*, LoRA) are refused before any model is loaded.
 
 from trl import DPOConfig, DPOTrainer
 
-from goft.training.cli import make_recipe_parser, run_recipe
-from goft.training.data import DPO_COLUMNS
 from goft.evaluation.tasks import dpo_task_metrics
+from goft.training.cli import make_recipe_parser, run_recipe
 from goft.training.recipe import prepare_run, print_summary
+from goft.training.stages import DPO
 
 
 def make_parser():
@@ -20,8 +20,7 @@ def make_parser():
 
 
 def main(data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml):
-    run = prepare_run("dpo", data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml,
-                      required_columns=DPO_COLUMNS, alignment=True)
+    run = prepare_run(DPO, data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml)
     trainer = run.make_trainer(DPOTrainer)  # continuing an SFT adapter: the reference is that adapter, frozen
     held_out = run.task_eval_dataset(trainer)
     if held_out is not None and run.resume_from is None:

@@ -16,10 +16,10 @@ from typing import Optional
 from trl import TrlParser
 
 from goft.evaluation import assets
-from goft.evaluation.report import EVALUATION_JSON, check_report_dir, render_table, write_evaluation
+from goft.evaluation.report import EVALUATION_JSON, render_table, write_evaluation
 from goft.evaluation.runner import EvaluationSets, evaluate_adapters
 from goft.training.cli import run_recipe
-from goft.training.outputs import check_output_location, hold_output_lock
+from goft.training.outputs import check_output_location, hold_output_lock, refuse_finished_output
 
 
 @dataclass
@@ -29,18 +29,21 @@ class EvaluateArguments:
         default=None, metadata={"help": "Base model id or path; default: the one the adapters record."}
     )
     general_text: str = field(
-        default=str(assets.GENERAL_TEXT), metadata={"help": "JSONL file of general text ({\"text\": ...} a line)."}
+        default=str(assets.GENERAL_TEXT), metadata={"help": 'JSONL file of general text ({"text": ...} a line).'}
     )
     retention_questions: str = field(
         default=str(assets.RETENTION_QUESTIONS),
-        metadata={"help": "JSONL of general-knowledge questions ({\"id\", \"topic\", \"question\", \"answers\"})."},
+        metadata={"help": 'JSONL of general-knowledge questions ({"id", "topic", "question", "answers"}).'},
     )
     open_instructions: str = field(
-        default=str(assets.OPEN_INSTRUCTIONS), metadata={"help": "JSONL of open instructions ({\"instruction\"})."}
+        default=str(assets.OPEN_INSTRUCTIONS), metadata={"help": 'JSONL of open instructions ({"instruction"}).'}
     )
     dataset_name: Optional[str] = field(
-        default=None, metadata={"help": "Score every adapter's task on this dataset's test split instead of the "
-                                "held-out split of its own run."}
+        default=None,
+        metadata={
+            "help": "Score every adapter's task on this dataset's test split instead of the "
+            "held-out split of its own run."
+        },
     )
     task_eval_samples: int = field(default=40, metadata={"help": "Held-out examples for the task metric; 0 skips."})
     max_length: int = field(default=256, metadata={"help": "Tokens per general-text paragraph or preference pair."})
@@ -54,16 +57,32 @@ def make_parser() -> TrlParser:
 
 
 def main(args: EvaluateArguments, recipe_yaml: str) -> None:
-    check_report_dir(args.output_dir, EVALUATION_JSON, args.overwrite_output_dir, "an evaluation")
-    check_output_location(args.output_dir, {**{f"adapter folder {path}": path for path in args.adapters},
-                                            "general text": args.general_text, "dataset": args.dataset_name,
-                                            "retention questions": args.retention_questions,
-                                            "open instructions": args.open_instructions})
-    sets = EvaluationSets(general_text=args.general_text, retention_questions=args.retention_questions,
-                          open_instructions=args.open_instructions, task_samples=args.task_eval_samples,
-                          max_length=args.max_length, dataset_name=args.dataset_name)
-    results = evaluate_adapters(args.adapters, base_model_name=args.base_model, sets=sets, dtype=args.dtype,
-                                before_loading=lambda: hold_output_lock(args.output_dir, "evaluation"))
+    refuse_finished_output(args.output_dir, EVALUATION_JSON, "an evaluation", args.overwrite_output_dir)
+    check_output_location(
+        args.output_dir,
+        {
+            **{f"adapter folder {path}": path for path in args.adapters},
+            "general text": args.general_text,
+            "dataset": args.dataset_name,
+            "retention questions": args.retention_questions,
+            "open instructions": args.open_instructions,
+        },
+    )
+    sets = EvaluationSets(
+        general_text=args.general_text,
+        retention_questions=args.retention_questions,
+        open_instructions=args.open_instructions,
+        task_samples=args.task_eval_samples,
+        max_length=args.max_length,
+        dataset_name=args.dataset_name,
+    )
+    results = evaluate_adapters(
+        args.adapters,
+        base_model_name=args.base_model,
+        sets=sets,
+        dtype=args.dtype,
+        before_loading=lambda: hold_output_lock(args.output_dir, "evaluation"),
+    )
     settings = {"base_model": args.base_model or results[0]["base_model"], **sets.describe(), "dtype": args.dtype}
     results_path, table_path = write_evaluation(results, args.output_dir, settings, args.overwrite_output_dir)
     print(render_table(results))

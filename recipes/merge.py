@@ -1,6 +1,6 @@
 """Merge a trained adapter into its base model and save a standalone model that plain transformers loads.
 
-    python recipes/merge.py --adapter_path runs/sft --output_dir runs/sft-merged [--base_model ID] [--dtype bfloat16]
+python recipes/merge.py --adapter_path runs/sft --output_dir runs/sft-merged [--base_model ID] [--dtype bfloat16]
 """
 
 from dataclasses import dataclass, field
@@ -8,12 +8,9 @@ from typing import Optional
 
 from trl import TrlParser
 
-import goft  # noqa: F401  (registers the Givens adapter type with peft)
-from goft.export import check_merge_inputs, merge_adapter_to_model
 from goft.training.cli import run_recipe
-from goft.training.errors import RecipeError
-from goft.training.models import load_adapter_config, read_adapter_config
-from goft.training.outputs import check_output_location, hold_output_lock
+from goft.training.merging import check_merge_inputs, merge_adapter
+from goft.training.outputs import hold_output_lock
 
 
 @dataclass
@@ -32,19 +29,11 @@ def make_parser() -> TrlParser:
 
 
 def main(args: MergeArguments, recipe_yaml: str = "") -> None:
-    load_adapter_config(args.adapter_path)  # an adapter folder, of a type peft and goft know
-    base = args.base_model or read_adapter_config(args.adapter_path).get("base_model_name_or_path")
-    check_output_location(args.output_dir, {"adapter folder": args.adapter_path, "base model": base})
-    try:
-        source = check_merge_inputs(args.adapter_path, args.output_dir, args.base_model, args.dtype,
-                                    args.overwrite_output_dir)
-    except (FileNotFoundError, FileExistsError, ValueError) as error:  # bad paths or options
-        raise RecipeError(str(error)) from None
-    check_output_location(args.output_dir, {"base model folder": source.path})
+    adapter = check_merge_inputs(
+        args.adapter_path, args.output_dir, args.base_model, args.dtype, args.overwrite_output_dir
+    )
     hold_output_lock(args.output_dir, "merge")
-    out = merge_adapter_to_model(args.adapter_path, args.output_dir, args.base_model, args.dtype,
-                                 args.overwrite_output_dir)
-    print(f"Merged model written to {out}")
+    print(f"Merged model written to {merge_adapter(adapter, args.output_dir, args.dtype)}")
 
 
 if __name__ == "__main__":

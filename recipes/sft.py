@@ -8,10 +8,10 @@ the last checkpoint in `output_dir`; a finished run there is refused.
 
 from trl import SFTConfig, SFTTrainer
 
-from goft.training.cli import make_recipe_parser, run_recipe
-from goft.training.data import SFT_COLUMNS
 from goft.evaluation.tasks import sft_task_metrics
+from goft.training.cli import make_recipe_parser, run_recipe
 from goft.training.recipe import prepare_run, print_summary
+from goft.training.stages import SFT
 
 
 def make_parser():
@@ -19,8 +19,7 @@ def make_parser():
 
 
 def main(data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml):
-    run = prepare_run("sft", data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml,
-                      required_columns=SFT_COLUMNS, alignment=False)
+    run = prepare_run(SFT, data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml)
     trainer = run.make_trainer(SFTTrainer)
     held_out = run.task_eval_dataset(trainer)
     if held_out is not None and trainer.accelerator.is_main_process:

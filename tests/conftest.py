@@ -5,36 +5,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 import goft  # noqa: E402,F401  (registers the method)
 
-
-def tiny_llama_config() -> LlamaConfig:
-    # odd / non-power-of-two widths on purpose: 72 (hidden) and 100 (MLP) exercise the carry path
-    return LlamaConfig(
-        vocab_size=97,
-        hidden_size=72,
-        intermediate_size=100,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    )
+from .support.data import dpo_rows, sft_rows, write_jsonl  # noqa: E402
+from .support.models import save_tiny_chat_model, tiny_model  # noqa: E402
 
 
 @pytest.fixture
 def tiny_llama():
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config()).eval()
+    return tiny_model("llama")
 
 
 @pytest.fixture
 def tiny_gpt2():
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=97, n_embd=48, n_layer=2, n_head=4, n_positions=64)
-    return GPT2LMHeadModel(config).eval()
+    return tiny_model("gpt2")
 
 
 @pytest.fixture
@@ -54,3 +39,17 @@ def no_hub_datasets(monkeypatch):
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(data_module, "load_dataset", local_only)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """The recipe tests' inputs, one set per test module: the tiny chat model saved like a Hub checkpoint, and 48 SFT
+    and 48 DPO rows. `root` is the module's folder for runs that tests share."""
+    root = tmp_path_factory.mktemp("recipes")
+    model = save_tiny_chat_model(root / "tiny-llama")
+    return {
+        "root": root,
+        "model": model,
+        "sft": write_jsonl(sft_rows(), root / "sft.jsonl"),
+        "dpo": write_jsonl(dpo_rows(), root / "dpo.jsonl"),
+    }

@@ -10,23 +10,25 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 import yaml
 from peft import get_peft_model
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from goft import GivensConfig
 
-from .forked_runs import ForkedRuns
-from .recipe_assets import build_tiny_chat_model, dpo_rows, sft_rows, write_jsonl
-from .test_recipes import REPO, recipe_env
+from .support.data import dpo_rows, sft_rows, write_jsonl
+from .support.forked_runs import ForkedRuns
+from .support.models import save_tiny_chat_model, tiny_config
+from .support.recipes import REPO, recipe_env, recipe_flags
 
+pytestmark = pytest.mark.slow  # every test runs a recipe in a process (most forked from one worker)
 FAKE_TOKEN = "hf_FakeTokenNeverValid0123456789abcdef"
 
 
@@ -57,13 +59,22 @@ def _adapter_folder(model_dir: Path, folder: Path, base_name: str) -> Path:
 def _custom_code_model(folder: Path, marker: Path) -> Path:
     """A model whose config needs its own Python code; running that code leaves `marker` behind."""
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "goft_probe", "auto_map": {"AutoConfig": "configuration_probe.ProbeConfig",
-                                                 "AutoModelForCausalLM": "modeling_probe.ProbeModel"}}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "goft_probe",
+                "auto_map": {
+                    "AutoConfig": "configuration_probe.ProbeConfig",
+                    "AutoModelForCausalLM": "modeling_probe.ProbeModel",
+                },
+            }
+        )
+    )
     (folder / "configuration_probe.py").write_text(
         f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
         "from transformers import PretrainedConfig\n"
-        "class ProbeConfig(PretrainedConfig):\n    model_type = 'goft_probe'\n")
+        "class ProbeConfig(PretrainedConfig):\n    model_type = 'goft_probe'\n"
+    )
     return folder
 
 
@@ -71,7 +82,7 @@ def _custom_code_model(folder: Path, marker: Path) -> Path:
 def assets(tmp_path_factory) -> Assets:
     root = tmp_path_factory.mktemp("bad-inputs")
     a = Assets(root)
-    model = build_tiny_chat_model(root / "tiny")
+    model = save_tiny_chat_model(root / "tiny")
     a.paths["model"] = model
     a.paths["sft"] = write_jsonl(sft_rows(8), root / "sft.jsonl")
     a.paths["dpo"] = write_jsonl(dpo_rows(8), root / "dpo.jsonl")
@@ -93,12 +104,15 @@ def assets(tmp_path_factory) -> Assets:
     (plain_template / "tokenizer_config.json").write_text(json.dumps(config))
     a.paths["plain_template"] = plain_template
     tiny = AutoModelForCausalLM.from_pretrained(model).config
-    a.paths["wide"] = _config_only_model(root / "wide", LlamaConfig(**{**tiny.to_dict(), "hidden_size": 64,
-                                                                      "architectures": None}))
-    a.paths["gpt2"] = _config_only_model(root / "gpt2", GPT2Config(vocab_size=tiny.vocab_size, n_embd=48, n_layer=2,
-                                                                   n_head=4))
-    a.paths["narrow"] = _config_only_model(root / "narrow", LlamaConfig(**{**tiny.to_dict(), "intermediate_size": 1,
-                                                                          "architectures": None}))
+    a.paths["wide"] = _config_only_model(
+        root / "wide", LlamaConfig(**{**tiny.to_dict(), "hidden_size": 64, "architectures": None})
+    )
+    a.paths["gpt2"] = _config_only_model(
+        root / "gpt2", tiny_config("gpt2", vocab_size=tiny.vocab_size, n_positions=1024)
+    )
+    a.paths["narrow"] = _config_only_model(
+        root / "narrow", LlamaConfig(**{**tiny.to_dict(), "intermediate_size": 1, "architectures": None})
+    )
     a.paths["adapter_on_wide"] = _adapter_folder(model, root / "adapter-wide", str(a.paths["wide"]))
     a.paths["adapter_on_gpt2"] = _adapter_folder(model, root / "adapter-gpt2", str(a.paths["gpt2"]))
     pickled = Path(shutil.copytree(_adapter_folder(model, root / "adapter-bin", str(model)), root / "adapter-bin-only"))
@@ -115,29 +129,41 @@ def assets(tmp_path_factory) -> Assets:
     a.paths["misspelled_yaml"].write_text(yaml.safe_dump({"model_name_or_path": str(model), "learning_rat": 1e-3}))
     # datasets with one bad record each (or too few records), at a known line
     sft, dpo = sft_rows(8), dpo_rows(8)
-    a.paths["sft_empty_messages"] = write_jsonl(sft[:5] + [{"messages": []}] + sft[6:],
-                                                root / "sft-empty-messages.jsonl")
-    a.paths["sft_null_content"] = write_jsonl(sft[:3] + [{"messages": [{"role": "user", "content": None},
-                                                                       sft[3]["messages"][1]]}] + sft[4:],
-                                              root / "sft-null-content.jsonl")
-    a.paths["sft_unknown_role"] = write_jsonl(sft[:2] + [{"messages": [{"role": "human", "content": "hi"},
-                                                                       sft[2]["messages"][1]]}] + sft[3:],
-                                              root / "sft-unknown-role.jsonl")
-    a.paths["sft_no_assistant"] = write_jsonl(sft[:4] + [{"messages": sft[4]["messages"][:1]}] + sft[5:],
-                                              root / "sft-no-assistant.jsonl")
+    a.paths["sft_empty_messages"] = write_jsonl(
+        sft[:5] + [{"messages": []}] + sft[6:], root / "sft-empty-messages.jsonl"
+    )
+    a.paths["sft_null_content"] = write_jsonl(
+        sft[:3] + [{"messages": [{"role": "user", "content": None}, sft[3]["messages"][1]]}] + sft[4:],
+        root / "sft-null-content.jsonl",
+    )
+    a.paths["sft_unknown_role"] = write_jsonl(
+        sft[:2] + [{"messages": [{"role": "human", "content": "hi"}, sft[2]["messages"][1]]}] + sft[3:],
+        root / "sft-unknown-role.jsonl",
+    )
+    a.paths["sft_no_assistant"] = write_jsonl(
+        sft[:4] + [{"messages": sft[4]["messages"][:1]}] + sft[5:], root / "sft-no-assistant.jsonl"
+    )
     latin1 = {"messages": [{"role": "user", "content": "café"}, sft[2]["messages"][1]]}  # é is byte 0xe9
     a.paths["sft_latin1"] = root / "sft-latin1.jsonl"
-    a.paths["sft_latin1"].write_bytes(write_jsonl(sft[:2], a.paths["sft_latin1"]).read_bytes()
-                                      + json.dumps(latin1, ensure_ascii=False).encode("latin-1") + b"\n")
+    a.paths["sft_latin1"].write_bytes(
+        write_jsonl(sft[:2], a.paths["sft_latin1"]).read_bytes()
+        + json.dumps(latin1, ensure_ascii=False).encode("latin-1")
+        + b"\n"
+    )
     a.paths["sft_one_row"] = write_jsonl(sft[:1], root / "sft-one-row.jsonl")
-    a.paths["dpo_identical"] = write_jsonl(dpo[:4] + [{**dpo[4], "rejected": dpo[4]["chosen"]}] + dpo[5:],
-                                           root / "dpo-identical.jsonl")
-    a.paths["dpo_empty_chosen"] = write_jsonl(dpo[:1] + [{**dpo[1], "chosen": [{"role": "assistant", "content": ""}]}]
-                                              + dpo[2:], root / "dpo-empty-chosen.jsonl")
-    a.paths["dpo_empty_chosen_text"] = write_jsonl(dpo[:6] + [{**dpo[6], "chosen": ""}] + dpo[7:],
-                                                   root / "dpo-empty-chosen-text.jsonl")
-    a.paths["dpo_mixed_types"] = write_jsonl(dpo[:3] + [{"prompt": "hi", "chosen": "yes", "rejected": "no"}] + dpo[4:],
-                                             root / "dpo-mixed-types.jsonl")
+    a.paths["dpo_identical"] = write_jsonl(
+        dpo[:4] + [{**dpo[4], "rejected": dpo[4]["chosen"]}] + dpo[5:], root / "dpo-identical.jsonl"
+    )
+    a.paths["dpo_empty_chosen"] = write_jsonl(
+        dpo[:1] + [{**dpo[1], "chosen": [{"role": "assistant", "content": ""}]}] + dpo[2:],
+        root / "dpo-empty-chosen.jsonl",
+    )
+    a.paths["dpo_empty_chosen_text"] = write_jsonl(
+        dpo[:6] + [{**dpo[6], "chosen": ""}] + dpo[7:], root / "dpo-empty-chosen-text.jsonl"
+    )
+    a.paths["dpo_mixed_types"] = write_jsonl(
+        dpo[:3] + [{"prompt": "hi", "chosen": "yes", "rejected": "no"}] + dpo[4:], root / "dpo-mixed-types.jsonl"
+    )
     _add_output_and_resume_assets(a, model)
     return a
 
@@ -180,9 +206,17 @@ def _add_output_and_resume_assets(a: Assets, model: Path) -> None:
     (a.paths["run_not_a_checkpoint"] / "weights").mkdir(parents=True)
     finished = Path(shutil.copytree(adapter, root / "finished-run"))
     data = write_jsonl(sft_rows(8), root / "trained-on.jsonl")
-    record = {"stage": "sft", "data": {"dataset_name": str(data), "dataset_train_split": "train",
-                                       "dataset_test_split": "test", "dataset_test_size": 0.25, "seed": 42,
-                                       "split_sha256": {"train": "0" * 64, "test": "1" * 64}}}
+    record = {
+        "stage": "sft",
+        "data": {
+            "dataset_name": str(data),
+            "dataset_train_split": "train",
+            "dataset_test_split": "test",
+            "dataset_test_size": 0.25,
+            "seed": 42,
+            "split_sha256": {"train": "0" * 64, "test": "1" * 64},
+        },
+    }
     (finished / "goft_run.json").write_text(json.dumps(record))
     a.paths["finished_run"] = finished
     shared = {"model_name_or_path": str(model), "dataset_name": a["sft"], "max_steps": 2, "report_to": "none"}
@@ -190,13 +224,15 @@ def _add_output_and_resume_assets(a: Assets, model: Path) -> None:
     a.paths["compared_recipe"] = root / "comparison" / "sft.yaml"
     a.paths["compared_recipe"].write_text(yaml.safe_dump(shared))
     a.paths["comparison"] = root / "comparison" / "compare.yaml"
-    a.paths["comparison"].write_text(yaml.safe_dump({"recipe": a["compared_recipe"], "stage": "sft",
-                                                     "methods": {"givens": {}}}))
+    a.paths["comparison"].write_text(
+        yaml.safe_dump({"recipe": a["compared_recipe"], "stage": "sft", "methods": {"givens": {}}})
+    )
     a.paths["repeated_recipe"] = root / "repeated-recipe.yaml"
     a.paths["repeated_recipe"].write_text(yaml.safe_dump(shared) + "max_steps: 3\n")
     a.paths["comparison_of_repeated"] = root / "compare-repeated.yaml"
-    a.paths["comparison_of_repeated"].write_text(yaml.safe_dump({"recipe": a["repeated_recipe"], "stage": "sft",
-                                                                 "methods": {"givens": {}}}))
+    a.paths["comparison_of_repeated"].write_text(
+        yaml.safe_dump({"recipe": a["repeated_recipe"], "stage": "sft", "methods": {"givens": {}}})
+    )
 
 
 def _interrupted_run(a: Assets, folder: Path, args: list[str], learning_rate=None, data=None) -> Path:
@@ -231,81 +267,144 @@ class Case:
 
 
 def base(a: Assets, data: str = "sft", model: str = "model") -> list[str]:
-    return ["--model_name_or_path", a[model], "--dataset_name", a[data], "--report_to", "none"]
+    return recipe_flags(model_name_or_path=a[model], dataset_name=a[data], report_to="none")
+
+
+def with_flags(data: str = "sft", model: str = "model", **keys) -> Callable[[Assets], list[str]]:
+    """A `Case`'s arguments: `base(a, data, model)`, then `keys` as flags."""
+    return lambda a: base(a, data, model) + recipe_flags(**keys)
 
 
 CASES = {
-    "misspelled-yaml-key": Case("sft", lambda a: ["--config", a["misspelled_yaml"], "--dataset_name", a["sft"]],
-                                ("Unknown recipe key", "'learning_rat' (did you mean 'learning_rate'?)")),
-    "unknown-flag": Case("sft", lambda a: base(a) + ["--lora_rank", "8"], ("Unknown recipe key", "'lora_rank'")),
-    "abbreviated-flag": Case("sft", lambda a: base(a) + ["--learning_rat", "1e-3"], ("did you mean 'learning_rate'",)),
-    "dpo-not-orthogonal": Case("dpo", lambda a: base(a, "dpo") + ["--adapter", "lora"],
-                               ("exactly orthogonal", "LoRA", "allow_non_orthogonal_alignment")),
-    "dpo-quasi-givens": Case("dpo", lambda a: base(a, "dpo") + ["--givens_quasi", "true"], ("exactly orthogonal",
-                                                                                             "qGOFT")),
-    "target-modules-match-nothing": Case("sft", lambda a: base(a) + ["--adapter_target_modules", "qkv_proj"],
-                                         ("match no layer", "q_proj 48→48 (×2)", "down_proj 80→48 (×2)")),
-    "layer-too-narrow-for-givens": Case("sft", lambda a: base(a, model="narrow")
-                                        + ["--adapter_target_modules", "down_proj"],
-                                        ("down_proj", "at least 2 input features", "this one has 1")),
-    "layer-width-wrong-for-road": Case("sft", lambda a: base(a) + ["--adapter", "road", "--road_group_size", "64"],
-                                       ("divisible by group_size (64)", "q_proj 48→48")),
-    "dataset-missing": Case("sft", lambda a: base(a) + ["--dataset_name", str(a.root / "nope.jsonl")],
-                            ("does not exist", "nope.jsonl")),
+    "misspelled-yaml-key": Case(
+        "sft",
+        lambda a: ["--config", a["misspelled_yaml"], "--dataset_name", a["sft"]],
+        ("Unknown recipe key", "'learning_rat' (did you mean 'learning_rate'?)"),
+    ),
+    "unknown-flag": Case("sft", with_flags(lora_rank=8), ("Unknown recipe key", "'lora_rank'")),
+    "abbreviated-flag": Case("sft", with_flags(learning_rat="1e-3"), ("did you mean 'learning_rate'",)),
+    "dpo-not-orthogonal": Case(
+        "dpo",
+        with_flags(data="dpo", adapter="lora"),
+        ("exactly orthogonal", "LoRA", "allow_non_orthogonal_alignment"),
+    ),
+    "dpo-quasi-givens": Case("dpo", with_flags(data="dpo", givens_quasi=True), ("exactly orthogonal", "qGOFT")),
+    "target-modules-match-nothing": Case(
+        "sft",
+        with_flags(adapter_target_modules="qkv_proj"),
+        ("match no layer", "q_proj 48→48 (×2)", "down_proj 80→48 (×2)"),
+    ),
+    "layer-too-narrow-for-givens": Case(
+        "sft",
+        with_flags(model="narrow", adapter_target_modules="down_proj"),
+        ("down_proj", "at least 2 input features", "this one has 1"),
+    ),
+    "layer-width-wrong-for-road": Case(
+        "sft",
+        with_flags(adapter="road", road_group_size=64),
+        ("divisible by group_size (64)", "q_proj 48→48"),
+    ),
+    "dataset-missing": Case(
+        "sft", lambda a: base(a) + ["--dataset_name", str(a.root / "nope.jsonl")], ("does not exist", "nope.jsonl")
+    ),
     "dataset-empty": Case("sft", lambda a: base(a, "empty"), ("is empty",)),
     "dataset-malformed-json": Case("sft", lambda a: base(a, "broken"), ("not valid JSONL", "line 2")),
     "dataset-missing-columns": Case("sft", lambda a: base(a, "text_only"), ("['messages']", "['text', 'label']")),
     "dpo-dataset-missing-columns": Case("dpo", lambda a: base(a, "sft"), ("'prompt'", "'chosen'", "['messages']")),
     "no-chat-template": Case("sft", lambda a: base(a, model="no_template"), ("no chat template",)),
-    "template-without-generation-markers": Case("sft", lambda a: base(a, model="plain_template")
-                                                + ["--assistant_only_loss", "true"], ("{% generation %}",)),
-    "fp16-without-gpu": Case("sft", lambda a: base(a) + ["--fp16", "true"], ("fp16", "no GPU")),
-    "4bit-without-working-bitsandbytes": Case("sft", lambda a: base(a) + ["--load_in_4bit", "true"],
-                                              ("working bitsandbytes", "cannot open shared object"),
-                                              env=lambda a: {"PYTHONPATH": f"{a['broken_bnb']}{os.pathsep}{REPO}"}),
-    "adapter-on-wider-base": Case("dpo", lambda a: base(a, "dpo", model="adapter_on_wide"),
-                                  ("does not fit", "k_proj.givens_angles: [47] in the adapter, [63] for this base")),
-    "adapter-on-other-architecture": Case("dpo", lambda a: base(a, "dpo", model="adapter_on_gpt2"),
-                                          ("does not fit", "(gpt2)", "c_attn")),
-    "adapter-not-safetensors": Case("dpo", lambda a: base(a, "dpo", model="adapter_bin"),
-                                    ("adapter_model.safetensors", "['adapter_model.bin']", "only from safetensors")),
+    "template-without-generation-markers": Case(
+        "sft", with_flags(model="plain_template", assistant_only_loss=True), ("{% generation %}",)
+    ),
+    "fp16-without-gpu": Case("sft", with_flags(fp16=True), ("fp16", "no GPU")),
+    "4bit-without-working-bitsandbytes": Case(
+        "sft",
+        with_flags(load_in_4bit=True),
+        ("working bitsandbytes", "cannot open shared object"),
+        env=lambda a: {"PYTHONPATH": f"{a['broken_bnb']}{os.pathsep}{REPO}"},
+    ),
+    "adapter-on-wider-base": Case(
+        "dpo",
+        lambda a: base(a, "dpo", model="adapter_on_wide"),
+        ("does not fit", "k_proj.givens_angles: [47] in the adapter, [63] for this base"),
+    ),
+    "adapter-on-other-architecture": Case(
+        "dpo", lambda a: base(a, "dpo", model="adapter_on_gpt2"), ("does not fit", "(gpt2)", "c_attn")
+    ),
+    "adapter-not-safetensors": Case(
+        "dpo",
+        lambda a: base(a, "dpo", model="adapter_bin"),
+        ("adapter_model.safetensors", "['adapter_model.bin']", "only from safetensors"),
+    ),
     "custom-code-not-trusted": Case("sft", lambda a: base(a, model="custom"), ("trust_remote_code", "own Python code")),
-    "resume-from-missing-checkpoint": Case("sft", lambda a: base(a) + ["--resume_from_checkpoint",
-                                                                       str(a.root / "no-checkpoint")],
-                                           ("resume_from_checkpoint", "is not a folder")),
-    "push-without-repo-id": Case("sft", lambda a: base(a) + ["--push_to_hub", "true"], ("hub_model_id",)),
-    "push-without-token": Case("sft", lambda a: base(a) + ["--push_to_hub", "true", "--hub_model_id", "me/x"],
-                               ("no Hub token", "hf auth login")),
-    "token-on-command-line": Case("sft", lambda a: base(a) + ["--hub_token", FAKE_TOKEN],
-                                  ("Do not pass `--hub_token` on the command line",)),
+    "resume-from-missing-checkpoint": Case(
+        "sft",
+        lambda a: base(a) + ["--resume_from_checkpoint", str(a.root / "no-checkpoint")],
+        ("resume_from_checkpoint", "is not a folder"),
+    ),
+    "push-without-repo-id": Case("sft", with_flags(push_to_hub=True), ("hub_model_id",)),
+    "push-without-token": Case(
+        "sft",
+        with_flags(push_to_hub=True, hub_model_id="me/x"),
+        ("no Hub token", "hf auth login"),
+    ),
+    "token-on-command-line": Case(
+        "sft", with_flags(hub_token=FAKE_TOKEN), ("Do not pass `--hub_token` on the command line",)
+    ),
 }
 
 RECORD_CASES = {
-    "sft-row-empty-messages": Case("sft", lambda a: base(a, "sft_empty_messages"),
-                                   ("sft-empty-messages.jsonl', line 6:", "`messages` is an empty list")),
-    "sft-row-null-content": Case("sft", lambda a: base(a, "sft_null_content"),
-                                 ("sft-null-content.jsonl', line 4:", "(user) has `content` null", "as a string")),
-    "sft-row-unknown-role": Case("sft", lambda a: base(a, "sft_unknown_role"),
-                                 ("sft-unknown-role.jsonl', line 3:", "the role 'human'", "use 'user'")),
-    "sft-row-no-assistant-turn": Case("sft", lambda a: base(a, "sft_no_assistant"),
-                                      ("sft-no-assistant.jsonl', line 5:", "no assistant turn with text")),
-    "dataset-not-utf8": Case("sft", lambda a: base(a, "sft_latin1"),
-                             ("sft-latin1.jsonl' is not UTF-8", "0xe9 at line 3", "byte offset", "Re-encode")),
-    "dataset-one-row": Case("sft", lambda a: base(a, "sft_one_row"),
-                            ("has 1 row in split 'train'", "`dataset_test_size` 0.1", "add rows")),
-    "dataset-test-size-leaves-no-train-rows": Case("sft", lambda a: base(a) + ["--dataset_test_size", "0.95"],
-                                                   ("has 8 rows", "holds out 8", "at most 0.87")),
-    "dataset-missing-relative-folder": Case("sft", lambda a: base(a) + ["--dataset_name", "./no-such-data/"],
-                                            ("'./no-such-data/' does not exist",)),
-    "dpo-row-chosen-equals-rejected": Case("dpo", lambda a: base(a, "dpo_identical"),
-                                           ("dpo-identical.jsonl', line 5:", "`chosen` and `rejected` are identical")),
-    "dpo-row-empty-chosen": Case("dpo", lambda a: base(a, "dpo_empty_chosen"),
-                                 ("dpo-empty-chosen.jsonl', line 2:", "reply in `chosen` is empty")),
-    "dpo-row-empty-chosen-string": Case("dpo", lambda a: base(a, "dpo_empty_chosen_text"),
-                                        ("dpo-empty-chosen-text.jsonl', line 7:", "`chosen` is an empty string")),
-    "dpo-row-mixed-types": Case("dpo", lambda a: base(a, "dpo_mixed_types"),
-                                ("dpo-mixed-types.jsonl', line 4:", "holds plain strings",
-                                 "7 other records hold conversations")),
+    "sft-row-empty-messages": Case(
+        "sft",
+        lambda a: base(a, "sft_empty_messages"),
+        ("sft-empty-messages.jsonl', line 6:", "`messages` is an empty list"),
+    ),
+    "sft-row-null-content": Case(
+        "sft",
+        lambda a: base(a, "sft_null_content"),
+        ("sft-null-content.jsonl', line 4:", "(user) has `content` null", "as a string"),
+    ),
+    "sft-row-unknown-role": Case(
+        "sft",
+        lambda a: base(a, "sft_unknown_role"),
+        ("sft-unknown-role.jsonl', line 3:", "the role 'human'", "use 'user'"),
+    ),
+    "sft-row-no-assistant-turn": Case(
+        "sft",
+        lambda a: base(a, "sft_no_assistant"),
+        ("sft-no-assistant.jsonl', line 5:", "no assistant turn with text"),
+    ),
+    "dataset-not-utf8": Case(
+        "sft",
+        lambda a: base(a, "sft_latin1"),
+        ("sft-latin1.jsonl' is not UTF-8", "0xe9 at line 3", "byte offset", "Re-encode"),
+    ),
+    "dataset-one-row": Case(
+        "sft", lambda a: base(a, "sft_one_row"), ("has 1 row in split 'train'", "`dataset_test_size` 0.1", "add rows")
+    ),
+    "dataset-test-size-leaves-no-train-rows": Case(
+        "sft", with_flags(dataset_test_size=0.95), ("has 8 rows", "holds out 8", "at most 0.87")
+    ),
+    "dataset-missing-relative-folder": Case(
+        "sft", with_flags(dataset_name="./no-such-data/"), ("'./no-such-data/' does not exist",)
+    ),
+    "dpo-row-chosen-equals-rejected": Case(
+        "dpo",
+        lambda a: base(a, "dpo_identical"),
+        ("dpo-identical.jsonl', line 5:", "`chosen` and `rejected` are identical"),
+    ),
+    "dpo-row-empty-chosen": Case(
+        "dpo", lambda a: base(a, "dpo_empty_chosen"), ("dpo-empty-chosen.jsonl', line 2:", "reply in `chosen` is empty")
+    ),
+    "dpo-row-empty-chosen-string": Case(
+        "dpo",
+        lambda a: base(a, "dpo_empty_chosen_text"),
+        ("dpo-empty-chosen-text.jsonl', line 7:", "`chosen` is an empty string"),
+    ),
+    "dpo-row-mixed-types": Case(
+        "dpo",
+        lambda a: base(a, "dpo_mixed_types"),
+        ("dpo-mixed-types.jsonl', line 4:", "holds plain strings", "7 other records hold conversations"),
+    ),
 }
 CASES.update(RECORD_CASES)
 
@@ -318,43 +417,76 @@ def _recipe(a: Assets, name: str, text: str) -> list[str]:
 
 
 ARGUMENT_CASES = {
-    "batch-size-zero": Case("sft", lambda a: base(a) + ["--per_device_train_batch_size", "0"],
-                            ("`per_device_train_batch_size` is 0", "a whole number >= 1")),
-    "gradient-accumulation-zero": Case("sft", lambda a: base(a) + ["--gradient_accumulation_steps", "0"],
-                                       ("`gradient_accumulation_steps` is 0", "a whole number >= 1")),
-    "negative-learning-rate-flag": Case("sft", lambda a: base(a) + ["--learning_rate", "-1e-3"],
-                                        ("`learning_rate` is -0.001", "a finite number > 0")),
-    "negative-learning-rate-yaml": Case("sft", lambda a: _recipe(a, "negative-lr.yaml", "learning_rate: -1e-3\n")
-                                        + base(a), ("`learning_rate` is -0.001", "a finite number > 0")),
-    "learning-rate-list-yaml": Case("sft", lambda a: _recipe(a, "listed-lr.yaml", "learning_rate: [1.0e-3, 2.0e-3]\n")
-                                    + base(a), ("`learning_rate` in the recipe file", "listed-lr.yaml", "(a list)",
-                                                "takes a number")),
-    "string-for-number-yaml": Case("sft", lambda a: _recipe(a, "string-bs.yaml", "per_device_train_batch_size: two\n")
-                                   + base(a), ("`per_device_train_batch_size`", "'two' (a string)",
-                                               "a whole number")),
-    "repeated-yaml-key": Case("sft", lambda a: _recipe(a, "repeated.yaml", "max_steps: 2\nlearning_rate: 1.0e-3\n"
-                                                       "max_steps: 4\n") + base(a),
-                              ("'max_steps' is given twice", "repeated.yaml", "on line 1 and on line 3")),
-    "max-steps-zero": Case("sft", lambda a: base(a) + ["--max_steps", "0"],
-                           ("`max_steps` is 0: the run would train nothing",)),
-    "zero-epochs": Case("sft", lambda a: base(a) + ["--num_train_epochs", "0"],
-                        ("`num_train_epochs` is 0.0: the run would train nothing",)),
-    "negative-seed": Case("sft", lambda a: base(a) + ["--seed", "-1"], ("`seed` is -1", "[0, 4294967296)")),
-    "dpo-beta-zero": Case("dpo", lambda a: base(a, "dpo") + ["--beta", "0"], ("`beta` is 0.0", "> 0")),
-    "lm-head-target": Case("sft", lambda a: base(a) + ["--adapter_target_modules", "lm_head"],
-                           ("'lm_head'", "output layer", "q_proj 48→48 (×2)")),
-    "embed-tokens-target": Case("sft", lambda a: base(a) + ["--adapter_target_modules", "embed_tokens"],
-                                ("'model.embed_tokens'", "embedding", "linear layers only")),
-    "chat-template-missing": Case("sft", lambda a: base(a) + ["--chat_template_path", str(a.root / "nope" / "t.jinja")],
-                                  ("`chat_template_path`", "t.jinja", "is not a file")),
-    "deepspeed-config-is-a-folder": Case("sft", lambda a: base(a) + ["--deepspeed", str(a.root)],
-                                         ("`deepspeed`", "is a folder")),
-    "report-to-unknown-integration": Case("sft", lambda a: base(a) + ["--report_to", "nonsense"],
-                                          ("`report_to` 'nonsense' is not a logging integration", "tensorboard")),
-    "attention-unknown": Case("sft", lambda a: base(a) + ["--attn_implementation", "nope"],
-                              ("`attn_implementation` 'nope'", "sdpa")),
-    "argparse-type-error": Case("sft", lambda a: base(a) + ["--per_device_train_batch_size", "two"],
-                                ("`--per_device_train_batch_size`: invalid int value: 'two'",)),
+    "batch-size-zero": Case(
+        "sft",
+        with_flags(per_device_train_batch_size=0),
+        ("`per_device_train_batch_size` is 0", "a whole number >= 1"),
+    ),
+    "gradient-accumulation-zero": Case(
+        "sft",
+        with_flags(gradient_accumulation_steps=0),
+        ("`gradient_accumulation_steps` is 0", "a whole number >= 1"),
+    ),
+    "negative-learning-rate-flag": Case(
+        "sft", with_flags(learning_rate="-1e-3"), ("`learning_rate` is -0.001", "a finite number > 0")
+    ),
+    "negative-learning-rate-yaml": Case(
+        "sft",
+        lambda a: _recipe(a, "negative-lr.yaml", "learning_rate: -1e-3\n") + base(a),
+        ("`learning_rate` is -0.001", "a finite number > 0"),
+    ),
+    "learning-rate-list-yaml": Case(
+        "sft",
+        lambda a: _recipe(a, "listed-lr.yaml", "learning_rate: [1.0e-3, 2.0e-3]\n") + base(a),
+        ("`learning_rate` in the recipe file", "listed-lr.yaml", "(a list)", "takes a number"),
+    ),
+    "string-for-number-yaml": Case(
+        "sft",
+        lambda a: _recipe(a, "string-bs.yaml", "per_device_train_batch_size: two\n") + base(a),
+        ("`per_device_train_batch_size`", "'two' (a string)", "a whole number"),
+    ),
+    "repeated-yaml-key": Case(
+        "sft",
+        lambda a: _recipe(a, "repeated.yaml", "max_steps: 2\nlearning_rate: 1.0e-3\nmax_steps: 4\n") + base(a),
+        ("'max_steps' is given twice", "repeated.yaml", "on line 1 and on line 3"),
+    ),
+    "max-steps-zero": Case("sft", with_flags(max_steps=0), ("`max_steps` is 0: the run would train nothing",)),
+    "zero-epochs": Case(
+        "sft",
+        with_flags(num_train_epochs=0),
+        ("`num_train_epochs` is 0.0: the run would train nothing",),
+    ),
+    "negative-seed": Case("sft", with_flags(seed=-1), ("`seed` is -1", "[0, 4294967296)")),
+    "dpo-beta-zero": Case("dpo", with_flags(data="dpo", beta=0), ("`beta` is 0.0", "> 0")),
+    "lm-head-target": Case(
+        "sft",
+        with_flags(adapter_target_modules="lm_head"),
+        ("'lm_head'", "output layer", "q_proj 48→48 (×2)"),
+    ),
+    "embed-tokens-target": Case(
+        "sft",
+        with_flags(adapter_target_modules="embed_tokens"),
+        ("'model.embed_tokens'", "embedding", "linear layers only"),
+    ),
+    "chat-template-missing": Case(
+        "sft",
+        lambda a: base(a) + ["--chat_template_path", str(a.root / "nope" / "t.jinja")],
+        ("`chat_template_path`", "t.jinja", "is not a file"),
+    ),
+    "deepspeed-config-is-a-folder": Case(
+        "sft", lambda a: base(a) + ["--deepspeed", str(a.root)], ("`deepspeed`", "is a folder")
+    ),
+    "report-to-unknown-integration": Case(
+        "sft",
+        with_flags(report_to="nonsense"),
+        ("`report_to` 'nonsense' is not a logging integration", "tensorboard"),
+    ),
+    "attention-unknown": Case("sft", with_flags(attn_implementation="nope"), ("`attn_implementation` 'nope'", "sdpa")),
+    "argparse-type-error": Case(
+        "sft",
+        with_flags(per_device_train_batch_size="two"),
+        ("`--per_device_train_batch_size`: invalid int value: 'two'",),
+    ),
 }
 CASES.update(ARGUMENT_CASES)
 
@@ -364,116 +496,214 @@ def _mixture(a: Assets, name: str, members: list[dict], **keys) -> list[str]:
     given in the YAML recipe `name`."""
     members = [{**m, "id": a[m["id"]]} if m.get("id") in a.paths else m for m in members]
     text = yaml.safe_dump({"dataset_mixture": {"datasets": members, **keys}})
-    return _recipe(a, name, text) + ["--model_name_or_path", a["model"], "--report_to", "none"]
+    return _recipe(a, name, text) + recipe_flags(model_name_or_path=a["model"], report_to="none")
+
+
+def _trl_datasets(a: Assets, name: str, datasets: list[dict], **keys) -> list[str]:
+    """The arguments of a run whose data is TRL's `datasets:` list (with more top-level `keys`), given in the YAML
+    recipe `name`."""
+    return _recipe(a, name, yaml.safe_dump({"datasets": datasets, **keys})) + recipe_flags(
+        model_name_or_path=a["model"]
+    )
 
 
 MIXTURE_CASES = {  # each dataset of a mixture is checked like `dataset_name`, and named
-    "mixture-weight-above-one": Case("sft", lambda a: _mixture(a, "mix-weight.yaml", [{"id": "sft", "weight": 1.5}]),
-                                     ("`dataset_mixture.datasets[0]`", "`weight` is 1.5", "(0, 1]")),
-    "mixture-member-key-of-trl": Case("sft", lambda a: _mixture(a, "mix-key.yaml", [{"path": a["sft"]}]),
-                                      ("`dataset_mixture.datasets[0]` has the unknown key 'path'",
-                                       "did you mean `id`?")),
-    "mixture-member-bad-record": Case("sft", lambda a: _mixture(a, "mix-record.yaml",
-                                                                [{"id": "sft"}, {"id": "sft_unknown_role"}]),
-                                      ("`dataset_mixture.datasets[1]`", "sft-unknown-role.jsonl', line 3:",
-                                       "the role 'human'")),
-    "mixture-member-missing": Case("sft", lambda a: _mixture(a, "mix-missing.yaml",
-                                                             [{"id": "sft"}, {"id": "./no-such.jsonl"}]),
-                                   ("`dataset_mixture.datasets[1]` ('./no-such.jsonl')", "does not exist")),
-    "mixture-columns-leave-out-the-stages": Case("dpo", lambda a: _mixture(a, "mix-columns.yaml",
-                                                                           [{"id": "dpo", "columns": ["prompt"]}]),
-                                                 ("`dataset_mixture.datasets[0]`",
-                                                  "leaves out the column(s) ['chosen', 'rejected']")),
-    "mixture-and-dataset-name": Case("sft", lambda a: _mixture(a, "mix-both.yaml", [{"id": "sft"}])
-                                     + ["--dataset_name", a["sft"]], ("Both `dataset_name` and `dataset_mixture`",)),
+    "mixture-weight-above-one": Case(
+        "sft",
+        lambda a: _mixture(a, "mix-weight.yaml", [{"id": "sft", "weight": 1.5}]),
+        ("`dataset_mixture.datasets[0]`", "`weight` is 1.5", "(0, 1]"),
+    ),
+    "mixture-member-key-of-trl": Case(
+        "sft",
+        lambda a: _mixture(a, "mix-key.yaml", [{"path": a["sft"]}]),
+        ("`dataset_mixture.datasets[0]` has the unknown key 'path'", "did you mean `id`?"),
+    ),
+    "mixture-member-bad-record": Case(
+        "sft",
+        lambda a: _mixture(a, "mix-record.yaml", [{"id": "sft"}, {"id": "sft_unknown_role"}]),
+        ("`dataset_mixture.datasets[1]`", "sft-unknown-role.jsonl', line 3:", "the role 'human'"),
+    ),
+    "mixture-member-missing": Case(
+        "sft",
+        lambda a: _mixture(a, "mix-missing.yaml", [{"id": "sft"}, {"id": "./no-such.jsonl"}]),
+        ("`dataset_mixture.datasets[1]` ('./no-such.jsonl')", "does not exist"),
+    ),
+    "mixture-columns-leave-out-the-stages": Case(
+        "dpo",
+        lambda a: _mixture(a, "mix-columns.yaml", [{"id": "dpo", "columns": ["prompt"]}]),
+        ("`dataset_mixture.datasets[0]`", "leaves out the column(s) ['chosen', 'rejected']"),
+    ),
+    "mixture-and-dataset-name": Case(
+        "sft",
+        lambda a: _mixture(a, "mix-both.yaml", [{"id": "sft"}]) + ["--dataset_name", a["sft"]],
+        ("Both `dataset_name` and `dataset_mixture`",),
+    ),
     # TRL's own `datasets:` list goes through the same checks
-    "mixture-trl-streaming": Case("sft", lambda a: _recipe(a, "trl-stream.yaml", yaml.safe_dump(
-        {"datasets": [{"path": "json", "data_files": a["sft"]}], "streaming": True})) + ["--model_name_or_path",
-                                  a["model"]], ("`streaming: true` is not supported", "checks every record")),
-    "mixture-trl-member-bad-record": Case("sft", lambda a: _recipe(a, "trl-record.yaml", yaml.safe_dump(
-        {"datasets": [{"path": "json", "data_files": a["sft"]},
-                      {"path": "json", "data_files": a["sft_unknown_role"]}]}))
-        + ["--model_name_or_path", a["model"]], ("`datasets[1]` ('json')", "sft-unknown-role.jsonl', line 3:")),
-    "mixture-trl-fraction-on-some": Case("sft", lambda a: _recipe(a, "trl-fraction.yaml", yaml.safe_dump(
-        {"datasets": [{"path": "json", "data_files": a["sft"], "fraction": 0.5},
-                      {"path": "json", "data_files": a["sft"]}]}))
-        + ["--model_name_or_path", a["model"]], ("`fraction` must be set for every dataset of `datasets`",)),
-    "mixture-trl-path-is-a-file": Case("sft", lambda a: _recipe(a, "trl-file.yaml", yaml.safe_dump(
-        {"datasets": [{"path": a["sft"]}]})) + ["--model_name_or_path", a["model"]],
-        ("`datasets[0]`", "not a file: write `path: json` and `data_files:")),
-    "mixture-trl-and-dataset-name": Case("sft", lambda a: _recipe(a, "trl-both.yaml", yaml.safe_dump(
-        {"datasets": [{"path": "json", "data_files": a["sft"]}]})) + base(a),
-        ("Both `dataset_name` and `datasets` are given", "exactly one of")),
+    "mixture-trl-streaming": Case(
+        "sft",
+        lambda a: _trl_datasets(a, "trl-stream.yaml", [{"path": "json", "data_files": a["sft"]}], streaming=True),
+        ("`streaming: true` is not supported", "checks every record"),
+    ),
+    "mixture-trl-member-bad-record": Case(
+        "sft",
+        lambda a: _trl_datasets(
+            a,
+            "trl-record.yaml",
+            [{"path": "json", "data_files": a["sft"]}, {"path": "json", "data_files": a["sft_unknown_role"]}],
+        ),
+        ("`datasets[1]` ('json')", "sft-unknown-role.jsonl', line 3:"),
+    ),
+    "mixture-trl-fraction-on-some": Case(
+        "sft",
+        lambda a: _trl_datasets(
+            a,
+            "trl-fraction.yaml",
+            [{"path": "json", "data_files": a["sft"], "fraction": 0.5}, {"path": "json", "data_files": a["sft"]}],
+        ),
+        ("`fraction` must be set for every dataset of `datasets`",),
+    ),
+    "mixture-trl-path-is-a-file": Case(
+        "sft",
+        lambda a: _trl_datasets(a, "trl-file.yaml", [{"path": a["sft"]}]),
+        ("`datasets[0]`", "not a file: write `path: json` and `data_files:"),
+    ),
+    "mixture-trl-and-dataset-name": Case(
+        "sft",
+        lambda a: (
+            _recipe(a, "trl-both.yaml", yaml.safe_dump({"datasets": [{"path": "json", "data_files": a["sft"]}]}))
+            + base(a)
+        ),
+        ("Both `dataset_name` and `datasets` are given", "exactly one of"),
+    ),
 }
 CASES.update(MIXTURE_CASES)
 
 LIBRARY_ERROR_CASES = {  # what a library finds in the input is one line too, whichever library it is
-    "adapter-weights-truncated": Case("dpo", lambda a: base(a, "dpo", model="adapter_truncated"),
-                                      ("adapter_model.safetensors is truncated or damaged",)),
-    "adapter-type-unknown": Case("merge", lambda a: ["--adapter_path", a["adapter_unknown_type"]],
-                                 ("names the adapter type 'WOBBLE'", "neither peft nor goft knows")),
-    "adapter-config-not-json": Case("evaluate", lambda a: ["--adapters", a["adapter_not_json"]],
-                                    ("adapter_config.json is not valid JSON", "line 1")),
-    "recipe-file-not-utf8": Case("sft", lambda a: ["--config", a["recipe_latin1"]] + base(a),
-                                 ("recipe-latin1.yaml",)),
-    "chat-template-does-not-render": Case("sft", lambda a: base(a) + ["--chat_template_path", a["broken_template"]],
-                                          ("broken.jinja", "fails on a plain user/assistant conversation")),
-    "comparison-recipe-repeated-key": Case("compare", lambda a: ["--config", a["comparison_of_repeated"]],
-                                           ("'max_steps' is given twice", "repeated-recipe.yaml")),
-    "hub-dataset-offline": Case("sft", lambda a: base(a) + ["--dataset_name", "someone/no-such-dataset"],
-                                ("Cannot load the dataset 'someone/no-such-dataset'", "offline")),
+    "adapter-weights-truncated": Case(
+        "dpo",
+        lambda a: base(a, "dpo", model="adapter_truncated"),
+        ("adapter_model.safetensors is truncated or damaged",),
+    ),
+    "adapter-type-unknown": Case(
+        "merge",
+        lambda a: ["--adapter_path", a["adapter_unknown_type"]],
+        ("names the adapter type 'WOBBLE'", "neither peft nor goft knows"),
+    ),
+    "adapter-config-not-json": Case(
+        "evaluate", lambda a: ["--adapters", a["adapter_not_json"]], ("adapter_config.json is not valid JSON", "line 1")
+    ),
+    "recipe-file-not-utf8": Case("sft", lambda a: ["--config", a["recipe_latin1"]] + base(a), ("recipe-latin1.yaml",)),
+    "chat-template-does-not-render": Case(
+        "sft",
+        lambda a: base(a) + ["--chat_template_path", a["broken_template"]],
+        ("broken.jinja", "fails on a plain user/assistant conversation"),
+    ),
+    "comparison-recipe-repeated-key": Case(
+        "compare",
+        lambda a: ["--config", a["comparison_of_repeated"]],
+        ("'max_steps' is given twice", "repeated-recipe.yaml"),
+    ),
+    "hub-dataset-offline": Case(
+        "sft",
+        with_flags(dataset_name="someone/no-such-dataset"),
+        ("Cannot load the dataset 'someone/no-such-dataset'", "offline"),
+    ),
 }
 CASES.update(LIBRARY_ERROR_CASES)
 
 OUTPUT_CASES = {  # nothing a user made is written into, moved or lost
-    "output-is-the-model-folder": Case("sft", lambda a: base(a), ("is the model folder",),
-                                       output=lambda a: a.paths["model"]),
-    "output-inside-the-dataset-folder": Case("sft", lambda a: base(a, "data_folder"), ("lies inside the dataset",),
-                                             output=lambda a: a.paths["data_folder"] / "run"),
-    "output-contains-the-recipe-file": Case("sft", lambda a: ["--config", a["recipe_in_folder"]] + base(a),
-                                            ("contains the recipe file",),
-                                            output=lambda a: a.paths["recipe_in_folder"].parent),
-    "output-is-a-file": Case("sft", lambda a: base(a), ("is a file, not a folder",),
-                             output=lambda a: a.paths["a_file"]),
-    "dpo-output-is-its-sft-adapter": Case("dpo", lambda a: base(a, "dpo", model="adapter"),
-                                          ("is the adapter folder it continues",), output=lambda a: a.paths["adapter"]),
-    "merge-into-its-adapter-folder": Case("merge", lambda a: ["--adapter_path", a["adapter"], "--overwrite_output_dir",
-                                                              "true"], ("lies inside the adapter folder",),
-                                          output=lambda a: a.paths["adapter"] / "merged"),
-    "compare-into-its-recipe-folder": Case("compare", lambda a: ["--config", a["comparison"]],
-                                           ("contains the recipe", "sft.yaml"),
-                                           output=lambda a: a.paths["comparison"].parent),
-    "evaluate-into-an-adapter-folder": Case("evaluate", lambda a: ["--adapters", a["adapter"]],
-                                            ("is the adapter folder",), output=lambda a: a.paths["adapter"]),
+    "output-is-the-model-folder": Case(
+        "sft", lambda a: base(a), ("is the model folder",), output=lambda a: a.paths["model"]
+    ),
+    "output-inside-the-dataset-folder": Case(
+        "sft",
+        lambda a: base(a, "data_folder"),
+        ("lies inside the dataset",),
+        output=lambda a: a.paths["data_folder"] / "run",
+    ),
+    "output-contains-the-recipe-file": Case(
+        "sft",
+        lambda a: ["--config", a["recipe_in_folder"]] + base(a),
+        ("contains the recipe file",),
+        output=lambda a: a.paths["recipe_in_folder"].parent,
+    ),
+    "output-is-a-file": Case(
+        "sft", lambda a: base(a), ("is a file, not a folder",), output=lambda a: a.paths["a_file"]
+    ),
+    "dpo-output-is-its-sft-adapter": Case(
+        "dpo",
+        lambda a: base(a, "dpo", model="adapter"),
+        ("is the adapter folder it continues",),
+        output=lambda a: a.paths["adapter"],
+    ),
+    "merge-into-its-adapter-folder": Case(
+        "merge",
+        lambda a: ["--adapter_path", a["adapter"], "--overwrite_output_dir", "true"],
+        ("lies inside the adapter folder",),
+        output=lambda a: a.paths["adapter"] / "merged",
+    ),
+    "compare-into-its-recipe-folder": Case(
+        "compare",
+        lambda a: ["--config", a["comparison"]],
+        ("contains the recipe", "sft.yaml"),
+        output=lambda a: a.paths["comparison"].parent,
+    ),
+    "evaluate-into-an-adapter-folder": Case(
+        "evaluate",
+        lambda a: ["--adapters", a["adapter"]],
+        ("is the adapter folder",),
+        output=lambda a: a.paths["adapter"],
+    ),
 }
 CASES.update(OUTPUT_CASES)
 
 RESUME_CASES = {  # a rerun never resumes or evaluates with other settings or data without saying so
-    "resume-with-another-learning-rate": Case("sft", lambda a: base(a),
-                                              ("learning_rate: 0.5 in the checkpoint, 2e-05 now",
-                                               "--resume_with_changes true", "from step 2"),
-                                              output=lambda a: a.paths["run_other_lr"]),
-    "resume-with-other-data": Case("sft", lambda a: base(a),
-                                   ("data (train split): 'sha256 000000000000…' in the checkpoint",),
-                                   output=lambda a: a.paths["run_other_data"]),
-    "resume-changing-the-adapter": Case("sft", lambda a: base(a) + ["--adapter", "lora", "--resume_with_changes",
-                                                                    "true"],
-                                        ("Cannot resume from", "adapter: 'givens' in the checkpoint, 'lora' now"),
-                                        output=lambda a: a.paths["run_other_lr"]),
-    "resume-and-overwrite-together": Case("sft", lambda a: base(a) + ["--overwrite_output_dir", "true",
-                                                                      "--resume_from_checkpoint",
-                                                                      str(a.paths["run_other_lr"] / "checkpoint-2")],
-                                          ("starts afresh", "give one of them")),
-    "resume-from-a-folder-that-is-no-checkpoint": Case("sft", lambda a: base(a) + ["--resume_from_checkpoint",
-                                                                                   a["run_not_a_checkpoint"]],
-                                                       ("is not a training checkpoint", "trainer_state.json")),
-    "evaluate-data-changed-since-training": Case("evaluate", lambda a: ["--adapters", a["finished_run"]],
-                                                 ("changed since it was trained", "trained-on.jsonl")),
+    "resume-with-another-learning-rate": Case(
+        "sft",
+        lambda a: base(a),
+        ("learning_rate: 0.5 in the checkpoint, 2e-05 now", "--resume_with_changes true", "from step 2"),
+        output=lambda a: a.paths["run_other_lr"],
+    ),
+    "resume-with-other-data": Case(
+        "sft",
+        lambda a: base(a),
+        ("data (train split): 'sha256 000000000000…' in the checkpoint",),
+        output=lambda a: a.paths["run_other_data"],
+    ),
+    "resume-changing-the-adapter": Case(
+        "sft",
+        with_flags(adapter="lora", resume_with_changes=True),
+        ("Cannot resume from", "adapter: 'givens' in the checkpoint, 'lora' now"),
+        output=lambda a: a.paths["run_other_lr"],
+    ),
+    "resume-and-overwrite-together": Case(
+        "sft",
+        lambda a: (
+            base(a)
+            + recipe_flags(overwrite_output_dir=True, resume_from_checkpoint=a.paths["run_other_lr"] / "checkpoint-2")
+        ),
+        ("starts afresh", "give one of them"),
+    ),
+    "resume-from-a-folder-that-is-no-checkpoint": Case(
+        "sft",
+        lambda a: base(a) + ["--resume_from_checkpoint", a["run_not_a_checkpoint"]],
+        ("is not a training checkpoint", "trainer_state.json"),
+    ),
+    "evaluate-data-changed-since-training": Case(
+        "evaluate", lambda a: ["--adapters", a["finished_run"]], ("changed since it was trained", "trained-on.jsonl")
+    ),
 }
 CASES.update(RESUME_CASES)
 
-def run_refused(stage: str, args: list[str], output_dir: Path, env: dict | None = None,
-                hf_home: Path | None = None, forked: ForkedRuns | None = None) -> str:
+
+def run_refused(
+    stage: str,
+    args: list[str],
+    output_dir: Path,
+    env: dict | None = None,
+    hf_home: Path | None = None,
+    forked: ForkedRuns | None = None,
+) -> str:
     """Run a recipe that must be refused; returns its error line after checking how it failed. HF_HOME is a fresh
     folder (default: beside `output_dir`), so no login token of this machine is found. With `forked`, the run is a
     process forked from its worker (see `forked_runs`; not for an `env` that libraries read at import)."""
@@ -484,8 +714,9 @@ def run_refused(stage: str, args: list[str], output_dir: Path, env: dict | None 
         assert not env, "a forked run keeps the worker's import-time environment"
         result = forked.run(command[0], command[1:], run_env)
     else:
-        result = subprocess.run([sys.executable, *map(str, command)], cwd=REPO, env=run_env, capture_output=True,
-                                text=True, timeout=300)
+        result = subprocess.run(
+            [sys.executable, *map(str, command)], cwd=REPO, env=run_env, capture_output=True, text=True, timeout=300
+        )
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "Loading weights" not in result.stderr  # refused before any model was loaded
@@ -512,8 +743,9 @@ def test_bad_input_is_refused_before_any_work(assets, forked, tmp_path, name):
     args = case.args(assets)
     users_files = _snapshot(assets.root)
     env = case.env(assets)
-    message = run_refused(case.stage, args, output_dir, env, hf_home=tmp_path / "hf-home",
-                          forked=None if env else forked)
+    message = run_refused(
+        case.stage, args, output_dir, env, hf_home=tmp_path / "hf-home", forked=None if env else forked
+    )
     for expected in case.expected:
         assert expected in message, message
     assert FAKE_TOKEN not in message
@@ -540,14 +772,20 @@ def test_finished_run_is_refused_and_left_untouched(assets, tmp_path):
 
 
 def test_a_token_the_hub_rejects_is_refused_before_training(assets, tmp_path):
-    from .hub_server import LocalHub
+    from .support.hub_server import LocalHub
 
     output_dir = tmp_path / "out"
     config = tmp_path / "recipe.yaml"
     config.write_text(yaml.safe_dump({"hub_token": FAKE_TOKEN, "push_to_hub": True, "hub_model_id": "me/adapter"}))
     with LocalHub(tmp_path / "hub", rejected_tokens=(FAKE_TOKEN,)) as hub:
-        env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
-               "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost", "HF_HUB_DISABLE_TELEMETRY": "1"}
+        env = {
+            "HF_ENDPOINT": hub.url,
+            "HF_HUB_OFFLINE": "0",
+            "TRANSFORMERS_OFFLINE": "0",
+            "NO_PROXY": "127.0.0.1,localhost",
+            "no_proxy": "127.0.0.1,localhost",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+        }
         message = run_refused("sft", ["--config", str(config)] + base(assets), output_dir, env)
     assert "rejected the token" in message and FAKE_TOKEN not in message
     assert any(path.startswith("/api/whoami") for _, path, _ in hub.requests)

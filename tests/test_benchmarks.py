@@ -8,7 +8,9 @@ import yaml
 
 from benchmarks import layer_benchmark, sft_benchmark
 from benchmarks.measure import interleaved_medians, peak_rss_bytes, reset_peak_rss, saved_bytes
-from .recipe_assets import build_tiny_chat_model, sft_rows, write_jsonl
+
+from .support.data import sft_rows, write_jsonl
+from .support.models import save_tiny_chat_model
 
 
 def test_saved_bytes_counts_each_storage_once_and_skips_excluded():
@@ -22,8 +24,12 @@ def test_saved_bytes_counts_each_storage_once_and_skips_excluded():
 
 def test_interleaved_medians_report_each_case():
     calls = []
-    timings = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                                  repeats=3, warmup=1, device=torch.device("cpu"))
+    timings = interleaved_medians(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        repeats=3,
+        warmup=1,
+        device=torch.device("cpu"),
+    )
     assert calls == ["a", "b"] * 4  # round by round, warm-up included
     assert set(timings) == {"a", "b"} and all(t["repeats"] == 3 for t in timings.values())
 
@@ -39,9 +45,15 @@ def test_peak_rss_can_be_reset():
 
 def test_layer_benchmark_rows_and_json(tmp_path):
     d, tokens = 256, 64
-    args = layer_benchmark.LayerBenchmarkArguments(sizes=[f"{d}x{tokens}"], sweep_widths=[64, 128], sweep_tokens=16,
-                                                   repeats=1, sweep_repeats=1, warmup=0,
-                                                   output=str(tmp_path / "layer.json"))
+    args = layer_benchmark.LayerBenchmarkArguments(
+        sizes=[f"{d}x{tokens}"],
+        sweep_widths=[64, 128],
+        sweep_tokens=16,
+        repeats=1,
+        sweep_repeats=1,
+        warmup=0,
+        output=str(tmp_path / "layer.json"),
+    )
     results = layer_benchmark.main(args)
     assert json.loads((tmp_path / "layer.json").read_text())["results"] == results["results"]
     rows = {r["method"]: r for r in results["results"]}
@@ -60,13 +72,16 @@ def test_layer_benchmark_rows_and_json(tmp_path):
     assert saved_check and all(c["met"] for c in saved_check)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(sizes=["4096"]), "DxT"),
-    (dict(sizes=["1x10"]), "width >= 2"),
-    (dict(methods=["GOFT turbo"]), "Unknown methods"),
-    (dict(device="tpu"), "cpu or cuda"),
-    (dict(dtype="float33"), "not a torch dtype"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(sizes=["4096"]), "DxT"),
+        (dict(sizes=["1x10"]), "width >= 2"),
+        (dict(methods=["GOFT turbo"]), "Unknown methods"),
+        (dict(device="tpu"), "cpu or cuda"),
+        (dict(dtype="float33"), "not a torch dtype"),
+    ],
+)
 def test_layer_benchmark_refuses_bad_arguments(bad, message):
     with pytest.raises(ValueError, match=message):
         layer_benchmark.LayerBenchmarkArguments(**bad)
@@ -74,11 +89,26 @@ def test_layer_benchmark_refuses_bad_arguments(bad, message):
 
 def test_sft_benchmark_summary_ratios():
     args = sft_benchmark.SFTBenchmarkArguments(methods=["givens", "lora"], steps=2, rounds=2)
-    runs = [{"method": m, "checkpointing": c, "step_seconds": s, "tokens_per_step": [100, 100], "peak_bytes": p,
-             "baseline_bytes": 0, "trainable_parameters": n, "device": {"device": "CPU: test"}}
-            for m, c, s, p, n in [("givens", "off", [1.0, 3.0], 110, 7), ("lora", "off", [2.0, 2.0], 100, 9),
-                                  ("givens", "off", [2.0, 2.5], 105, 7), ("lora", "off", [2.0, 2.0], 100, 9),
-                                  ("givens", "on", [3.0, 3.0], 55, 7), ("lora", "on", [3.0, 3.0], 60, 9)]]
+    runs = [
+        {
+            "method": m,
+            "checkpointing": c,
+            "step_seconds": s,
+            "tokens_per_step": [100, 100],
+            "peak_bytes": p,
+            "baseline_bytes": 0,
+            "trainable_parameters": n,
+            "device": {"device": "CPU: test"},
+        }
+        for m, c, s, p, n in [
+            ("givens", "off", [1.0, 3.0], 110, 7),
+            ("lora", "off", [2.0, 2.0], 100, 9),
+            ("givens", "off", [2.0, 2.5], 105, 7),
+            ("lora", "off", [2.0, 2.0], 100, 9),
+            ("givens", "on", [3.0, 3.0], 55, 7),
+            ("lora", "on", [3.0, 3.0], 60, 9),
+        ]
+    ]
     summary = sft_benchmark.summarize(args, runs)
     rows = {(r["method"], r["checkpointing"]): r for r in summary["results"]}
     givens = rows[("givens", "off")]
@@ -102,16 +132,35 @@ def test_sft_benchmark_refuses_a_missing_recipe(tmp_path):
         sft_benchmark.SFTBenchmarkArguments(config=str(tmp_path / "nope.yaml"))
 
 
+@pytest.mark.slow
 def test_sft_benchmark_end_to_end_on_a_tiny_model(tmp_path):
     """Both methods train through the recipe machinery in their own processes and report real numbers."""
-    model = build_tiny_chat_model(tmp_path / "model")
+    model = save_tiny_chat_model(tmp_path / "model")
     data = write_jsonl(sft_rows(48), tmp_path / "sft.jsonl")
     config = tmp_path / "sft.yaml"
-    config.write_text(yaml.safe_dump({"model_name_or_path": str(model), "dataset_name": str(data),
-                                      "dataset_test_size": 0.1, "adapter": "givens", "dtype": "float32",
-                                      "adapter_target_modules": "all-linear", "learning_rate": 1e-3, "seed": 0}))
-    args = sft_benchmark.SFTBenchmarkArguments(config=str(config), per_device_train_batch_size=2, max_length=32,
-                                               warmup_steps=1, steps=2, rounds=1, output=str(tmp_path / "sft.json"))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": str(model),
+                "dataset_name": str(data),
+                "dataset_test_size": 0.1,
+                "adapter": "givens",
+                "dtype": "float32",
+                "adapter_target_modules": "all-linear",
+                "learning_rate": 1e-3,
+                "seed": 0,
+            }
+        )
+    )
+    args = sft_benchmark.SFTBenchmarkArguments(
+        config=str(config),
+        per_device_train_batch_size=2,
+        max_length=32,
+        warmup_steps=1,
+        steps=2,
+        rounds=1,
+        output=str(tmp_path / "sft.json"),
+    )
     summary = sft_benchmark.main(args)
     rows = {(r["method"], r["checkpointing"]): r for r in summary["results"]}
     assert set(rows) == {(m, c) for m in ("givens", "lora") for c in ("off", "on")}
@@ -129,12 +178,20 @@ def test_retention_noise_rotations_are_seeded_orthogonal_and_of_the_asked_size(t
     from benchmarks import retention_noise
     from goft.evaluation.weights import strict_orthogonality_error
 
-    base = AutoModelForCausalLM.from_pretrained(build_tiny_chat_model(tmp_path / "tiny"))
+    base = AutoModelForCausalLM.from_pretrained(save_tiny_chat_model(tmp_path / "tiny"))
     model = retention_noise.random_rotation(base, 0.01, seed=3)
     raw = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
     assert raw.numel() > 500 and 0.008 < raw.std().item() < 0.012  # drawn from N(0, 0.01²)
     assert strict_orthogonality_error(model) < 1e-5  # random angles, still exactly orthogonal
     again = retention_noise.random_rotation(model.unload(), 0.01, seed=3)
     assert torch.equal(torch.cat([p.detach().flatten() for p in again.parameters() if p.requires_grad]), raw)
-    assert not torch.equal(raw, torch.cat([p.detach().flatten() for p in retention_noise.random_rotation(
-        again.unload(), 0.01, seed=4).parameters() if p.requires_grad]))
+    assert not torch.equal(
+        raw,
+        torch.cat(
+            [
+                p.detach().flatten()
+                for p in retention_noise.random_rotation(again.unload(), 0.01, seed=4).parameters()
+                if p.requires_grad
+            ]
+        ),
+    )

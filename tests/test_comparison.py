@@ -3,50 +3,70 @@
 import hashlib
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import yaml
 from trl import SFTConfig
 
-from goft.training.cli import make_recipe_parser
 from goft.evaluation import assets as goft_assets
 from goft.evaluation.compare import CompareArguments, compare
 from goft.evaluation.frontier import Point, forgetting_at, pareto_frontier
+from goft.training.cli import make_recipe_parser
 from goft.training.errors import RecipeError
 
-from .test_recipes import REPO, assets, check_ok, recipe_env  # noqa: F401  (assets is a fixture)
+from .support.recipes import REPO, check_ok, run_script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def stage_recipe(path, model, data, **keys):
+    """A stage's recipe file at `path`: 3 steps on `model` and `data` (a quarter held out), one checkpoint; `keys`."""
+    recipe = {"model_name_or_path": str(model), "dataset_name": str(data), "dataset_test_size": 0.25, "max_steps": 3}
+    recipe.update(per_device_train_batch_size=4, max_length=64, save_steps=3, report_to="none", seed=3)
+    path.write_text(yaml.safe_dump({**recipe, "dataloader_num_workers": 0, **keys}))
+    return path
+
+
 @pytest.fixture
-def comparison(assets, tmp_path):  # noqa: F811
-    sft_config = tmp_path / "sft.yaml"
-    sft_config.write_text(yaml.safe_dump({
-        "model_name_or_path": str(assets["model"]), "dataset_name": str(assets["sft"]), "dataset_test_size": 0.25,
-        "max_steps": 3, "per_device_train_batch_size": 4, "max_length": 64, "logging_steps": 1, "save_steps": 3,
-        "report_to": "none", "seed": 3, "adapter_target_modules": ["all-linear"], "dataloader_num_workers": 0}))
+def comparison(assets, tmp_path):
+    sft_config = stage_recipe(
+        tmp_path / "sft.yaml", assets["model"], assets["sft"], logging_steps=1, adapter_target_modules=["all-linear"]
+    )
     general = tmp_path / "general.jsonl"
-    general.write_text("".join(json.dumps({"text": t}) + "\n" for t in (
-        "The river ran slowly past the mill, and the miller watched the water turn the great wheel.",
-        "Bread rises because yeast feeds on sugar and gives off small bubbles of gas inside the dough.")))
+    general.write_text(
+        "".join(
+            json.dumps({"text": t}) + "\n"
+            for t in (
+                "The river ran slowly past the mill, and the miller watched the water turn the great wheel.",
+                "Bread rises because yeast feeds on sugar and gives off small bubbles of gas inside the dough.",
+            )
+        )
+    )
     config = tmp_path / "compare.yaml"
-    config.write_text(yaml.safe_dump({
-        "recipe": str(sft_config), "output_dir": str(tmp_path / "out"), "general_text": str(general),
-        "task_eval_samples": 4, "max_length": 64,
-        "methods": {"givens": {"adapter": "givens", "learning_rate": [0.02, 0.08]},
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": str(sft_config),
+                "output_dir": str(tmp_path / "out"),
+                "general_text": str(general),
+                "task_eval_samples": 4,
+                "max_length": 64,
+                "methods": {
+                    "givens": {"adapter": "givens", "learning_rate": [0.02, 0.08]},
                     "hra": {"adapter": "hra", "hra_r": 4, "learning_rate": 0.01},
-                    "lora": {"adapter": "lora", "lora_r": 4, "learning_rate": [0.005, 0.02]}}}))
+                    "lora": {"adapter": "lora", "lora_r": 4, "learning_rate": [0.005, 0.02]},
+                },
+            }
+        )
+    )
     return {"config": config, "out": tmp_path / "out", "tmp": tmp_path}
 
 
 def run_compare(*args):
-    return subprocess.run([sys.executable, str(REPO / "recipes" / "compare.py"), *map(str, args)], cwd=REPO,
-                          env=recipe_env(), capture_output=True, text=True, timeout=900)
+    return run_script("compare.py", args, timeout=900)
 
 
+@pytest.mark.slow
 def test_learning_rate_sweep_trains_evaluates_reports_and_reuses_finished_runs(comparison):
     result = run_compare("--config", comparison["config"], "--only", "givens", "lora")
     check_ok(result)
@@ -57,10 +77,14 @@ def test_learning_rate_sweep_trains_evaluates_reports_and_reuses_finished_runs(c
     # the sets are recorded by name and content, never by where goft happens to be installed
     packaged = goft_assets.RETENTION_QUESTIONS
     assert report["settings"]["retention_questions"] == {
-        "file": "goft:retention_questions.jsonl", "sha256": hashlib.sha256(packaged.read_bytes()).hexdigest()}
+        "file": "goft:retention_questions.jsonl",
+        "sha256": hashlib.sha256(packaged.read_bytes()).hexdigest(),
+    }
     general = comparison["tmp"] / "general.jsonl"
     assert report["settings"]["general_text"] == {
-        "file": str(general), "sha256": hashlib.sha256(general.read_bytes()).hexdigest()}
+        "file": str(general),
+        "sha256": hashlib.sha256(general.read_bytes()).hexdigest(),
+    }
     assert str(packaged.parent) not in json.dumps(report["settings"])
     names = ["givens@lr=0.02", "givens@lr=0.08", "lora@lr=0.005", "lora@lr=0.02"]
     assert [r["name"] for r in rows] == names  # `only` picks from `methods`, in its order; one run per rate
@@ -73,8 +97,11 @@ def test_learning_rate_sweep_trains_evaluates_reports_and_reuses_finished_runs(c
     givens = [r for r in rows if r["group"] == "givens"]
     lora = [r for r in rows if r["group"] == "lora"]
     assert all(r["orthogonality_error"] <= 1e-5 for r in givens) and all(r["orthogonality_error"] is None for r in lora)
-    assert max(r["max_neuron_angle_change_deg"] for r in givens) < 1e-3 < min(r["max_neuron_angle_change_deg"]
-                                                                              for r in lora)
+    assert (
+        max(r["max_neuron_angle_change_deg"] for r in givens)
+        < 1e-3
+        < min(r["max_neuron_angle_change_deg"] for r in lora)
+    )
     # the sweep summary is the frontier of the rows' own points, interpolated as `frontier` does
     sweep = report["sweep"]["kl"]
     for group, runs in (("givens", givens), ("lora", lora)):
@@ -132,9 +159,16 @@ def test_learning_rate_sweep_trains_evaluates_reports_and_reuses_finished_runs(c
     assert set(report["sweep"]["kl"]["methods"]) == {"givens", "hra", "lora"}
     assert "| hra |" in (out / "comparison.md").read_text()
     assert json.loads((out / "runs" / "hra" / "compare_run.json").read_text())["flags"] == [
-        "--adapter", "hra", "--hra_r", "4", "--learning_rate", "0.01"]
+        "--adapter",
+        "hra",
+        "--hra_r",
+        "4",
+        "--learning_rate",
+        "0.01",
+    ]
 
 
+@pytest.mark.slow
 def test_plan_only_prints_the_runs_and_trains_nothing(comparison):
     result = run_compare("--config", comparison["config"], "--plan_only", "true")
     check_ok(result)
@@ -144,26 +178,36 @@ def test_plan_only_prints_the_runs_and_trains_nothing(comparison):
     assert not (comparison["out"] / "runs").exists()
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"methods": {"lora": {"adapter": "lora", "max_steps": 50}}}, "matched budget"),
-    ({"methods": {"lora": {"adapter": "lora", "lora_rank": 4}}}, "do not parse"),
-    ({"only": ["dora"]}, "which `methods` does not define"),
-    ({"general_text": "missing.jsonl"}, "does not exist"),
-    ({"methods": {}}, "`methods` is empty"),
-    ({"methods": {"lora": {"adapter": "lora", "learning_rate": [0.01, 0.01]}}}, "lists a value twice"),
-    ({"methods": {"lora": {"adapter": "lora", "learning_rate": [0.01, -1]}}}, "positive number"),
-    ({"retention_questions": "missing.jsonl"}, "retention question file"),
-    ({"task_levels": [0.5, 0]}, "`task_levels` must be positive"),
-    ({"stage": "ppo"}, "`stage` must be one of sft, dpo"),
-    ({"recipe": "missing.yaml"}, "does not exist"),
-    ({"recipe_changes": {"output_dir": "elsewhere"}}, "may not set `output_dir`"),
-    ({"recipe_changes": {"lr_schedule": "cosine"}}, "`recipe_changes` do not parse"),
-    ({"recipe_changes": {"warmup_steps": -3}}, "`recipe_changes` do not parse"),
-    ({"recipe_changes": {"lr_scheduler_type": "cosine"},
-      "methods": {"lora": {"adapter": "lora", "lr_scheduler_type": "linear"}}}, "matched budget"),
-    ({"recipe_changes": {"weight_decay": 0.1}, "methods": {"lora": {"adapter": "lora", "weight_decay": 0.0}}},
-     "which `recipe_changes` already sets for every method"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"methods": {"lora": {"adapter": "lora", "max_steps": 50}}}, "matched budget"),
+        ({"methods": {"lora": {"adapter": "lora", "lora_rank": 4}}}, "do not parse"),
+        ({"only": ["dora"]}, "which `methods` does not define"),
+        ({"general_text": "missing.jsonl"}, "does not exist"),
+        ({"methods": {}}, "`methods` is empty"),
+        ({"methods": {"lora": {"adapter": "lora", "learning_rate": [0.01, 0.01]}}}, "lists a value twice"),
+        ({"methods": {"lora": {"adapter": "lora", "learning_rate": [0.01, -1]}}}, "positive number"),
+        ({"retention_questions": "missing.jsonl"}, "retention question file"),
+        ({"task_levels": [0.5, 0]}, "`task_levels` must be positive"),
+        ({"stage": "ppo"}, "`stage` must be one of sft, dpo"),
+        ({"recipe": "missing.yaml"}, "does not exist"),
+        ({"recipe_changes": {"output_dir": "elsewhere"}}, "may not set `output_dir`"),
+        ({"recipe_changes": {"lr_schedule": "cosine"}}, "`recipe_changes` do not parse"),
+        ({"recipe_changes": {"warmup_steps": -3}}, "`recipe_changes` do not parse"),
+        (
+            {
+                "recipe_changes": {"lr_scheduler_type": "cosine"},
+                "methods": {"lora": {"adapter": "lora", "lr_scheduler_type": "linear"}},
+            },
+            "matched budget",
+        ),
+        (
+            {"recipe_changes": {"weight_decay": 0.1}, "methods": {"lora": {"adapter": "lora", "weight_decay": 0.0}}},
+            "which `recipe_changes` already sets for every method",
+        ),
+    ],
+)
 def test_bad_comparisons_are_refused_before_training(comparison, change, message):
     config = yaml.safe_load(comparison["config"].read_text())
     config.update(change)
@@ -173,19 +217,30 @@ def test_bad_comparisons_are_refused_before_training(comparison, change, message
     assert not comparison["out"].exists()
 
 
-def test_dpo_stage_comparison_strict_goft_against_a_lora_baseline(assets, tmp_path):  # noqa: F811
-    dpo_config = tmp_path / "dpo.yaml"
-    dpo_config.write_text(yaml.safe_dump({
-        "model_name_or_path": str(assets["model"]), "dataset_name": str(assets["dpo"]), "dataset_test_size": 0.25,
-        "max_steps": 3, "per_device_train_batch_size": 4, "max_length": 64, "save_steps": 3, "report_to": "none",
-        "seed": 3, "dataloader_num_workers": 0}))
+@pytest.mark.slow
+def test_dpo_stage_comparison_strict_goft_against_a_lora_baseline(assets, tmp_path):
+    dpo_config = stage_recipe(tmp_path / "dpo.yaml", assets["model"], assets["dpo"])
     config = tmp_path / "compare-dpo.yaml"
-    config.write_text(yaml.safe_dump({
-        "recipe": str(dpo_config), "stage": "dpo", "output_dir": str(tmp_path / "out"), "task_eval_samples": 4,
-        "max_length": 64,
-        "methods": {"givens": {"adapter": "givens", "learning_rate": 0.05},
-                    "lora": {"adapter": "lora", "lora_r": 4, "allow_non_orthogonal_alignment": True,
-                             "learning_rate": [0.01, 0.02]}}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "recipe": str(dpo_config),
+                "stage": "dpo",
+                "output_dir": str(tmp_path / "out"),
+                "task_eval_samples": 4,
+                "max_length": 64,
+                "methods": {
+                    "givens": {"adapter": "givens", "learning_rate": 0.05},
+                    "lora": {
+                        "adapter": "lora",
+                        "lora_r": 4,
+                        "allow_non_orthogonal_alignment": True,
+                        "learning_rate": [0.01, 0.02],
+                    },
+                },
+            }
+        )
+    )
     result = run_compare("--config", config)
     check_ok(result)
     report = json.loads((tmp_path / "out" / "comparison.json").read_text())
@@ -199,7 +254,10 @@ def test_dpo_stage_comparison_strict_goft_against_a_lora_baseline(assets, tmp_pa
     lora = [r for r in report["rows"] if r["group"] == "lora"]
     best = min(lora, key=lambda r: (r["task"]["preference_loss_tuned"], r["kl_base_tuned"]))
     assert report["sweep"]["kl"]["methods"]["lora"]["frontier"][0] == {
-        "run": best["name"], "task_level": best["task"]["preference_loss_tuned"], "forgetting": best["kl_base_tuned"]}
+        "run": best["name"],
+        "task_level": best["task"]["preference_loss_tuned"],
+        "forgetting": best["kl_base_tuned"],
+    }
     assert set(report["sweep"]["kl"]["methods"]) == {"givens", "lora"}
     table = (tmp_path / "out" / "comparison.md").read_text()
     assert "at preference loss 0.1" in table and "answer NLL" not in table
@@ -207,7 +265,8 @@ def test_dpo_stage_comparison_strict_goft_against_a_lora_baseline(assets, tmp_pa
 
 
 def test_an_evaluation_is_reused_only_while_what_it_measured_is_unchanged(tmp_path, monkeypatch):
-    from goft.evaluation import compare as runner, knowledge
+    from goft.evaluation import compare as runner
+    from goft.evaluation import knowledge
     from goft.evaluation.runner import EvaluationSets
 
     folder = tmp_path / "run"
@@ -227,16 +286,22 @@ def test_an_evaluation_is_reused_only_while_what_it_measured_is_unchanged(tmp_pa
 
 def _logged_learning_rates(run_dir):
     (state,) = run_dir.glob("checkpoint-*/trainer_state.json")
-    return [entry["learning_rate"] for entry in json.loads(state.read_text())["log_history"] if "learning_rate" in entry]
+    return [
+        entry["learning_rate"] for entry in json.loads(state.read_text())["log_history"] if "learning_rate" in entry
+    ]
 
 
+@pytest.mark.slow
 def test_recipe_changes_apply_to_every_run_and_are_part_of_what_a_run_is(comparison):
     """`recipe_changes` changes the shared recipe for every method: each run trains with it, records it, and the
     report's matched budget names it; the recipe's own schedule (the trainer's default, linear decay) decays."""
     config = yaml.safe_load(comparison["config"].read_text())
     config["methods"] = {"lora": config["methods"]["lora"]}
-    constant = {**config, "output_dir": str(comparison["tmp"] / "constant"),
-                "recipe_changes": {"lr_scheduler_type": "constant", "warmup_steps": 0}}
+    constant = {
+        **config,
+        "output_dir": str(comparison["tmp"] / "constant"),
+        "recipe_changes": {"lr_scheduler_type": "constant", "warmup_steps": 0},
+    }
     paths = {}
     for name, settings in (("constant", constant), ("default", config)):
         paths[name] = comparison["tmp"] / f"{name}.yaml"

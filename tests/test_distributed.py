@@ -1,23 +1,18 @@
 """Givens adapters under DDP: two CPU processes through `accelerate launch` (gloo)."""
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
+import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from .support.recipes import SCRIPTS, launch
 
 
+@pytest.mark.slow
 def test_two_process_ddp_training_keeps_ranks_in_sync(tmp_path):
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(ROOT / "accelerate_configs" / "cpu_2proc.yaml"),
-        "--main_process_port", "29517",
-        str(ROOT / "tests" / "scripts" / "ddp_train_givens.py"), str(tmp_path),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = launch(
+        SCRIPTS / "ddp_train_givens.py", [str(tmp_path)], processes=2, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)  # really two processes

@@ -3,9 +3,6 @@
 import copy
 import json
 import math
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -18,23 +15,30 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 import goft
-from goft.quantized import read_weight
 from goft.evaluation import assets, runner
-from goft.evaluation.report import EVALUATION_JSON, check_report_dir, render_table, write_evaluation
-from goft.evaluation.runner import (BaseReference, EvaluationSets, evaluate_adapter, evaluate_adapters,
-                                    held_out_split)
 from goft.evaluation.model_io import adapter_off, merged_for_scoring
+from goft.evaluation.report import EVALUATION_JSON, render_table, write_evaluation
+from goft.evaluation.runner import BaseReference, EvaluationSets, evaluate_adapter, evaluate_adapters, held_out_split
 from goft.evaluation.shift import BaseLogitsCache, general_text_shift, load_general_text
 from goft.evaluation.tasks import task_metrics
-from goft.evaluation.weights import (adapted_linear_layers, effective_weight, max_neuron_angle_change,
-                                     neuron_angle_change, neuron_angle_changes)
+from goft.evaluation.weights import (
+    adapted_linear_layers,
+    effective_weight,
+    max_neuron_angle_change,
+    neuron_angle_change,
+    neuron_angle_changes,
+)
+from goft.quantized import read_weight
 from goft.training.arguments import DataArguments
 from goft.training.data import SFT_COLUMNS, load_recipe_dataset
 from goft.training.errors import RecipeError
+from goft.training.outputs import refuse_finished_output
 
-from .recipe_assets import build_tiny_chat_model, dpo_rows, sft_rows, write_jsonl
+from .support.data import dpo_rows, sft_rows, write_jsonl
+from .support.models import save_tiny_chat_model
+from .support.recipes import recipe_flags, run_script
+from .support.training import perturb
 
-REPO = Path(__file__).resolve().parents[1]
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 TEXTS = [
     "The old lighthouse keeper climbed the stairs every evening to light the lamp for passing ships.",
@@ -47,7 +51,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return build_tiny_chat_model(tmp_path_factory.mktemp("retention") / "tiny-llama")
+    return save_tiny_chat_model(tmp_path_factory.mktemp("retention") / "tiny-llama")
 
 
 @pytest.fixture
@@ -60,18 +64,8 @@ def tokenizer(tiny_dir):
     return AutoTokenizer.from_pretrained(tiny_dir)
 
 
-def perturb(model, scale: float, seed: int = 1):
-    """Move every trainable (adapter) tensor by seeded noise: a stand-in for training."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * scale)
-    return model
-
-
 def save_adapter(base_model, config, folder: Path, scale: float = 0.3) -> Path:
-    model = perturb(get_peft_model(copy.deepcopy(base_model), config), scale)
+    model = perturb(get_peft_model(copy.deepcopy(base_model), config), scale, seed=1)
     model.save_pretrained(folder)
     return folder
 
@@ -108,7 +102,7 @@ def test_effective_weight_is_the_base_at_init_and_the_merged_weight_after_a_chan
         assert torch.equal(effective_weight(layer, enabled=False), weight)
         tolerance = 0.0 if method in ("givens", "lora") else 1e-12
         assert (effective_weight(layer, enabled=True) - weight).abs().max().item() <= tolerance
-    perturb(model, 0.3)
+    perturb(model, 0.3, seed=1)
     tuned = {name: effective_weight(layer, enabled=True) for name, layer in layers.items()}
     merged = dict(copy.deepcopy(model).merge_and_unload().named_modules())
     for name, layer in layers.items():
@@ -118,7 +112,7 @@ def test_effective_weight_is_the_base_at_init_and_the_merged_weight_after_a_chan
 
 
 def test_effective_weight_of_conv1d_layers_gpt2(tiny_gpt2):
-    model = perturb(get_peft_model(tiny_gpt2, goft.GivensConfig()), 0.5)
+    model = perturb(get_peft_model(tiny_gpt2, goft.GivensConfig()), 0.5, seed=1)
     layers = adapted_linear_layers(model)
     tuned = {name: effective_weight(layer) for name, layer in layers.items()}
     merged = dict(copy.deepcopy(model).merge_and_unload().named_modules())
@@ -133,20 +127,22 @@ def test_effective_weight_of_conv1d_layers_gpt2(tiny_gpt2):
 def test_effective_weight_of_bitsandbytes_layers_is_exact_for_the_dequantized_base(tiny_dir, bits):
     pytest.importorskip("bitsandbytes")
     if bits == 4:
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                          bnb_4bit_compute_dtype=torch.float32)
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+        )
     else:
         quantization = BitsAndBytesConfig(load_in_8bit=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantized = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32,
-                                                         quantization_config=quantization)
-        strict = perturb(get_peft_model(copy.deepcopy(quantized), givens()), 0.5)
+        quantized = AutoModelForCausalLM.from_pretrained(
+            tiny_dir, dtype=torch.float32, quantization_config=quantization
+        )
+        strict = perturb(get_peft_model(copy.deepcopy(quantized), givens()), 0.5, seed=1)
         for layer in adapted_linear_layers(strict).values():
             dequantized = read_weight(layer.get_base_layer()).double()
             assert torch.equal(effective_weight(layer, enabled=False), dequantized)
         assert max_neuron_angle_change(strict) < 1e-6  # a 4-/8-bit base does not blur the angle check
-        assert max_neuron_angle_change(perturb(get_peft_model(quantized, lora()), 0.3)) > 1.0
+        assert max_neuron_angle_change(perturb(get_peft_model(quantized, lora()), 0.3, seed=1)) > 1.0
 
 
 def test_neuron_angle_change_measures_angles_in_degrees_and_ignores_orthogonal_rotations():
@@ -165,14 +161,14 @@ def test_neuron_angle_change_measures_angles_in_degrees_and_ignores_orthogonal_r
 
 
 def test_strict_givens_keeps_neuron_angles_and_lora_does_not(base):
-    strict = perturb(get_peft_model(copy.deepcopy(base), givens()), 0.5)
+    strict = perturb(get_peft_model(copy.deepcopy(base), givens()), 0.5, seed=1)
     changes = neuron_angle_changes(strict)
     assert set(changes) == set(adapted_linear_layers(strict))
     assert max(changes.values()) < 1e-6
     assert goft.orthogonality_error(strict) < 1e-6
-    quasi = perturb(get_peft_model(copy.deepcopy(base), METHODS["givens-quasi-scaling"]()), 0.3)
+    quasi = perturb(get_peft_model(copy.deepcopy(base), METHODS["givens-quasi-scaling"]()), 0.3, seed=1)
     assert max_neuron_angle_change(quasi) > 0.1
-    low_rank = perturb(get_peft_model(copy.deepcopy(base), lora()), 0.3)
+    low_rank = perturb(get_peft_model(copy.deepcopy(base), lora()), 0.3, seed=1)
     assert max_neuron_angle_change(low_rank) > 1.0
     assert max_neuron_angle_change(get_peft_model(base, lora())) == 0.0  # LoRA at init is the base
 
@@ -188,7 +184,7 @@ def test_kl_is_zero_at_identity_and_positive_after_a_change(base, tokenizer, mak
     assert at_init["perplexity_change"] == 0.0 and at_init["perplexity_base"] == at_init["perplexity_tuned"]
     lengths = [min(len(tokenizer(t)["input_ids"]), 64) for t in TEXTS]
     assert at_init["tokens"] == sum(lengths) - len(TEXTS)
-    perturb(model, 0.3)
+    perturb(model, 0.3, seed=1)
     changed = general_text_shift(model, tokenizer, TEXTS, max_length=64, batch_size=2)
     assert changed["kl_base_tuned"] > 1e-4
     assert changed["perplexity_base"] == pytest.approx(at_init["perplexity_base"], rel=1e-6)
@@ -208,8 +204,8 @@ def test_kl_is_zero_at_identity_and_positive_after_a_change(base, tokenizer, mak
 
 def test_base_logits_cache_gives_identical_results_and_is_reused(base, tokenizer):
     cache = BaseLogitsCache()
-    first = perturb(get_peft_model(copy.deepcopy(base), givens()), 0.3)
-    second = perturb(get_peft_model(copy.deepcopy(base), lora()), 0.3)
+    first = perturb(get_peft_model(copy.deepcopy(base), givens()), 0.3, seed=1)
+    second = perturb(get_peft_model(copy.deepcopy(base), lora()), 0.3, seed=1)
     for model in (first, second):
         uncached = general_text_shift(model, tokenizer, TEXTS, max_length=64, batch_size=2)
         cached = general_text_shift(model, tokenizer, TEXTS, max_length=64, batch_size=2, base_cache=cache)
@@ -228,10 +224,20 @@ def test_base_logits_cache_gives_identical_results_and_is_reused(base, tokenizer
 def test_load_general_text_reads_the_paragraphs_and_refuses_bad_files(tmp_path):
     good = write_jsonl([{"text": t} for t in TEXTS], tmp_path / "good.jsonl")
     assert load_general_text(good) == TEXTS
-    cases = {"missing.jsonl": None, "empty.jsonl": "", "broken.jsonl": '{"text": "a"\n',
-             "other.jsonl": '{"content": "a"}\n', "blank.jsonl": '{"text": "  "}\n'}
-    messages = {"missing.jsonl": "does not exist", "empty.jsonl": "is empty", "broken.jsonl": "not valid JSONL",
-                "other.jsonl": "has no `text` column", "blank.jsonl": "non-empty string"}
+    cases = {
+        "missing.jsonl": None,
+        "empty.jsonl": "",
+        "broken.jsonl": '{"text": "a"\n',
+        "other.jsonl": '{"content": "a"}\n',
+        "blank.jsonl": '{"text": "  "}\n',
+    }
+    messages = {
+        "missing.jsonl": "does not exist",
+        "empty.jsonl": "is empty",
+        "broken.jsonl": "not valid JSONL",
+        "other.jsonl": "has no `text` column",
+        "blank.jsonl": "non-empty string",
+    }
     for name, content in cases.items():
         if content is not None:
             (tmp_path / name).write_text(content)
@@ -251,7 +257,7 @@ def test_preference_metrics_are_zero_at_identity_and_match_direct_log_probs(base
     assert at_init["reward_margin"] == 0.0 and at_init["preference_accuracy"] == 0.0
     assert at_init["chosen_preferred_base"] == at_init["chosen_preferred_tuned"]
     assert at_init["preference_loss_tuned"] == at_init["preference_loss_base"] == math.log(2)  # σ(0) = 1/2
-    perturb(model, 0.5)
+    perturb(model, 0.5, seed=1)
     changed = task_metrics(model, tokenizer, pairs, 6)
     assert changed["reward_margin"] != 0.0
 
@@ -284,7 +290,7 @@ def test_sft_task_metric_is_exact_match_with_the_adapter_off_and_on(base, tokeni
     assert metrics["exact_match_base"] == metrics["exact_match_tuned"]  # identity adapter: same greedy answers
     assert metrics["answer_nll_base"] == metrics["answer_nll_tuned"] > 0
     # the answer NLL from its definition: the reference answer's tokens given the prompt, per token
-    perturb(model, 0.3)
+    perturb(model, 0.3, seed=1)
     changed = task_metrics(model, tokenizer, Dataset.from_list(sft_rows(4)), 1)
     messages = sft_rows(1)[0]["messages"]
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
@@ -294,8 +300,8 @@ def test_sft_task_metric_is_exact_match_with_the_adapter_off_and_on(base, tokeni
     ids = torch.tensor([tokenizer(full, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
         log_probs = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
-    answer = ids[0, len(prompt_ids):]
-    direct = -log_probs[len(prompt_ids) - 1:-1].gather(1, answer.unsqueeze(1)).mean().item()
+    answer = ids[0, len(prompt_ids) :]
+    direct = -log_probs[len(prompt_ids) - 1 : -1].gather(1, answer.unsqueeze(1)).mean().item()
     assert changed["answer_nll_tuned"] == pytest.approx(direct, rel=1e-6)
 
 
@@ -304,7 +310,7 @@ def test_sft_task_metric_is_exact_match_with_the_adapter_off_and_on(base, tokeni
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_merged_scoring_matches_the_adapter_and_restores_the_exact_base(base, method):
-    model = perturb(get_peft_model(copy.deepcopy(base), METHODS[method]()), 0.3).eval()
+    model = perturb(get_peft_model(copy.deepcopy(base), METHODS[method]()), 0.3, seed=1).eval()
     ids = torch.tensor([[5, 9, 2, 33, 17, 8, 41]])
     with torch.no_grad():
         tuned, plain = model(input_ids=ids).logits, base(input_ids=ids).logits
@@ -325,14 +331,15 @@ def test_merged_scoring_matches_the_adapter_and_restores_the_exact_base(base, me
 
 
 def test_merged_scoring_restores_the_base_after_an_error_and_skips_quantized_bases(base, tiny_dir):
-    model = perturb(get_peft_model(copy.deepcopy(base), givens()), 0.3)
+    model = perturb(get_peft_model(copy.deepcopy(base), givens()), 0.3, seed=1)
     weights = {name: t.clone() for name, t in model.state_dict().items()}
     with pytest.raises(RuntimeError, match="stop"), merged_for_scoring(model):
         raise RuntimeError("stop")
     assert all(torch.equal(t, weights[name]) for name, t in model.state_dict().items())
     assert not hasattr(model, "_goft_merged_for_scoring")
-    quantized = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=BitsAndBytesConfig(
-        load_in_8bit=True), dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        tiny_dir, quantization_config=BitsAndBytesConfig(load_in_8bit=True), dtype=torch.float32
+    )
     model = get_peft_model(quantized, givens())
     with merged_for_scoring(model):  # a quantized base is scored unmerged: merging would re-quantize it
         assert not any(m.merged for m in model.modules() if isinstance(m, BaseTunerLayer))
@@ -372,19 +379,32 @@ def test_evaluate_adapter_unloads_and_leaves_the_base_unchanged(base, tokenizer,
     assert table.count("\n") == 4 and "givens (strict)" in table and "| lora |" in table
 
 
+def write_run_record(adapter_dir, data) -> None:
+    """The `goft_run.json` of an SFT run on the file `data` with a quarter held out (seed 7), in `adapter_dir`."""
+    record = {
+        "dataset_name": str(data),
+        "dataset_config": None,
+        "dataset_train_split": "train",
+        "dataset_test_split": "test",
+        "dataset_test_size": 0.25,
+        "seed": 7,
+        "columns": ["messages"],
+    }
+    (adapter_dir / "goft_run.json").write_text(json.dumps({"stage": "sft", "data": record}))
+
+
 def test_evaluate_adapters_rebuilds_each_runs_held_out_split(base, tiny_dir, tmp_path):
     data = write_jsonl(sft_rows(16), tmp_path / "sft.jsonl")
     texts = write_jsonl([{"text": t} for t in TEXTS[:2]], tmp_path / "texts.jsonl")
     with_run = save_adapter(base, givens(), tmp_path / "with-run")
-    record = {"dataset_name": str(data), "dataset_config": None, "dataset_train_split": "train",
-              "dataset_test_split": "test", "dataset_test_size": 0.25, "seed": 7, "columns": ["messages"]}
-    (with_run / "goft_run.json").write_text(json.dumps({"stage": "sft", "data": record}))
+    write_run_record(with_run, data)
     without_run = save_adapter(base, lora(), tmp_path / "without-run")
     expected = load_recipe_dataset(DataArguments(dataset_name=str(data), dataset_test_size=0.25), SFT_COLUMNS, 7)
     assert held_out_split(with_run)["messages"] == expected["test"]["messages"]
     assert held_out_split(without_run) is None
-    sets = EvaluationSets(general_text=texts, retention_questions=None, open_instructions=None, task_samples=3,
-                          max_length=48)
+    sets = EvaluationSets(
+        general_text=texts, retention_questions=None, open_instructions=None, task_samples=3, max_length=48
+    )
     results = evaluate_adapters([with_run, without_run], sets=sets)
     assert [r["adapter"] for r in results] == [str(with_run), str(without_run)]
     assert results[0]["task"]["task"] == "exact_match" and results[0]["task"]["samples"] == 3
@@ -404,41 +424,42 @@ def test_bad_input_is_refused_before_any_model_is_loaded(base, tmp_path, monkeyp
     other.mkdir()
     config = json.loads((good / "adapter_config.json").read_text())
     (other / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "/elsewhere/model"}))
-    cases = [([tmp_path / "missing"], texts, "does not exist"),
-             ([tmp_path / "no-config"], texts, "has no adapter_config.json"),
-             ([good, other], texts, "different base models"),
-             ([good], tmp_path / "missing.jsonl", "general-text file .* does not exist"),
-             ([], texts, "at least one adapter")]
+    cases = [
+        ([tmp_path / "missing"], texts, "does not exist"),
+        ([tmp_path / "no-config"], texts, "has no adapter_config.json"),
+        ([good, other], texts, "different base models"),
+        ([good], tmp_path / "missing.jsonl", "general-text file .* does not exist"),
+        ([], texts, "at least one adapter"),
+    ]
     for adapters, general_text, message in cases:
         with pytest.raises(RecipeError, match=message):
             evaluate_adapters(adapters, sets=EvaluationSets(general_text=general_text))
     write_evaluation([], tmp_path / "eval")
     with pytest.raises(RecipeError, match="already holds an evaluation"):
-        check_report_dir(tmp_path / "eval", EVALUATION_JSON, overwrite=False, what="an evaluation")
-    check_report_dir(tmp_path / "eval", EVALUATION_JSON, overwrite=True, what="an evaluation")
+        refuse_finished_output(tmp_path / "eval", EVALUATION_JSON, "an evaluation", overwrite=False)
+    refuse_finished_output(tmp_path / "eval", EVALUATION_JSON, "an evaluation", overwrite=True)
 
 
 # ---- the recipe --------------------------------------------------------------------------------------------------
 
 
 def recipe(args: list[str]):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO),
-               TOKENIZERS_PARALLELISM="false")
-    return subprocess.run([sys.executable, str(REPO / "recipes" / "evaluate.py"), *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_script("evaluate.py", args, timeout=300)
 
 
+@pytest.mark.slow
 def test_evaluate_recipe_end_to_end(base, tmp_path):
     data = write_jsonl(sft_rows(16), tmp_path / "sft.jsonl")
     texts = write_jsonl([{"text": t} for t in TEXTS], tmp_path / "texts.jsonl")
     strict_dir = save_adapter(base, givens(), tmp_path / "givens", scale=0.5)
-    record = {"dataset_name": str(data), "dataset_config": None, "dataset_train_split": "train",
-              "dataset_test_split": "test", "dataset_test_size": 0.25, "seed": 7, "columns": ["messages"]}
-    (strict_dir / "goft_run.json").write_text(json.dumps({"stage": "sft", "data": record}))
+    write_run_record(strict_dir, data)
     lora_dir = save_adapter(base, lora(), tmp_path / "lora")
     output = tmp_path / "eval"
-    result = recipe(["--adapters", str(strict_dir), str(lora_dir), "--general_text", str(texts),
-                     "--task_eval_samples", "2", "--max_length", "64", "--output_dir", str(output)])
+    result = recipe(
+        recipe_flags(
+            adapters=[strict_dir, lora_dir], general_text=texts, task_eval_samples=2, max_length=64, output_dir=output
+        )
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     report = json.loads((output / "evaluation.json").read_text())
     strict, low_rank = report["results"]
@@ -452,8 +473,7 @@ def test_evaluate_recipe_end_to_end(base, tmp_path):
     assert str(strict_dir) in result.stdout and "exact match" in result.stdout
 
     bad_output = tmp_path / "bad-eval"
-    bad = recipe(["--adapters", str(tmp_path / "missing"), "--general_text", str(texts),
-                  "--output_dir", str(bad_output)])
+    bad = recipe(recipe_flags(adapters=tmp_path / "missing", general_text=texts, output_dir=bad_output))
     assert bad.returncode == 2
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "does not exist" in errors[0], bad.stderr[-3000:]

@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,15 +15,21 @@ import goft
 from goft.evaluation import assets
 from goft.evaluation.drift import answer_drift, base_answers, load_instructions
 from goft.evaluation.frontier import Point, common_levels, forgetting_at, pareto_frontier
-from goft.evaluation.knowledge import (Question, is_correct, knowledge_retention, known_questions, load_questions,
-                                       normalise_answer)
+from goft.evaluation.knowledge import (
+    Question,
+    is_correct,
+    knowledge_retention,
+    known_questions,
+    load_questions,
+    normalise_answer,
+)
 from goft.evaluation.model_io import greedy_answers
 from goft.evaluation.report import at_floor, axis_floor, plot_sweep, render_sweep, sweep_summary
 from goft.training.errors import RecipeError
 
-from .recipe_assets import build_tiny_chat_model, write_jsonl
-
-REPO = Path(__file__).resolve().parents[1]
+from .support.data import write_jsonl
+from .support.models import save_tiny_chat_model
+from .support.recipes import REPO
 
 TARGETS = ["q_proj", "v_proj", "down_proj"]
 
@@ -32,33 +37,39 @@ TARGETS = ["q_proj", "v_proj", "down_proj"]
 # ---- normalisation and scoring ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The answer is Twenty-One.", "answer is 21"),
-    ("It has two hundred and five bones", "it has 205 bones"),
-    ("About 1,000 people", "about 1000 people"),
-    ("Pi is roughly 3.14.", "pi is roughly 3.14"),
-    ("São Paulo!", "sao paulo"),
-    ("H₂O", "h2o"),
-    ("two thousand five hundred", "2500"),
-    ("An apple, a pear and the plum", "apple pear and plum"),
-    ("Washington, D.C.", "washington d c"),
-    ("snake_case", "snake case"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is Twenty-One.", "answer is 21"),
+        ("It has two hundred and five bones", "it has 205 bones"),
+        ("About 1,000 people", "about 1000 people"),
+        ("Pi is roughly 3.14.", "pi is roughly 3.14"),
+        ("São Paulo!", "sao paulo"),
+        ("H₂O", "h2o"),
+        ("two thousand five hundred", "2500"),
+        ("An apple, a pear and the plum", "apple pear and plum"),
+        ("Washington, D.C.", "washington d c"),
+        ("snake_case", "snake case"),
+    ],
+)
 def test_normalise_answer(text, expected):
     assert normalise_answer(text) == expected
 
 
-@pytest.mark.parametrize("reply, answers, correct", [
-    ("The capital of France is Paris.", ["Paris"], True),
-    ("France", ["Paris"], False),  # the one-word habit: the country, not its capital
-    ("Parisian food is famous.", ["Paris"], False),  # whole words only
-    ("There are seven days in a week.", ["7"], True),  # number words match digits
-    ("7 + 5 = 12", ["twelve"], True),  # and digits match number words
-    ("It is 112.", ["12"], False),
-    ("Water is H2O.", ["H₂O"], True),
-    ("William Shakespeare wrote it.", ["Shakespeare", "William Shakespeare"], True),
-    ("", ["Paris"], False),
-])
+@pytest.mark.parametrize(
+    "reply, answers, correct",
+    [
+        ("The capital of France is Paris.", ["Paris"], True),
+        ("France", ["Paris"], False),  # the one-word habit: the country, not its capital
+        ("Parisian food is famous.", ["Paris"], False),  # whole words only
+        ("There are seven days in a week.", ["7"], True),  # number words match digits
+        ("7 + 5 = 12", ["twelve"], True),  # and digits match number words
+        ("It is 112.", ["12"], False),
+        ("Water is H2O.", ["H₂O"], True),
+        ("William Shakespeare wrote it.", ["Shakespeare", "William Shakespeare"], True),
+        ("", ["Paris"], False),
+    ],
+)
 def test_is_correct(reply, answers, correct):
     assert is_correct(reply, answers) is correct
 
@@ -83,8 +94,14 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b)
 
 
-@pytest.mark.parametrize("data_file, templates_shared", [("demo_sft.jsonl", False), ("demo_dpo.jsonl", False),
-                                                         ("facts_sft.jsonl", True)])
+@pytest.mark.parametrize(
+    "data_file, templates_shared",
+    [  # the two SFT files take several seconds each
+        pytest.param("demo_sft.jsonl", False, marks=pytest.mark.slow),
+        ("demo_dpo.jsonl", False),
+        pytest.param("facts_sft.jsonl", True, marks=pytest.mark.slow),
+    ],
+)
 def test_no_shipped_training_prompt_is_a_retention_question(data_file, templates_shared):
     """Retention must measure what training did not teach: no prompt of the shipped data is a retention question, and
     no real-world prompt is a near copy of one (half its words or more) or asks for its answer in similar words. The
@@ -104,17 +121,23 @@ def test_no_shipped_training_prompt_is_a_retention_question(data_file, templates
             assert templates_shared or not (same_answer and similarity >= 0.25), (prompt, question.question)
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "does not exist"),
-    ("", "is empty"),
-    ('{"id": "a", "topic": "t", "question": "q?"}\n', "must have"),
-    ('[1, 2]\n', "is not a JSON object"),
-    ('{"id": "a", "topic": "t", "question": "q?", "answers": []}\n', "non-empty list"),
-    ('{"id": "a", "topic": "t", "question": "q?", "answers": ["?"]}\n', "with words in them"),
-    ('{"id": "a", "topic": "t", "question": "q?", "answers": ["x"]}\n'
-     '{"id": "a", "topic": "t", "question": "r?", "answers": ["y"]}\n', "used twice"),
-    ('{"id": "a"\n', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        ("", "is empty"),
+        ('{"id": "a", "topic": "t", "question": "q?"}\n', "must have"),
+        ("[1, 2]\n", "is not a JSON object"),
+        ('{"id": "a", "topic": "t", "question": "q?", "answers": []}\n', "non-empty list"),
+        ('{"id": "a", "topic": "t", "question": "q?", "answers": ["?"]}\n', "with words in them"),
+        (
+            '{"id": "a", "topic": "t", "question": "q?", "answers": ["x"]}\n'
+            '{"id": "a", "topic": "t", "question": "r?", "answers": ["y"]}\n',
+            "used twice",
+        ),
+        ('{"id": "a"\n', "not valid JSON"),
+    ],
+)
 def test_bad_question_files_are_refused(tmp_path, content, message):
     path = tmp_path / "questions.jsonl"
     if content is not None:
@@ -128,8 +151,10 @@ def test_bad_question_files_are_refused(tmp_path, content, message):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    folder = build_tiny_chat_model(tmp_path_factory.mktemp("sets") / "tiny")
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(folder)
+    folder = save_tiny_chat_model(tmp_path_factory.mktemp("sets") / "tiny")
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(
+        folder
+    )
 
 
 def questions_the_base_answers(model, tokenizer, n: int = 12) -> list[Question]:
@@ -186,17 +211,19 @@ def test_answer_drift_is_zero_for_an_identity_adapter_and_matches_its_definition
                 parameter.add_(0.5)
     moved = answer_drift(model, tokenizer, reference)
     # KL from its definition on the first instruction: teacher-forced on the base's own answer, per answer token
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": instructions[0]}], tokenize=False,
-                                           add_generation_prompt=True)
-    full = tokenizer.apply_chat_template([{"role": "user", "content": instructions[0]},
-                                          {"role": "assistant", "content": reference.answers[0]}],
-                                         tokenize=False).rstrip()
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": instructions[0]}], tokenize=False, add_generation_prompt=True
+    )
+    full = tokenizer.apply_chat_template(
+        [{"role": "user", "content": instructions[0]}, {"role": "assistant", "content": reference.answers[0]}],
+        tokenize=False,
+    ).rstrip()
     start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     ids = torch.tensor([tokenizer(full, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
-        tuned = torch.log_softmax(model(input_ids=ids).logits[0, start - 1:-1].double(), -1)
+        tuned = torch.log_softmax(model(input_ids=ids).logits[0, start - 1 : -1].double(), -1)
         with model.disable_adapter():
-            plain = torch.log_softmax(model(input_ids=ids).logits[0, start - 1:-1].double(), -1)
+            plain = torch.log_softmax(model(input_ids=ids).logits[0, start - 1 : -1].double(), -1)
     first = (plain.exp() * (plain - tuned)).sum().item()
     alone = answer_drift(model, tokenizer, base_answers(base, tokenizer, instructions[:1]))
     assert alone["answer_kl_base_tuned"] == pytest.approx(first / (ids.shape[1] - start), rel=1e-9)
@@ -206,8 +233,13 @@ def test_answer_drift_is_zero_for_an_identity_adapter_and_matches_its_definition
 # ---- frontier and interpolation -----------------------------------------------------------------------------------
 
 
-POINTS = [Point(1.0, 0.1, "a"), Point(0.1, 0.3, "b"), Point(0.5, 0.5, "c"), Point(0.01, 1.0, "d"),
-          Point(0.2, float("nan"), "e")]
+POINTS = [
+    Point(1.0, 0.1, "a"),
+    Point(0.1, 0.3, "b"),
+    Point(0.5, 0.5, "c"),
+    Point(0.01, 1.0, "d"),
+    Point(0.2, float("nan"), "e"),
+]
 
 
 def test_pareto_frontier_keeps_the_undominated_points_by_hand():
@@ -231,19 +263,29 @@ def test_forgetting_is_interpolated_in_log_task_level_by_hand():
 
 def test_sweep_summary_and_its_table():
     def row(group, name, nll, kl, retention):
-        return {"group": group, "name": name, "kl_base_tuned": kl,
-                "task": {"task": "exact_match", "answer_nll_base": 2.0, "answer_nll_tuned": nll},
-                "knowledge": {"retention": retention, "retained": 0, "known_to_base": 10}}
+        return {
+            "group": group,
+            "name": name,
+            "kl_base_tuned": kl,
+            "task": {"task": "exact_match", "answer_nll_base": 2.0, "answer_nll_tuned": nll},
+            "knowledge": {"retention": retention, "retained": 0, "known_to_base": 10},
+        }
 
-    rows = [row("g", "g@1", 1.0, 0.1, 0.9), row("g", "g@2", 0.1, 0.3, 0.7), row("g", "g@3", 0.01, 1.0, 0.5),
-            row("l", "l@1", 0.2, 0.2, 0.8)]
+    rows = [
+        row("g", "g@1", 1.0, 0.1, 0.9),
+        row("g", "g@2", 0.1, 0.3, 0.7),
+        row("g", "g@3", 0.01, 1.0, 0.5),
+        row("l", "l@1", 0.2, 0.2, 0.8),
+    ]
     summary = sweep_summary(rows, [0.5, 0.1])
     assert summary["kl"]["common_levels"] == [0.5]
     assert summary["kl"]["methods"]["g"]["at_level"]["0.5"] == pytest.approx(0.160206, abs=1e-6)
     assert summary["kl"]["methods"]["l"]["at_level"]["0.1"] is None
     assert summary["lost"]["methods"]["g"]["at_level"]["0.1"] == pytest.approx(0.3)
     table = render_sweep(summary, [0.5, 0.1])
-    assert "| g | 0.16 | 0.3 |" in table and "| l | 0.12 | — |" in table  # l@1 (0.2, 0.2) to the base (2, 0): 0.2 − 0.2·log 2.5 / log 10
+    assert (
+        "| g | 0.16 | 0.3 |" in table and "| l | 0.12 | — |" in table
+    )  # l@1 (0.2, 0.2) to the base (2, 0): 0.2 − 0.2·log 2.5 / log 10
 
 
 def test_the_plot_clips_over_trained_runs_two_decades_past_the_smallest_level(tmp_path):
@@ -256,8 +298,12 @@ def test_the_plot_clips_over_trained_runs_two_decades_past_the_smallest_level(tm
     assert at_floor(runs, None) == runs
 
     def row(name, loss, kl):
-        return {"group": "g", "name": name, "kl_base_tuned": kl,
-                "task": {"task": "preference", "preference_loss_base": 0.693, "preference_loss_tuned": loss}}
+        return {
+            "group": "g",
+            "name": name,
+            "kl_base_tuned": kl,
+            "task": {"task": "preference", "preference_loss_base": 0.693, "preference_loss_tuned": loss},
+        }
 
     plot_sweep([row("a", 0.05, 1e-4), row("b", 1e-60, 0.1)], tmp_path / "plot.png", "t", [0.1, 0.01])
     assert (tmp_path / "plot.png").stat().st_size > 0
@@ -272,14 +318,30 @@ def test_instructions_file_errors(tmp_path):
     (tmp_path / "broken.jsonl").write_text("{\n")
     with pytest.raises(RecipeError, match="not valid JSON"):
         load_instructions(tmp_path / "broken.jsonl")
-    assert load_instructions(write_jsonl([{"instruction": "Explain tides."}], tmp_path / "ok.jsonl")) == \
-        ["Explain tides."]
+    assert load_instructions(write_jsonl([{"instruction": "Explain tides."}], tmp_path / "ok.jsonl")) == [
+        "Explain tides."
+    ]
 
 
+@pytest.mark.slow
 def test_the_evaluation_sets_ship_inside_the_wheel(tmp_path):
-    repo = Path(__file__).resolve().parents[1]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path)], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            str(REPO),
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     (wheel,) = tmp_path.glob("goft-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in (assets.GENERAL_TEXT, assets.RETENTION_QUESTIONS, assets.OPEN_INSTRUCTIONS):

@@ -26,10 +26,8 @@ from goft.training import checkpoints
 from goft.training.errors import RecipeError
 from goft.training.safeguards import ORTHOGONALITY_TOLERANCE, SafeguardsMixin, recipe_trainer_class
 
-from .test_recipes import REPO, RESULT_FILE, check_ok, common_args, launch, launch_command, recipe_env, run_summary
-from .test_recipes import assets  # noqa: F401  (a fixture)
+from .support.recipes import REPO, RESULT_FILE, check_ok, common_args, fault_env, launch, launch_command, run_summary
 
-FAULTS = REPO / "tests" / "fault_injection"
 STEPS = 8
 TOLERANCE = 1e-6  # resuming replays the same batches and RNG states: the result matches to round-off
 NAN_MESSAGE = "The training loss is nan "
@@ -40,15 +38,7 @@ def nan_messages(stderr: str) -> list[str]:
     return [chunk for chunk in stderr.split("error: ")[1:] if chunk.startswith(NAN_MESSAGE)]
 
 
-def fault_env(**faults) -> dict:
-    """The recipe environment with the fault-injection `sitecustomize` first on PYTHONPATH and GOFT_FAULT_* set."""
-    env = recipe_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(FAULTS), env["PYTHONPATH"]])
-    env.update({f"GOFT_FAULT_{name.upper()}": str(value) for name, value in faults.items()})
-    return env
-
-
-def run_args(assets, output_dir: Path, *extra: str) -> list[str]:  # noqa: F811
+def run_args(assets, output_dir: Path, *extra: str) -> list[str]:
     """The SFT run every fault test makes: 8 steps, a checkpoint every 2."""
     return common_args(assets["model"], assets["sft"], output_dir, steps=STEPS) + ["--save_steps", "2", *extra]
 
@@ -65,7 +55,7 @@ def complete_steps(output_dir: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(assets):  # noqa: F811
+def uninterrupted(assets):
     """The adapter of the same run without any fault."""
     output_dir = assets["root"] / "uninterrupted"
     check_ok(launch("sft.py", run_args(assets, output_dir)))
@@ -92,13 +82,20 @@ def assert_usable_checkpoint(model: Path, checkpoint: Path) -> None:
     assert orthogonality_error(loaded) <= ORTHOGONALITY_TOLERANCE
 
 
-def test_sigkill_mid_run_resumes_from_the_last_complete_checkpoint(assets, tmp_path, uninterrupted):  # noqa: F811
+@pytest.mark.slow
+def test_sigkill_mid_run_resumes_from_the_last_complete_checkpoint(assets, tmp_path, uninterrupted):
     output_dir = tmp_path / "killed"
     args = run_args(assets, output_dir)
     log = tmp_path / "killed.log"
     with open(log, "w") as out:  # each step sleeps 0.25 s: time to kill after checkpoint-4, well before the end
-        process = subprocess.Popen(launch_command("sft.py", args), cwd=REPO, env=fault_env(slow_forward=0.25),
-                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            launch_command("sft.py", args),
+            cwd=REPO,
+            env=fault_env(slow_forward=0.25),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 300
         while process.poll() is None and not [s for s in complete_steps(output_dir) if s >= 4]:
@@ -118,7 +115,8 @@ def test_sigkill_mid_run_resumes_from_the_last_complete_checkpoint(assets, tmp_p
     assert_ends_like(output_dir, uninterrupted)
 
 
-def test_kill_while_writing_a_checkpoint_resumes_from_the_previous_one(assets, tmp_path, uninterrupted):  # noqa: F811
+@pytest.mark.slow
+def test_kill_while_writing_a_checkpoint_resumes_from_the_previous_one(assets, tmp_path, uninterrupted):
     output_dir = tmp_path / "killed-saving"
     args = run_args(assets, output_dir, "--save_total_limit", "1")  # checkpoint-2 must survive even so
     killed = launch("sft.py", args, env=fault_env(kill_while_saving="checkpoint-4/optimizer.pt"))
@@ -126,7 +124,7 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_previous_one(assets, t
     assert checkpoint_names(output_dir) == ["checkpoint-2", "checkpoint-4"]
     assert not (output_dir / RESULT_FILE).exists()
     half_written = output_dir / "checkpoint-4" / "optimizer.pt"
-    with pytest.raises(Exception):  # really half-written: the kill came in the middle of this file
+    with pytest.raises(Exception):  # noqa: B017  (really half-written: whatever torch.load raises on a cut file)
         torch.load(half_written, weights_only=True)
     partial = half_written.read_bytes()
     assert not checkpoints.is_complete(output_dir / "checkpoint-4")
@@ -141,17 +139,23 @@ def test_kill_while_writing_a_checkpoint_resumes_from_the_previous_one(assets, t
     assert_ends_like(output_dir, uninterrupted)
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(assets, tmp_path, uninterrupted):  # noqa: F811
+@pytest.mark.slow
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(assets, tmp_path, uninterrupted):
     output_dir = tmp_path / "nan"
     args = run_args(assets, output_dir)
     failed = launch("sft.py", args, env=fault_env(nan_from_call=5))  # one embedding call per step: NaN at step 5
     assert failed.returncode != 0
     assert "returned non-zero exit status 2" in failed.stderr  # the recipe's own status, reported by the launcher
-    recipe_stderr = failed.stderr[:failed.stderr.rindex("Traceback (most recent call last):")]  # before the launcher's
+    recipe_stderr = failed.stderr[: failed.stderr.rindex("Traceback (most recent call last):")]  # before the launcher's
     last_line = recipe_stderr.rstrip().splitlines()[-1]
     assert last_line.startswith("error: " + NAN_MESSAGE), failed.stderr[-3000:]
-    for expected in ("at global step 5 of 8", "before this step changed the adapter",
-                     f"The last complete checkpoint is {output_dir / 'checkpoint-4'}", "learning rate", "fp16"):
+    for expected in (
+        "at global step 5 of 8",
+        "before this step changed the adapter",
+        f"The last complete checkpoint is {output_dir / 'checkpoint-4'}",
+        "learning rate",
+        "fp16",
+    ):
         assert expected in last_line
     assert not (output_dir / "adapter_model.safetensors").exists() and not (output_dir / RESULT_FILE).exists()
     assert checkpoint_names(output_dir) == ["checkpoint-2", "checkpoint-4"]
@@ -163,10 +167,12 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(assets, tmp_p
     assert_ends_like(output_dir, uninterrupted)
 
 
-def test_nan_loss_on_one_of_two_processes_stops_both(assets, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_nan_loss_on_one_of_two_processes_stops_both(assets, tmp_path):
     output_dir = tmp_path / "nan-2proc"
-    result = launch("sft.py", run_args(assets, output_dir), processes=2, port=29591,
-                    env=fault_env(nan_from_call=3, nan_rank=1))  # only process 1's loss goes NaN, at step 3
+    result = launch(
+        "sft.py", run_args(assets, output_dir), processes=2, env=fault_env(nan_from_call=3, nan_rank=1)
+    )  # only process 1's loss goes NaN, at step 3
     assert result.returncode != 0
     messages = nan_messages(result.stderr)
     assert len(messages) == 2, result.stderr[-4000:]  # both processes stopped with the message; neither waited
@@ -225,7 +231,7 @@ def test_old_checkpoints_are_rotated_only_after_the_new_one_is_complete(tmp_path
 
 def test_a_strict_adapter_that_is_not_orthogonal_is_not_checkpointed(tmp_path, tiny_llama, monkeypatch):
     config = GivensConfig()
-    trainer_class = recipe_trainer_class(FakeTrainer, config, adapter_args=None)
+    trainer_class = recipe_trainer_class(FakeTrainer, config)
     assert issubclass(trainer_class, SafeguardsMixin) and trainer_class.strict_orthogonal
     trainer = trainer_class(get_peft_model(tiny_llama, config), tmp_path)
     save_at(trainer, 2)  # orthogonal: saved and marked complete
@@ -252,8 +258,9 @@ def make_checkpoint(folder: Path, step: int, complete: bool) -> Path:
     return checkpoint
 
 
-def test_resume_takes_the_newest_complete_checkpoint_and_sets_newer_incomplete_ones_aside(tmp_path, monkeypatch,
-                                                                                         caplog):
+def test_resume_takes_the_newest_complete_checkpoint_and_sets_newer_incomplete_ones_aside(
+    tmp_path, monkeypatch, caplog
+):
     for step, complete in [(1, False), (2, True), (3, False), (4, True), (6, False), (8, False)]:
         make_checkpoint(tmp_path, step, complete)
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -265,8 +272,13 @@ def test_resume_takes_the_newest_complete_checkpoint_and_sets_newer_incomplete_o
     monkeypatch.setenv("RANK", "0")
     checkpoints.set_aside_incomplete(str(tmp_path), str(tmp_path / "checkpoint-4"))
     assert sorted(p.name for p in tmp_path.iterdir()) == [  # older incomplete ones are left alone
-        "checkpoint-1", "checkpoint-2", "checkpoint-3", "checkpoint-4", "incomplete-checkpoint-6",
-        "incomplete-checkpoint-8"]
+        "checkpoint-1",
+        "checkpoint-2",
+        "checkpoint-3",
+        "checkpoint-4",
+        "incomplete-checkpoint-6",
+        "incomplete-checkpoint-8",
+    ]
     assert "Moved it aside to incomplete-checkpoint-8" in caplog.text
     make_checkpoint(tmp_path, 6, False)  # killed at the same step again: another free name
     checkpoints.set_aside_incomplete(str(tmp_path), checkpoints.resume_checkpoint(str(tmp_path), None, False))

@@ -7,7 +7,6 @@ single-process references train with it off, so each match also shows that check
 """
 
 import json
-import runpy
 import shutil
 import subprocess
 import sys
@@ -18,36 +17,46 @@ from safetensors.torch import load_file
 
 from goft.training.cli import run_recipe
 
-from .test_deepspeed import NO_CHECKPOINTING, assert_same_adapter, assert_same_regularised_run, regularised_reference
-from .test_deepspeed import args as recipe_args
-from .test_recipes import REPO, assets, check_ok, launch, recipe_env, run_summary  # noqa: F401  (assets: fixture)
+from .support.distributed import NO_CHECKPOINTING, assert_same_adapter, check_regularised_run, recipe_args
+from .support.ports import free_port
+from .support.recipes import (
+    REPO,
+    SCRIPTS,
+    check_ok,
+    launch,
+    recipe_env,
+    recipe_flags,
+    recipe_script,
+    run_command,
+    run_summary,
+)
 
-SFT = runpy.run_path(str(REPO / "recipes" / "sft.py"), run_name="sft_recipe")
-DPO = runpy.run_path(str(REPO / "recipes" / "dpo.py"), run_name="dpo_recipe")
+SFT, DPO = recipe_script("sft"), recipe_script("dpo")
 CONFIGS = {name: REPO / "accelerate_configs" / f"{name}.yaml" for name in ("fsdp1", "fsdp2")}
 CHECKPOINTING = {"fsdp1": ["--gradient_checkpointing_kwargs", '{"use_reentrant": true}'], "fsdp2": []}
-PORTS = iter(range(29700, 29800))
 
 
 def fsdp_launch(version: str, script: str, flags: list[str]):
-    result = launch(script, flags + CHECKPOINTING[version], processes=2, config_file=CONFIGS[version],
-                    port=next(PORTS))
+    result = launch(script, flags + CHECKPOINTING[version], processes=2, config_file=CONFIGS[version])
     check_ok(result)
     return result
 
 
-def data_for(assets, script):  # noqa: F811
+def data_for(assets, script):
     return assets["sft"] if script == "sft.py" else assets["dpo"]
 
 
 @pytest.fixture(scope="module")
-def references(assets):  # noqa: F811
+def references(assets):
     """One-process runs (batch 8 = two processes × 4), checkpointing off, in-process."""
     runs = {}
     for script, recipe in (("sft.py", SFT), ("dpo.py", DPO)):
         output_dir = assets["root"] / f"fsdp-reference-{script[:3]}"
-        run_recipe(recipe["make_parser"], recipe["main"],
-                   recipe_args(assets["model"], data_for(assets, script), output_dir, per_device=8) + NO_CHECKPOINTING)
+        run_recipe(
+            recipe["make_parser"],
+            recipe["main"],
+            recipe_args(assets["model"], data_for(assets, script), output_dir, per_device=8) + NO_CHECKPOINTING,
+        )
         runs[script] = output_dir
     return runs
 
@@ -68,19 +77,24 @@ with torch.no_grad():
     return torch.tensor(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["fsdp1", "fsdp2"])
 @pytest.mark.parametrize("script", ["sft.py", "dpo.py"])
-def test_fsdp_matches_a_single_process_run(assets, references, version, script):  # noqa: F811
+def test_fsdp_matches_a_single_process_run(assets, references, version, script):
     output_dir = assets["root"] / f"{version}-{script[:3]}"
     held_out = ["--task_eval_samples", "2"]  # sharded generation needs every rank: skipped with a warning, no hang
-    result = fsdp_launch(version, script,
-                         recipe_args(assets["model"], data_for(assets, script), output_dir, per_device=4) + held_out)
+    result = fsdp_launch(
+        version, script, recipe_args(assets["model"], data_for(assets, script), output_dir, per_device=4) + held_out
+    )
     assert "task_eval_samples is ignored under DeepSpeed and FSDP" in result.stderr
     reference = references[script]
-    assert_same_adapter(load_file(output_dir / "adapter_model.safetensors"),
-                        load_file(reference / "adapter_model.safetensors"))
-    assert_same_adapter(load_file(output_dir / "checkpoint-2" / "adapter_model.safetensors"),
-                        load_file(reference / "checkpoint-2" / "adapter_model.safetensors"))
+    assert_same_adapter(
+        load_file(output_dir / "adapter_model.safetensors"), load_file(reference / "adapter_model.safetensors")
+    )
+    assert_same_adapter(
+        load_file(output_dir / "checkpoint-2" / "adapter_model.safetensors"),
+        load_file(reference / "checkpoint-2" / "adapter_model.safetensors"),
+    )
     summary = run_summary(output_dir)
     assert summary["world_size"] == 2 and summary["metrics"]["orthogonality_error"] <= 1e-5
     assert summary["parallelism"] == version.upper()  # really FSDP: on a CPU, accelerate alone would run DDP
@@ -92,8 +106,9 @@ def test_fsdp_matches_a_single_process_run(assets, references, version, script):
         torch.testing.assert_close(merged, expected, rtol=0, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["fsdp1", "fsdp2"])
-def test_dpo_under_fsdp_continues_an_sft_adapter(assets, version):  # noqa: F811
+def test_dpo_under_fsdp_continues_an_sft_adapter(assets, version):
     sft_dir = assets["root"] / f"{version}-sft-for-dpo"
     fsdp_launch(version, "sft.py", recipe_args(assets["model"], assets["sft"], sft_dir, per_device=4))
     output_dir = assets["root"] / f"{version}-dpo-from-sft"
@@ -108,21 +123,24 @@ def test_dpo_under_fsdp_continues_an_sft_adapter(assets, version):  # noqa: F811
 
 # qGOFT and HRA: penalties in the loss, computed from whole tensors (DTensors gathered under FSDP2; under FSDP1
 # the adapters are kept whole); SORSA: its after-clipping rule, which FSDP leaves a place for (unlike DeepSpeed).
-REGULARIZED = {"qgoft-fsdp2": ("fsdp2", "qgoft"), "hra-fsdp1": ("fsdp1", "hra"), "sorsa-fsdp1": ("fsdp1", "sorsa"),
-               "sorsa-fsdp2": ("fsdp2", "sorsa")}
+REGULARIZED = {
+    "qgoft-fsdp2": ("fsdp2", "qgoft"),
+    "hra-fsdp1": ("fsdp1", "hra"),
+    "sorsa-fsdp1": ("fsdp1", "sorsa"),
+    "sorsa-fsdp2": ("fsdp2", "sorsa"),
+}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(REGULARIZED))
-def test_regularisers_under_fsdp_match_a_single_process_run(assets, case):  # noqa: F811
+def test_regularisers_under_fsdp_match_a_single_process_run(assets, case):
     version, method = REGULARIZED[case]
-    reference, flags, metric = regularised_reference(assets, method)
-    output_dir = assets["root"] / case
-    fsdp_launch(version, "sft.py", recipe_args(assets["model"], assets["sft"], output_dir, per_device=4) + flags)
-    assert_same_regularised_run(output_dir, reference, metric)
+    check_regularised_run(assets, case, method, lambda flags: fsdp_launch(version, "sft.py", flags))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["fsdp1", "fsdp2"])
-def test_an_interrupted_fsdp_run_resumes_from_its_checkpoint(assets, references, version):  # noqa: F811
+def test_an_interrupted_fsdp_run_resumes_from_its_checkpoint(assets, references, version):
     """A run stopped after checkpoint-2 (its folder holds only that checkpoint) resumes there and ends with the
     adapter of an uninterrupted run."""
     finished = assets["root"] / f"{version}-sft"
@@ -132,15 +150,16 @@ def test_an_interrupted_fsdp_run_resumes_from_its_checkpoint(assets, references,
     shutil.copytree(finished / "checkpoint-2", output_dir / "checkpoint-2")
     result = fsdp_launch(version, "sft.py", recipe_args(assets["model"], assets["sft"], output_dir, per_device=4))
     assert "Resuming from" in result.stderr and "checkpoint-2" in result.stderr
-    assert_same_adapter(load_file(output_dir / "adapter_model.safetensors"),
-                        load_file(finished / "adapter_model.safetensors"))
+    assert_same_adapter(
+        load_file(output_dir / "adapter_model.safetensors"), load_file(finished / "adapter_model.safetensors")
+    )
 
 
-def test_merge_into_an_fsdp2_sharded_model(assets):  # noqa: F811
+@pytest.mark.slow
+def test_merge_into_an_fsdp2_sharded_model(assets):
     """Merging reads each sharded (DTensor) weight whole, rotates it and shards it again (ranks 0 and 1, gloo)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(next(PORTS)), str(REPO / "tests" / "scripts" / "fsdp2_merge.py"), str(assets["model"])]
-    result = subprocess.run(command, cwd=REPO, env=recipe_env(), capture_output=True, text=True, timeout=600)
+    launcher = [sys.executable, "-m", "torch.distributed.run", *recipe_flags(nproc_per_node=2, master_port=free_port())]
+    result = run_command([*launcher, SCRIPTS / "fsdp2_merge.py", assets["model"]])
     check_ok(result)
     merged, restored, scale = map(float, result.stdout.split("RESULT")[-1].split())
     assert merged < 1e-5 * max(scale, 1.0) and restored < 1e-5 * max(scale, 1.0)

@@ -2,8 +2,6 @@
 without `use_reentrant`; and a recipe run with it on trains the same adapter as one with it off. Under ZeRO-3 and
 FSDP the distributed tests train with it on against single-process references trained with it off."""
 
-import runpy
-
 import pytest
 import torch
 from peft import get_peft_model
@@ -14,21 +12,28 @@ from goft.training.adapters import build_adapter_config
 from goft.training.arguments import AdapterArguments, ModelArguments
 from goft.training.cli import run_recipe
 
-from .recipe_assets import build_tiny_chat_model, sft_rows, write_jsonl
-from .test_recipes import REPO
+from .support.data import sft_rows, write_jsonl
+from .support.models import save_tiny_chat_model
+from .support.recipes import recipe_script, run_flags
+from .support.training import perturb
 
 # every method a recipe can train, at sizes that fit the tiny model (hidden 48, MLP 80)
 METHODS = {
-    "givens": {}, "givens-quasi": {"givens_quasi": True}, "givens-scaling": {"givens_scaling": True},
-    "sorsa": {"adapter": "sorsa", "sorsa_r": 8}, "hra": {"adapter": "hra", "hra_r": 4},
-    "oft": {"adapter": "oft", "oft_block_size": 8}, "boft": {"adapter": "boft", "boft_block_size": 8},
-    "road": {"adapter": "road", "road_group_size": 8}, "lora": {"adapter": "lora"},
+    "givens": {},
+    "givens-quasi": {"givens_quasi": True},
+    "givens-scaling": {"givens_scaling": True},
+    "sorsa": {"adapter": "sorsa", "sorsa_r": 8},
+    "hra": {"adapter": "hra", "hra_r": 4},
+    "oft": {"adapter": "oft", "oft_block_size": 8},
+    "boft": {"adapter": "boft", "boft_block_size": 8},
+    "road": {"adapter": "road", "road_group_size": 8},
+    "lora": {"adapter": "lora"},
 }
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    return build_tiny_chat_model(tmp_path_factory.mktemp("gc") / "tiny")
+    return save_tiny_chat_model(tmp_path_factory.mktemp("gc") / "tiny")
 
 
 def adapted_model(folder, method: str):
@@ -37,12 +42,7 @@ def adapted_model(folder, method: str):
     config = build_adapter_config(AdapterArguments(**overrides), ModelArguments())
     torch.manual_seed(0)  # some methods start from random tensors (HRA's reflections, LoRA's A)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), config)
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.requires_grad:
-                param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    return model.train()
+    return perturb(model, 0.05, seed=5).train()
 
 
 def adapter_gradients(model, checkpointing: dict | None) -> tuple[dict, int]:
@@ -71,22 +71,24 @@ def test_gradients_with_checkpointing_equal_those_without(tiny_model, method, us
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-SFT = runpy.run_path(str(REPO / "recipes" / "sft.py"), run_name="sft_recipe")
+SFT = recipe_script("sft")
 
 
 def sft_flags(model, data, output_dir, checkpointing: str, kwargs: str | None = None) -> list[str]:
-    flags = ["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(output_dir),
-             "--max_steps", "3", "--per_device_train_batch_size", "4", "--learning_rate", "2e-2", "--logging_steps",
-             "1", "--save_strategy", "no", "--max_length", "64", "--report_to", "none", "--seed", "3",
-             "--adapter_target_modules", "all-linear", "--gradient_checkpointing", checkpointing]
-    return flags + (["--gradient_checkpointing_kwargs", kwargs] if kwargs else [])
+    keys = {"adapter_target_modules": "all-linear", "gradient_checkpointing": checkpointing}
+    if kwargs:
+        keys["gradient_checkpointing_kwargs"] = kwargs
+    return run_flags(model, data, output_dir, max_steps=3, save_strategy="no", seed=3, **keys)
 
 
 def test_a_recipe_with_checkpointing_trains_the_adapter_it_trains_without(tiny_model, tmp_path):
     data = write_jsonl(sft_rows(24), tmp_path / "sft.jsonl")
     adapters = {}
-    for name, checkpointing, kwargs in (("off", "false", None), ("default", "true", None),
-                                        ("reentrant", "true", '{"use_reentrant": true}')):
+    for name, checkpointing, kwargs in (
+        ("off", "false", None),
+        ("default", "true", None),
+        ("reentrant", "true", '{"use_reentrant": true}'),
+    ):
         output_dir = tmp_path / name
         run_recipe(SFT["make_parser"], SFT["main"], sft_flags(tiny_model, data, output_dir, checkpointing, kwargs))
         adapters[name] = load_file(output_dir / "adapter_model.safetensors")

@@ -1,4 +1,4 @@
-"""The offline Hub stand-in (tests/hub_server.py) works with the real ``huggingface_hub`` client.
+"""The offline Hub stand-in (tests/support/hub_server.py) works with the real ``huggingface_hub`` client.
 
 The client reads HF_ENDPOINT / HF_HUB_OFFLINE when it is imported (and conftest.py sets
 HF_HUB_OFFLINE=1 in this process), so each client runs in a subprocess with its own environment
@@ -12,8 +12,9 @@ import textwrap
 
 import pytest
 
-from .hub_server import LocalHub
+from .support.hub_server import LocalHub
 
+pytestmark = pytest.mark.slow  # every client runs in a process of its own
 REPO = "someuser/some-repo"
 TOKEN = "hf_fake_token_for_tests"
 

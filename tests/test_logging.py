@@ -21,7 +21,7 @@ from goft.training.argument_checks import check_trackio, check_training_argument
 from goft.training.errors import RecipeError
 from goft.training.logging_targets import TENSORBOARD_ENV, log_destinations, set_log_defaults
 
-from .test_recipes import REPO, assets, check_ok, common_args, launch, recipe_env, run_summary  # noqa: F401
+from .support.recipes import check_ok, common_args, launch, recipe_env, run_script, run_summary
 
 STEPS = 3
 PROJECT = "goft-logging-test"
@@ -63,7 +63,7 @@ def logging_env(root: Path) -> dict:
     return env
 
 
-def sft_args(assets, output_dir: Path, report_to: str, *extra: str) -> list[str]:  # noqa: F811
+def sft_args(assets, output_dir: Path, report_to: str, *extra: str) -> list[str]:
     args = common_args(assets["model"], assets["sft"], output_dir, steps=STEPS)
     args[args.index("--report_to") + 1] = report_to
     args[args.index("--save_steps") + 1] = str(STEPS)  # a checkpoint at the last step keeps the log history
@@ -77,14 +77,14 @@ def logged_losses(output_dir: Path) -> dict[int, float]:
 
 
 def summary_lines(stdout: str) -> list[str]:
-    return stdout[stdout.index("== goft sft finished"):].splitlines()
+    return stdout[stdout.index("== goft sft finished") :].splitlines()
 
 
 # --- TensorBoard ---
 
 
 @pytest.fixture(scope="module")
-def tensorboard_run(assets, tmp_path_factory):  # noqa: F811
+def tensorboard_run(assets, tmp_path_factory):
     root = tmp_path_factory.mktemp("tensorboard")
     output_dir = root / "out"
     result = launch("sft.py", sft_args(assets, output_dir, "tensorboard"), env=logging_env(root))
@@ -92,6 +92,7 @@ def tensorboard_run(assets, tmp_path_factory):  # noqa: F811
     return root, output_dir, result
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_every_logged_loss(tensorboard_run):
     root, output_dir, _ = tensorboard_run
     events = sorted((output_dir / "runs").rglob("events.out.tfevents.*"))
@@ -107,12 +108,14 @@ def test_tensorboard_events_hold_every_logged_loss(tensorboard_run):
     assert not (root / "trackio").exists()  # only the integration asked for
 
 
+@pytest.mark.slow
 def test_tensorboard_events_go_to_output_dir_runs(tensorboard_run):  # needs recipe.py's set_log_defaults call
     _, output_dir, _ = tensorboard_run
     events = list((output_dir / "runs").glob("events.out.tfevents.*"))
     assert len(events) == 1, sorted(p.relative_to(output_dir) for p in output_dir.rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_tensorboard_destination_recorded_and_printed(tensorboard_run):
     _, output_dir, result = tensorboard_run
     folder = str((output_dir / "runs").resolve())
@@ -124,7 +127,7 @@ def test_tensorboard_destination_recorded_and_printed(tensorboard_run):
 
 
 @pytest.fixture(scope="module")
-def trackio_run(assets, tmp_path_factory):  # noqa: F811
+def trackio_run(assets, tmp_path_factory):
     root = tmp_path_factory.mktemp("trackio")
     audit = root / "audit"
     audit.mkdir()
@@ -132,8 +135,9 @@ def trackio_run(assets, tmp_path_factory):  # noqa: F811
     env = logging_env(root)
     env.update(PYTHONPATH=os.pathsep.join([str(audit), env["PYTHONPATH"]]), GOFT_NETWORK_LOG=str(root / "net.log"))
     output_dir = root / "out"
-    result = launch("sft.py", sft_args(assets, output_dir, "trackio", "--project", PROJECT, "--run_name", RUN_NAME),
-                    env=env)
+    result = launch(
+        "sft.py", sft_args(assets, output_dir, "trackio", "--project", PROJECT, "--run_name", RUN_NAME), env=env
+    )
     check_ok(result)
     return root, output_dir, result
 
@@ -141,12 +145,12 @@ def trackio_run(assets, tmp_path_factory):  # noqa: F811
 def trackio_cli(root: Path, *args: str) -> dict:
     """trackio's own command line, reading the store under `root` offline."""
     command = [sys.executable, "-c", "import sys; from trackio.cli import main; sys.exit(main())", *args, "--json"]
-    result = subprocess.run(command, check=False, env=logging_env(root),
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, check=False, env=logging_env(root), capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_trackio_store_holds_every_logged_loss(trackio_run):
     root, output_dir, _ = trackio_run
     assert trackio_cli(root, "list", "runs", "--project", PROJECT)["runs"] == [RUN_NAME]
@@ -159,10 +163,12 @@ def test_trackio_store_holds_every_logged_loss(trackio_run):
     logged = logged_losses(output_dir)
     assert len(logged) == STEPS
     assert sorted(losses) == sorted(logged)
-    assert [losses[step] for step in sorted(losses)] == pytest.approx([logged[step] for step in sorted(logged)],
-                                                                      rel=1e-6)
+    assert [losses[step] for step in sorted(losses)] == pytest.approx(
+        [logged[step] for step in sorted(logged)], rel=1e-6
+    )
 
 
+@pytest.mark.slow
 def test_trackio_writes_only_under_trackio_dir_and_stays_offline(trackio_run):
     root, output_dir, _ = trackio_run
     assert (root / "trackio" / f"{PROJECT}.db").is_file()
@@ -174,6 +180,7 @@ def test_trackio_writes_only_under_trackio_dir_and_stays_offline(trackio_run):
     assert not remote, remote
 
 
+@pytest.mark.slow
 def test_trackio_destination_recorded_and_printed(trackio_run):
     root, output_dir, result = trackio_run
     database = str((root / "trackio" / f"{PROJECT}.db").resolve())
@@ -181,11 +188,11 @@ def test_trackio_destination_recorded_and_printed(trackio_run):
     assert f"  logs (trackio): {database}" in summary_lines(result.stdout), result.stdout[-3000:]
 
 
-def test_trackio_space_offline_is_refused_before_any_work(assets, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_trackio_space_offline_is_refused_before_any_work(assets, tmp_path):
     output_dir = tmp_path / "out"
     args = sft_args(assets, output_dir, "trackio", "--trackio_space_id", "someone/dashboard")
-    result = subprocess.run([sys.executable, str(REPO / "recipes" / "sft.py"), *args], check=False, cwd=REPO,
-                            env=logging_env(tmp_path), capture_output=True, text=True, timeout=300)
+    result = run_script("sft.py", args, env=logging_env(tmp_path), timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert "`trackio_space_id` is 'someone/dashboard'" in last and "HF_HUB_OFFLINE=1" in last, last
@@ -197,8 +204,13 @@ def test_trackio_space_offline_is_refused_before_any_work(assets, tmp_path):  # 
 
 
 def training_args(output_dir, report_to, **overrides) -> SimpleNamespace:
-    values = {"output_dir": str(output_dir), "report_to": report_to, "project": "huggingface",
-              "trackio_space_id": None, "trackio_bucket_id": None}
+    values = {
+        "output_dir": str(output_dir),
+        "report_to": report_to,
+        "project": "huggingface",
+        "trackio_space_id": None,
+        "trackio_bucket_id": None,
+    }
     return SimpleNamespace(**{**values, **overrides})
 
 
@@ -245,9 +257,12 @@ def test_the_users_tensorboard_folder_is_kept(clean_logging_env, tmp_path):
 
 def test_trackio_remote_destinations_are_described_without_tokens(clean_logging_env, tmp_path):
     assert log_destinations(training_args(tmp_path, ["trackio"], trackio_space_id="me/dash")) == {
-        "trackio": "https://huggingface.co/spaces/me/dash"}
+        "trackio": "https://huggingface.co/spaces/me/dash"
+    }
     clean_logging_env.setenv("TRACKIO_SPACE_ID", "org/board")
-    assert log_destinations(training_args(tmp_path, ["trackio"]))["trackio"] == "https://huggingface.co/spaces/org/board"
+    assert (
+        log_destinations(training_args(tmp_path, ["trackio"]))["trackio"] == "https://huggingface.co/spaces/org/board"
+    )
     clean_logging_env.delenv("TRACKIO_SPACE_ID")
     clean_logging_env.setenv("TRACKIO_SERVER_URL", "http://127.0.0.1:7860/?write_token=secret123")
     destination = log_destinations(training_args(tmp_path, ["trackio"]))["trackio"]
@@ -260,16 +275,20 @@ def test_other_integrations_are_listed_in_order(clean_logging_env, tmp_path):
     assert "wandb" in destinations["wandb"]
 
 
+@pytest.mark.slow
 def test_trackio_local_destination_is_the_projects_database(tmp_path):
     """In a fresh process: trackio reads TRACKIO_DIR when it is imported."""
-    script = ("from types import SimpleNamespace\n"
-              "from goft.training.logging_targets import log_destinations\n"
-              "print(log_destinations(SimpleNamespace(output_dir='out', report_to=['trackio', 'tensorboard'], "
-              "project='my.project', trackio_space_id=None))['trackio'])\n")
+    script = (
+        "from types import SimpleNamespace\n"
+        "from goft.training.logging_targets import log_destinations\n"
+        "print(log_destinations(SimpleNamespace(output_dir='out', report_to=['trackio', 'tensorboard'], "
+        "project='my.project', trackio_space_id=None))['trackio'])\n"
+    )
     env = logging_env(tmp_path)
     env["TRACKIO_DIR"] = "relative-store"
-    result = subprocess.run([sys.executable, "-c", script], check=False, cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # trackio keeps [A-Za-z0-9_-] of the project's name for its file
     assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "relative-store" / "myproject.db")

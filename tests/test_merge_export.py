@@ -1,9 +1,6 @@
 """recipes/merge.py: a saved adapter becomes a standalone model that plain transformers loads."""
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +8,11 @@ from peft import get_peft_model
 from transformers import LlamaForCausalLM
 
 from goft import GivensConfig
-from goft.export import merge_adapter_to_model
+from goft.training.errors import RecipeError
+from goft.training.merging import merge_adapter_to_model
 
-ROOT = Path(__file__).resolve().parents[1]
+from .support.models import tiny_config
+from .support.recipes import REPO, recipe_flags, run_script
 
 
 @pytest.fixture
@@ -28,11 +27,12 @@ def trained_adapter(tmp_path, tiny_llama, input_ids):
     return base_dir, adapter_dir, expected
 
 
+@pytest.mark.slow
 def test_merge_script_writes_a_plain_model(tmp_path, trained_adapter, input_ids):
     _, adapter_dir, expected = trained_adapter
     out = tmp_path / "merged"
-    cmd = [sys.executable, str(ROOT / "recipes" / "merge.py"), "--adapter_path", str(adapter_dir), "--output_dir", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    flags = recipe_flags(adapter_path=adapter_dir, output_dir=out)
+    result = run_script("merge.py", flags, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     merged = LlamaForCausalLM.from_pretrained(out).eval()  # no goft, no peft
     with torch.no_grad():
@@ -44,29 +44,27 @@ def test_merge_refuses_to_overwrite_and_bad_paths(tmp_path, trained_adapter):
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("user data")
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(RecipeError, match="not empty"):
         merge_adapter_to_model(adapter_dir, occupied)
     assert (occupied / "keep.txt").read_text() == "user data"
-    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+    with pytest.raises(RecipeError, match="no adapter_config.json"):
         merge_adapter_to_model(base_dir, tmp_path / "new")
-    with pytest.raises(ValueError, match="dtype must be one of"):
+    with pytest.raises(RecipeError, match="`dtype` must be one of"):
         merge_adapter_to_model(adapter_dir, tmp_path / "new", dtype="fp8")
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_merge_script_refuses_an_adapter_for_another_base(tmp_path, trained_adapter):
     """A base of another width is refused with the tensors that do not fit, before its weights are loaded."""
-    from .conftest import tiny_llama_config
-
     _, adapter_dir, _ = trained_adapter
     wider = tmp_path / "wider-base"
-    config = tiny_llama_config()
+    config = tiny_config("llama")
     config.hidden_size += 8  # 80: still divisible by the heads
     config.save_pretrained(wider)
     out = tmp_path / "merged"
-    cmd = [sys.executable, str(ROOT / "recipes" / "merge.py"), "--adapter_path", str(adapter_dir), "--output_dir",
-           str(out), "--base_model", str(wider)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    flags = recipe_flags(adapter_path=adapter_dir, output_dir=out, base_model=wider)
+    result = run_script("merge.py", flags, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "does not fit the base" in result.stderr and "in the adapter" in result.stderr
     assert not out.exists()

@@ -17,7 +17,7 @@ from transformers import get_scheduler
 from goft.training import outputs, run_spec
 from goft.training.errors import RecipeError
 
-REPO = Path(__file__).resolve().parents[1]
+from .support.recipes import REPO
 
 
 @pytest.mark.parametrize("output, relation", [("model", "is"), ("model/sub", "lies inside"), (".", "contains")])
@@ -30,8 +30,10 @@ def test_an_output_folder_overlapping_an_input_is_refused(tmp_path, output, rela
 
 def test_a_separate_output_folder_passes_and_hub_ids_are_not_paths(tmp_path):
     (tmp_path / "data.jsonl").write_text("{}\n")
-    outputs.check_output_location(tmp_path / "runs" / "a", {"dataset": tmp_path / "data.jsonl",
-                                                           "model": "owner/model-on-the-hub", "chat template": None})
+    outputs.check_output_location(
+        tmp_path / "runs" / "a",
+        {"dataset": tmp_path / "data.jsonl", "model": "owner/model-on-the-hub", "chat template": None},
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -53,14 +55,26 @@ def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatc
     assert asked == [tmp_path]
 
 
-HOLD_LOCK = "import sys, time; from goft.training import outputs; outputs.hold_output_lock(sys.argv[1]); " \
-            "print('locked', flush=True); time.sleep(60)"
+HOLD_LOCK = (
+    "import sys, time; from goft.training import outputs; outputs.hold_output_lock(sys.argv[1]); "
+    "print('locked', flush=True); time.sleep(60)"
+)
 
 
+def start_lock_holder(folder: Path) -> subprocess.Popen:
+    """A process that takes the output lock of `folder`, says "locked" and holds it for a minute."""
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(folder)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+@pytest.mark.slow
 def test_one_run_per_folder_and_a_killed_holder_leaves_no_stale_lock(tmp_path):
     folder = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = start_lock_holder(folder)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RecipeError, match=f"Another run is writing into .*process {holder.pid}"):
@@ -143,8 +157,9 @@ def test_changed_optimizer_settings_replace_what_the_checkpoint_restored():
     decayed, plain = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
 
     def trained(lr, weight_decay):
-        optimizer = torch.optim.AdamW([{"params": [decayed], "weight_decay": weight_decay},
-                                       {"params": [plain], "weight_decay": 0.0}], lr=lr)
+        optimizer = torch.optim.AdamW(
+            [{"params": [decayed], "weight_decay": weight_decay}, {"params": [plain], "weight_decay": 0.0}], lr=lr
+        )
         scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=10)
         for _ in range(4):
             optimizer.step()
@@ -152,11 +167,15 @@ def test_changed_optimizer_settings_replace_what_the_checkpoint_restored():
         return optimizer, scheduler
 
     optimizer, scheduler = trained(1e-3, 0.0)
-    args = type("Args", (), {"learning_rate": 5e-3, "weight_decay": 0.1, "adam_beta1": 0.8, "adam_beta2": 0.9,
-                             "adam_epsilon": 1e-6})()
+    args = type(
+        "Args",
+        (),
+        {"learning_rate": 5e-3, "weight_decay": 0.1, "adam_beta1": 0.8, "adam_beta2": 0.9, "adam_epsilon": 1e-6},
+    )()
     changed = {"learning_rate", "weight_decay", "adam_beta1", "adam_epsilon"}
-    run_spec.apply_changed_optimizer_settings(optimizer, scheduler, args, changed,
-                                              lambda group: group["params"][0] is decayed)
+    run_spec.apply_changed_optimizer_settings(
+        optimizer, scheduler, args, changed, lambda group: group["params"][0] is decayed
+    )
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([5e-3 * 6 / 10] * 2)
     assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0]
     assert all(g["betas"] == (0.8, 0.9) and g["eps"] == 1e-6 for g in optimizer.param_groups)
@@ -169,11 +188,11 @@ def test_changed_optimizer_settings_replace_what_the_checkpoint_restored():
     assert [g["lr"] for g in unchanged.param_groups] == pytest.approx([1e-3 * 6 / 10] * 2)
 
 
+@pytest.mark.slow
 def test_a_killed_lock_holder_is_gone_before_the_lock_is_taken_again(tmp_path):
     """The lock file stays, with the dead holder's line, but does not block: a killed run never leaves it stuck."""
     folder = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    holder = start_lock_holder(folder)
     assert holder.stdout.readline().strip() == "locked"
     holder.kill()
     holder.wait()

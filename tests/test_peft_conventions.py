@@ -26,6 +26,8 @@ from goft import GivensConfig, SorsaConfig
 from goft.layer import GivensLayer
 from goft.sorsa import SorsaLayer
 
+from .support.training import perturb, train_steps
+
 TARGETS = ["lin0", "lin1", "lin2"]
 WIDTHS = {"lin0": (10, 21), "lin1": (21, 13), "lin2": (13, 7)}  # (in, out): odd and non-power-of-two on purpose
 SORSA_RANK = 3
@@ -54,15 +56,18 @@ def make_config(method: str, targets=TARGETS, **kwargs):
     return GivensConfig(target_modules=targets, init_weights=False, **modes[method], **kwargs)
 
 
-@torch.no_grad()
 def randomize(model: nn.Module, adapter_name: str, seed: int = 7) -> None:
     """Move SORSA's trainable triplets away from their initial values (every other method starts random)."""
-    generator = torch.Generator().manual_seed(seed)
-    for layer in model.modules():
-        if isinstance(layer, SorsaLayer) and adapter_name in layer.sorsa_U:
-            for params in (layer.sorsa_U, layer.sorsa_S, layer.sorsa_Vh):
-                p = params[adapter_name]
-                p.add_(0.1 * torch.randn(p.shape, generator=generator).to(p))
+    perturb(
+        [
+            params[adapter_name]
+            for layer in model.modules()
+            if isinstance(layer, SorsaLayer) and adapter_name in layer.sorsa_U
+            for params in (layer.sorsa_U, layer.sorsa_S, layer.sorsa_Vh)
+        ],
+        scale=0.1,
+        seed=seed,
+    )
 
 
 def base_model(seed: int = 0) -> MLP:
@@ -127,8 +132,11 @@ def test_save_and_load_round_trip_with_a_custom_adapter_name(tmp_path, method, s
     # the adapter name never reaches the saved keys: the same adapter saved as "default" gives the same file
     reference = build(method)
     reference.save_pretrained(tmp_path / "as_default", safe_serialization=safe_serialization)
-    as_default = load_file(tmp_path / "as_default" / weights.name) if safe_serialization else torch.load(
-        tmp_path / "as_default" / weights.name, weights_only=True)
+    as_default = (
+        load_file(tmp_path / "as_default" / weights.name)
+        if safe_serialization
+        else torch.load(tmp_path / "as_default" / weights.name, weights_only=True)
+    )
     assert saved and not any(of_adapter(key, "other") or of_adapter(key, "default") for key in saved)
     assert saved.keys() == as_default.keys()
     assert all(torch.equal(saved[key], as_default[key]) for key in saved)
@@ -138,8 +146,11 @@ def test_save_and_load_round_trip_with_a_custom_adapter_name(tmp_path, method, s
     loaded = PeftModel.from_pretrained(base_model(), folder, adapter_name="other").eval()
     assert loaded.active_adapters == ["other"] and list(loaded.peft_config) == ["other"]
     config = loaded.peft_config["other"]  # as saved, loaded for inference (peft records the custom model's class)
-    assert config.to_dict() == {**model.peft_config["other"].to_dict(), "inference_mode": True,
-                                "auto_mapping": config.auto_mapping}
+    assert config.to_dict() == {
+        **model.peft_config["other"].to_dict(),
+        "inference_mode": True,
+        "auto_mapping": config.auto_mapping,
+    }
     assert torch.equal(run(loaded), expected)
 
 
@@ -221,8 +232,9 @@ def test_adapter_on_a_base_of_another_dtype(tmp_path, method, dtype, autocast_ad
         folder = tmp_path if config_method == method else tmp_path / config_method
         if config_method != method:
             build(config_method).save_pretrained(folder)
-        return PeftModel.from_pretrained(base_model().to(dtype), folder,
-                                         autocast_adapter_dtype=autocast_adapter_dtype).eval()
+        return PeftModel.from_pretrained(
+            base_model().to(dtype), folder, autocast_adapter_dtype=autocast_adapter_dtype
+        ).eval()
 
     model, lora = loaded(method), loaded("lora")
     # adapter weights take the dtype LoRA's take: fp32 for a half-precision base if autocast, else the base dtype
@@ -378,11 +390,15 @@ def test_load_adapter_trainability_matches_lora(tmp_path, method, main_trainable
         model = PeftModel.from_pretrained(base_model(), folder, is_trainable=main_trainable)
         model.load_adapter(folder, adapter_name="other", is_trainable=other_trainable)
         assert model.active_adapters == ["default"]
-        loaded = {name: {p.requires_grad for n, p in model.named_parameters() if of_adapter(n, name)}
-                  for name in ("default", "other")}
+        loaded = {
+            name: {p.requires_grad for n, p in model.named_parameters() if of_adapter(n, name)}
+            for name in ("default", "other")
+        }
         model.set_adapter("other")  # then the usual rule: the active adapter trains, the others are frozen
-        switched = {name: {p.requires_grad for n, p in model.named_parameters() if of_adapter(n, name)}
-                    for name in ("default", "other")}
+        switched = {
+            name: {p.requires_grad for n, p in model.named_parameters() if of_adapter(n, name)}
+            for name in ("default", "other")
+        }
         assert all(of_adapter(n, "default") or of_adapter(n, "other") for n in trainable(model))  # base frozen
         return loaded, switched
 
@@ -404,14 +420,9 @@ def test_training_changes_the_active_adapter_only(method):
     model.train()
     before = {n: t.clone() for n, t in model.state_dict().items()}
     target = torch.randn(6, 3, generator=torch.Generator().manual_seed(5))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-2)  # all parameters: frozen ones get no gradient
-    losses = []
-    for _ in range(8):
-        optimizer.zero_grad()
-        loss = nn.functional.mse_loss(model(inputs()), target)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = train_steps(
+        model, 8, lr=5e-2, loss=lambda: nn.functional.mse_loss(model(inputs()), target), parameters=model.parameters()
+    )  # all parameters: frozen ones get no gradient
     assert losses[-1] < 0.9 * losses[0]
     after = model.state_dict()
     changed = {n for n in before if not torch.equal(before[n], after[n])}
@@ -456,13 +467,18 @@ def test_modules_to_save_head_is_trained_saved_and_merged(tmp_path, method):
     model = build(method, modules_to_save=["head"])
     original_head = {n: p.detach().clone() for n, p in base_model().head.named_parameters()}
     assert {n for n in trainable(model) if ".head." in n} == {
-        "base_model.model.head.modules_to_save.default.weight", "base_model.model.head.modules_to_save.default.bias"}
+        "base_model.model.head.modules_to_save.default.weight",
+        "base_model.model.head.modules_to_save.default.bias",
+    }
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for _ in range(3):
-        optimizer.zero_grad()
-        model(inputs()).pow(2).sum().backward()
-        optimizer.step()
+    train_steps(
+        model,
+        3,
+        lr=0.1,
+        loss=lambda: model(inputs()).pow(2).sum(),
+        optimizer=torch.optim.SGD,
+        parameters=model.parameters(),
+    )
     model.eval()
     head = model.base_model.model.head
     assert not torch.equal(head.modules_to_save["default"].weight, original_head["weight"])

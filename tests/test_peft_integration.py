@@ -11,14 +11,14 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import PeftType
 from safetensors.torch import load_file
-from transformers import LlamaForCausalLM
 
 import goft
 from goft import GivensConfig, orthogonality_error, orthogonality_penalty
 from goft.layer import GivensLayer
 from goft.sorsa import SorsaConfig
 
-from .conftest import tiny_llama_config
+from .support.models import tiny_model
+from .support.training import train_steps
 
 LLAMA_TARGETS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
@@ -91,6 +91,7 @@ def test_gpt2_conv1d_model(tiny_gpt2, input_ids):
     assert torch.allclose(logits(merged, input_ids), adapted, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_save_and_load_in_a_fresh_process(tmp_path, tiny_llama, input_ids):
     base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
     tiny_llama.save_pretrained(base_dir)
@@ -164,8 +165,7 @@ def test_two_active_adapters_merge_consistently(tiny_llama, input_ids):
     ids=["strict", "quasi+scaled"],
 )
 def test_merge_and_unload_and_unload(config, input_ids):
-    torch.manual_seed(0)
-    base_model = LlamaForCausalLM(tiny_llama_config()).eval()
+    base_model = tiny_model("llama", seed=0)
     base = logits(base_model, input_ids)
     model = get_peft_model(base_model, config)
     adapted = logits(model, input_ids)
@@ -173,8 +173,7 @@ def test_merge_and_unload_and_unload(config, input_ids):
     assert not any(isinstance(m, GivensLayer) for m in merged.modules())
     assert torch.allclose(logits(merged, input_ids), adapted, atol=1e-5)
 
-    torch.manual_seed(0)
-    other = get_peft_model(LlamaForCausalLM(tiny_llama_config()).eval(), config)
+    other = get_peft_model(tiny_model("llama", seed=0), config)
     plain = other.unload()
     assert not any(isinstance(m, GivensLayer) for m in plain.modules())
     assert torch.equal(logits(plain, input_ids), base)
@@ -186,15 +185,8 @@ def test_training_reduces_loss_touches_only_adapter_and_stays_orthogonal(tiny_ll
     model.train()
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     adapter = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
     ids = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(3))
-    losses = []
-    for _ in range(15):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, 15, lr=5e-2, ids=ids)
     assert losses[-1] < losses[0] - 0.05
     for name, value in frozen.items():
         assert torch.equal(dict(model.named_parameters())[name], value), name
@@ -206,7 +198,9 @@ def test_orthogonality_helpers(tiny_llama):
     model = get_peft_model(tiny_llama, GivensConfig(init_weights=False), adapter_name="strict")
     assert orthogonality_error(model) <= 1e-5
     assert orthogonality_penalty(model).item() == 0.0  # strict adapters contribute nothing
-    model.add_adapter("quasi", GivensConfig(strict=False, quasi=True, init_weights=False, orthogonality_penalty_weight=0.5))
+    model.add_adapter(
+        "quasi", GivensConfig(strict=False, quasi=True, init_weights=False, orthogonality_penalty_weight=0.5)
+    )
     model.set_adapter("quasi")
     penalty = orthogonality_penalty(model)
     blocks = [p for n, p in model.named_parameters() if ".givens_blocks.quasi" in n]
@@ -223,25 +217,30 @@ def test_orthogonality_helpers(tiny_llama):
     assert orthogonality_error(model, adapter_name="strict") > 0.0
 
 
-@pytest.mark.parametrize("make_config", [lambda: GivensConfig(task_type="CAUSAL_LM"),
-                                         lambda: GivensConfig(task_type="CAUSAL_LM", strict=False, quasi=True),
-                                         lambda: SorsaConfig(task_type="CAUSAL_LM", r=4)],
-                         ids=["givens", "qgoft", "sorsa"])
+@pytest.mark.parametrize(
+    "make_config",
+    [
+        lambda: GivensConfig(task_type="CAUSAL_LM"),
+        lambda: GivensConfig(task_type="CAUSAL_LM", strict=False, quasi=True),
+        lambda: SorsaConfig(task_type="CAUSAL_LM", r=4),
+    ],
+    ids=["givens", "qgoft", "sorsa"],
+)
 def test_layers_keep_peft_layer_contract_like_lora(tmp_path, make_config):
     """Every goft layer exposes `in_features`/`out_features` of the layer it wraps (Linear and Conv1D), and loading
     a second adapter with `is_trainable=True` leaves the parameters trainable exactly where peft's LoRA does."""
-    from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.pytorch_utils import Conv1D
 
     def requires_grad_by_adapter(config):
-        torch.manual_seed(0)
-        saved = get_peft_model(LlamaForCausalLM(tiny_llama_config()), config)
+        saved = get_peft_model(tiny_model("llama", seed=0), config)
         folder = tmp_path / type(config).__name__
         saved.save_pretrained(folder)
-        model = PeftModel.from_pretrained(LlamaForCausalLM(tiny_llama_config()), folder, is_trainable=True)
+        model = PeftModel.from_pretrained(tiny_model("llama", seed=None), folder, is_trainable=True)
         model.load_adapter(folder, adapter_name="other", is_trainable=True)
-        return {name: {p.requires_grad for n, p in model.named_parameters() if f".{name}" in n}
-                for name in ("default", "other")}, model
+        return {
+            name: {p.requires_grad for n, p in model.named_parameters() if f".{name}" in n}
+            for name in ("default", "other")
+        }, model
 
     goft_flags, model = requires_grad_by_adapter(make_config())
     lora_flags, _ = requires_grad_by_adapter(LoraConfig(task_type="CAUSAL_LM", r=4))
@@ -250,7 +249,7 @@ def test_layers_keep_peft_layer_contract_like_lora(tmp_path, make_config):
     assert (layer.in_features, layer.out_features) == (100, 72)
     if isinstance(make_config(), SorsaConfig):
         return  # SORSA adapts nn.Linear only
-    gpt2 = get_peft_model(GPT2LMHeadModel(GPT2Config(vocab_size=97, n_embd=48, n_layer=1, n_head=4)), make_config())
+    gpt2 = get_peft_model(tiny_model("gpt2", seed=None, n_layer=1, n_positions=1024), make_config())
     attention = gpt2.base_model.model.transformer.h[0].attn.c_attn
     assert isinstance(attention.get_base_layer(), Conv1D)
     assert (attention.in_features, attention.out_features) == (48, 144)

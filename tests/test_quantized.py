@@ -5,20 +5,31 @@ import warnings
 import pytest
 import torch
 from peft import get_peft_model
-from transformers import AutoModelForCausalLM, BitsAndBytesConfig, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
 import goft
 from goft.givens import rotate_weight
 from goft.layer import GivensLayer
 from goft.quantized import quantization_kind, read_weight
 
+from .support.models import tiny_model
+from .support.training import train_steps
+
 pytest.importorskip("bitsandbytes")
 
 QUANTIZATIONS = {
-    "nf4": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
-                bnb_4bit_quant_storage=torch.float32),
-    "nf4-double": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                       bnb_4bit_compute_dtype=torch.float32),
+    "nf4": dict(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.float32,
+        bnb_4bit_quant_storage=torch.float32,
+    ),
+    "nf4-double": dict(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.float32,
+    ),
     "fp4": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype=torch.float32),
     "int8": dict(load_in_8bit=True),
 }
@@ -27,18 +38,16 @@ QUANTIZATIONS = {
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama-128")
-    config = LlamaConfig(vocab_size=97, hidden_size=128, intermediate_size=192, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    tiny_model(hidden_size=128, intermediate_size=192).save_pretrained(folder)
     return folder
 
 
 def load_quantized(model_dir, name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                    quantization_config=BitsAndBytesConfig(**QUANTIZATIONS[name]))
+        return AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=torch.float32, quantization_config=BitsAndBytesConfig(**QUANTIZATIONS[name])
+        )
 
 
 def raw_bytes(tensor):
@@ -52,9 +61,13 @@ def requantized(layer, weight):
 
     old = layer.weight
     if quantization_kind(layer) == "4bit":
-        data, state = bnb.functional.quantize_4bit(weight.to(old.quant_state.dtype), blocksize=old.blocksize,
-                                                   compress_statistics=old.compress_statistics,
-                                                   quant_type=old.quant_type, quant_storage=old.quant_storage)
+        data, state = bnb.functional.quantize_4bit(
+            weight.to(old.quant_state.dtype),
+            blocksize=old.blocksize,
+            compress_statistics=old.compress_statistics,
+            quant_type=old.quant_type,
+            quant_storage=old.quant_storage,
+        )
         return bnb.functional.dequantize_4bit(data, state).float()
     int8, scales, _ = bnb.functional.int8_vectorwise_quant(weight.to(torch.float16))
     return bnb.functional.int8_vectorwise_dequant(int8, scales).float()
@@ -71,14 +84,7 @@ def test_training_on_a_quantized_base(model_dir, name):
     assert layers and all(quantization_kind(layer.get_base_layer()) for layer in layers)
     frozen = {n: raw_bytes(p) for n, p in model.named_parameters() if not p.requires_grad}
     ids = torch.randint(0, 97, (4, 16), generator=torch.Generator().manual_seed(3))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    losses = []
-    for _ in range(8):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, 8, lr=2e-2, ids=ids)
     assert losses[-1] < losses[0] - 0.05, losses
     assert goft.orthogonality_error(model) <= 1e-5
     for n, p in model.named_parameters():
@@ -149,20 +155,23 @@ def test_recipe_quantization_defaults():
     assert config.bnb_4bit_compute_dtype == torch.bfloat16
     assert config.bnb_4bit_quant_storage == torch.bfloat16  # so that ZeRO-3 can shard the 4-bit weights
     assert config.bnb_4bit_use_double_quant and config.bnb_4bit_quant_type == "nf4"
-    config = quantization_config(ModelArguments(load_in_4bit=True, bnb_4bit_quant_type="fp4",
-                                                bnb_4bit_quant_storage="uint8"))
+    config = quantization_config(
+        ModelArguments(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_quant_storage="uint8")
+    )
     assert config.bnb_4bit_compute_dtype == torch.float32 and config.bnb_4bit_quant_storage == torch.uint8
     assert quantization_config(ModelArguments(load_in_8bit=True)).load_in_8bit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--load_in_4bit", "--load_in_8bit"])
 def test_sft_recipe_on_a_quantized_base(tmp_path, flag):
     import json
 
-    from .recipe_assets import build_tiny_chat_model, sft_rows, write_jsonl
-    from .test_recipes import assert_falling, check_ok, common_args, launch, train_losses
+    from .support.data import sft_rows, write_jsonl
+    from .support.models import save_tiny_chat_model
+    from .support.recipes import assert_falling, check_ok, common_args, launch, train_losses
 
-    model = build_tiny_chat_model(tmp_path / "tiny")
+    model = save_tiny_chat_model(tmp_path / "tiny")
     data = write_jsonl(sft_rows(), tmp_path / "sft.jsonl")
     output_dir = tmp_path / "out"
     check_ok(launch("sft.py", common_args(model, data, output_dir) + [flag, "true"]))

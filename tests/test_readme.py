@@ -6,10 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
-from .conftest import tiny_llama_config
+from .support.models import tiny_model
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -20,14 +21,15 @@ def readme_python_example() -> str:
 
 
 def make_local_model(folder: Path) -> None:
-    words = "orthogonal fine-tuning keeps what the model already knows".split()
+    words = ["orthogonal", "fine-tuning", "keeps", "what", "the", "model", "already", "knows"]
     vocab = {"[UNK]": 0, **{w: i + 1 for i, w in enumerate(words)}}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(folder)
-    LlamaForCausalLM(tiny_llama_config()).save_pretrained(folder)
+    tiny_model("llama", seed=None).save_pretrained(folder)
 
 
+@pytest.mark.slow
 def test_readme_example_runs(tmp_path):
     model_dir = tmp_path / "local-model"
     make_local_model(model_dir)
@@ -36,10 +38,12 @@ def test_readme_example_runs(tmp_path):
     code = code.replace('"HuggingFaceTB/SmolLM2-135M-Instruct"', repr(str(model_dir)))
     code += "\nassert goft.orthogonality_error(model) <= 1e-5\nprint('README-EXAMPLE-OK')\n"
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert "README-EXAMPLE-OK" in result.stdout, result.stderr[-3000:]
     assert "trainable params" in result.stdout
     assert (tmp_path / "smollm2-goft" / "adapter_model.safetensors").exists()
-

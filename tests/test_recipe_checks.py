@@ -1,8 +1,6 @@
 """Recipe inputs refused before any model is loaded, with a message saying what is wrong and how to fix it."""
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +10,9 @@ from goft import GivensConfig
 from goft.training.cli import parse_recipe
 from goft.training.errors import RecipeError
 
-from .recipe_assets import dpo_rows, sft_rows, write_jsonl
-from .test_recipes import REPO, recipe_env
+from .support.data import dpo_rows, sft_rows, write_jsonl
+from .support.ports import free_port
+from .support.recipes import REPO, io_flags, recipe_flags, run_script
 
 
 def load_recipe(name: str):
@@ -35,24 +34,40 @@ def run_in_process(recipe, argv: list[str]) -> str:
 
 @pytest.fixture
 def data(tmp_path):
-    return {"sft": write_jsonl(sft_rows(8), tmp_path / "sft.jsonl"), "dpo": write_jsonl(dpo_rows(8), tmp_path / "dpo.jsonl")}
+    return {
+        "sft": write_jsonl(sft_rows(8), tmp_path / "sft.jsonl"),
+        "dpo": write_jsonl(dpo_rows(8), tmp_path / "dpo.jsonl"),
+    }
 
 
 MODEL = "some-owner/not-downloaded"  # never loaded: every case here fails before
 
 
-@pytest.mark.parametrize("flags, reason", [
-    (["--givens_quasi", "true"], "qGOFT"),
-    (["--givens_scaling", "true"], "GOFT*"),
-    (["--adapter", "lora"], "LoRA"),
-    (["--adapter", "sorsa"], "SORSA"),
-    (["--adapter", "hra"], "HRA (Householder reflections)"),
-    (["--adapter", "oft", "--oft_use_cayley_neumann", "false"], "OFT (block-diagonal Cayley rotations)"),
-])
+def recipe_file(tmp_path: Path, data: Path, **keys) -> Path:
+    """`recipe.yaml` in `tmp_path`: `MODEL` on `data` into `tmp_path / "out"`, then `keys`."""
+    recipe = tmp_path / "recipe.yaml"
+    paths = {"model_name_or_path": MODEL, "dataset_name": str(data), "output_dir": str(tmp_path / "out")}
+    recipe.write_text(yaml.safe_dump({**paths, **keys}))
+    return recipe
+
+
+@pytest.mark.parametrize(
+    "flags, reason",
+    [
+        (["--givens_quasi", "true"], "qGOFT"),
+        (["--givens_scaling", "true"], "GOFT*"),
+        (["--adapter", "lora"], "LoRA"),
+        (["--adapter", "sorsa"], "SORSA"),
+        (["--adapter", "hra"], "HRA (Householder reflections)"),
+        (["--adapter", "oft", "--oft_use_cayley_neumann", "false"], "OFT (block-diagonal Cayley rotations)"),
+    ],
+)
 def test_dpo_refuses_adapters_that_are_not_exactly_orthogonal(tmp_path, data, flags, reason):
     output_dir = tmp_path / "out"
-    message = run_in_process(DPO, ["--model_name_or_path", MODEL, "--dataset_name", str(data["dpo"]),
-                                   "--output_dir", str(output_dir), *flags])
+    message = run_in_process(
+        DPO,
+        io_flags(MODEL, data["dpo"], output_dir) + flags,
+    )
     assert "exactly orthogonal" in message and reason in message
     assert "allow_non_orthogonal_alignment" in message and "adapter: givens" in message
     assert not output_dir.exists()
@@ -64,17 +79,18 @@ def test_dpo_refuses_a_quasi_sft_adapter_folder(tmp_path, data):
     config.base_model_name_or_path = MODEL
     config.save_pretrained(adapter_dir)
     output_dir = tmp_path / "out"
-    message = run_in_process(DPO, ["--model_name_or_path", str(adapter_dir), "--dataset_name", str(data["dpo"]),
-                                   "--output_dir", str(output_dir)])
+    message = run_in_process(
+        DPO,
+        io_flags(adapter_dir, data["dpo"], output_dir),
+    )
     assert "exactly orthogonal" in message and "qGOFT" in message
     assert not output_dir.exists()
 
 
+@pytest.mark.slow
 def test_dpo_refusal_exits_non_zero_from_the_command_line(tmp_path, data):
     output_dir = tmp_path / "out"
-    result = subprocess.run([sys.executable, str(REPO / "recipes" / "dpo.py"), "--model_name_or_path", MODEL,
-                             "--dataset_name", str(data["dpo"]), "--output_dir", str(output_dir),
-                             "--adapter", "lora"], cwd=REPO, env=recipe_env(), capture_output=True, text=True)
+    result = run_script("dpo.py", io_flags(MODEL, data["dpo"], output_dir, adapter="lora"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: The DPO stage trains only exactly orthogonal")
     assert "Traceback" not in result.stderr
@@ -82,9 +98,7 @@ def test_dpo_refusal_exits_non_zero_from_the_command_line(tmp_path, data):
 
 
 def test_unknown_yaml_key_is_an_error(tmp_path, data):
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"model_name_or_path": MODEL, "dataset_name": str(data["sft"]),
-                                      "output_dir": str(tmp_path / "out"), "learning_rat": 1e-3}))
+    recipe = recipe_file(tmp_path, data["sft"], learning_rat=1e-3)
     with pytest.raises(RecipeError, match="learning_rat"):
         parse_recipe(SFT.make_parser(), ["--config", str(recipe)])
 
@@ -95,12 +109,10 @@ def test_unknown_cli_flag_is_an_error(tmp_path):
 
 
 def test_defaults_then_yaml_then_cli(tmp_path, data):
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"model_name_or_path": MODEL, "dataset_name": str(data["sft"]),
-                                      "output_dir": str(tmp_path / "out"), "learning_rate": 1e-3,
-                                      "max_steps": 7, "hub_token": "hf_secret_value"}))
+    recipe = recipe_file(tmp_path, data["sft"], learning_rate=1e-3, max_steps=7, hub_token="hf_secret_value")
     data_args, training_args, model_args, adapter_args, _, recipe_yaml = parse_recipe(
-        SFT.make_parser(), ["--config", str(recipe), "--learning_rate", "2e-3", "--givens_quasi", "true"])
+        SFT.make_parser(), ["--config", str(recipe), "--learning_rate", "2e-3", "--givens_quasi", "true"]
+    )
     assert training_args.learning_rate == 2e-3  # CLI beats YAML
     assert training_args.max_steps == 7  # YAML beats the default
     assert training_args.weight_decay == 0.0 and adapter_args.adapter == "givens"  # defaults stay
@@ -112,44 +124,44 @@ def test_defaults_then_yaml_then_cli(tmp_path, data):
 
 def test_missing_dataset_columns_are_named(tmp_path):
     wrong = write_jsonl([{"text": "hello", "label": 1}] * 4, tmp_path / "wrong.jsonl")
-    message = run_in_process(SFT, ["--model_name_or_path", MODEL, "--dataset_name", str(wrong),
-                                   "--output_dir", str(tmp_path / "out")])
+    message = run_in_process(SFT, io_flags(MODEL, wrong, tmp_path / "out"))
     assert "['messages']" in message and "['text', 'label']" in message
-    message = run_in_process(DPO, ["--model_name_or_path", MODEL, "--dataset_name", str(wrong),
-                                   "--output_dir", str(tmp_path / "out")])
+    message = run_in_process(DPO, io_flags(MODEL, wrong, tmp_path / "out"))
     assert "'prompt'" in message and "'rejected'" in message
 
 
 def test_missing_model_path(tmp_path, data):
-    message = run_in_process(SFT, ["--model_name_or_path", str(tmp_path / "no" / "such-model"),
-                                   "--dataset_name", str(data["sft"]), "--output_dir", str(tmp_path / "out")])
+    message = run_in_process(SFT, io_flags(tmp_path / "no" / "such-model", data["sft"], tmp_path / "out"))
     assert "does not exist" in message and "such-model" in message
 
 
 def test_uncached_hub_model_while_offline(tmp_path, data):
-    message = run_in_process(SFT, ["--model_name_or_path", MODEL, "--dataset_name", str(data["sft"]),
-                                   "--output_dir", str(tmp_path / "out")])
+    message = run_in_process(SFT, io_flags(MODEL, data["sft"], tmp_path / "out"))
     assert "offline" in message and MODEL in message
 
 
-@pytest.mark.parametrize("content, expected", [
-    (None, "does not exist"), ("", "is empty"), ('{"messages": [\n', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (None, "does not exist"),
+        ("", "is empty"),
+        ('{"messages": [\n', "not valid JSON"),
+    ],
+)
 def test_bad_dataset_files(tmp_path, content, expected):
     path = tmp_path / "data.jsonl"
     if content is not None:
         path.write_text(content)
-    message = run_in_process(SFT, ["--model_name_or_path", MODEL, "--dataset_name", str(path),
-                                   "--output_dir", str(tmp_path / "out")])
+    message = run_in_process(SFT, io_flags(MODEL, path, tmp_path / "out"))
     assert expected in message
 
 
 def test_push_needs_a_repo_id_and_a_token(tmp_path, data, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    base = ["--model_name_or_path", MODEL, "--dataset_name", str(data["sft"]), "--output_dir", str(tmp_path / "o")]
-    assert "hub_model_id" in run_in_process(SFT, base + ["--push_to_hub", "true"])
-    message = run_in_process(SFT, base + ["--push_to_hub", "true", "--hub_model_id", "me/adapter"])
+    base = io_flags(MODEL, data["sft"], tmp_path / "o")
+    assert "hub_model_id" in run_in_process(SFT, base + recipe_flags(push_to_hub=True))
+    message = run_in_process(SFT, base + recipe_flags(push_to_hub=True, hub_model_id="me/adapter"))
     assert "token" in message and not (tmp_path / "o").exists()
 
 
@@ -170,16 +182,11 @@ def test_embedded_model_resolves_offline():
 def test_a_recipe_leaves_its_process_group_before_exit(monkeypatch, outcome):
     """Left to interpreter shutdown, gloo's threads can abort a finished multi-process run; the recipe tears the group
     down itself, whether it finished or was refused."""
-    import socket
-
     import torch.distributed as dist
 
     from goft.training import cli
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     monkeypatch.setattr(cli, "parse_recipe", lambda parser, argv: ())
 
     def main():
@@ -197,8 +204,9 @@ def test_a_recipe_leaves_its_process_group_before_exit(monkeypatch, outcome):
 
 def test_push_is_refused_while_the_hub_is_offline(tmp_path, data, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_FakeTokenForTests1234567890")
-    message = run_in_process(SFT, ["--model_name_or_path", MODEL, "--dataset_name", str(data["sft"]), "--output_dir",
-                                   str(tmp_path / "o"), "--push_to_hub", "true", "--hub_model_id", "me/adapter"])
+    message = run_in_process(
+        SFT, io_flags(MODEL, data["sft"], tmp_path / "o", push_to_hub=True, hub_model_id="me/adapter")
+    )
     assert "offline" in message and "HF_HUB_OFFLINE" in message and not (tmp_path / "o").exists()
 
 
@@ -250,10 +258,16 @@ def test_bf16_is_refused_on_a_gpu_without_it(monkeypatch):
     check_precision(SimpleNamespace(bf16=False, fp16=True), SimpleNamespace(dtype="float16"))  # fp16 is fine there
 
 
-@pytest.mark.parametrize("targets, expected", [
-    (["down_proj"], ["down_proj"]), (["q_proj", "v_proj"], ["q_proj", "v_proj"]), (["all-linear"], "all-linear"),
-    ([".*(q|v)_proj"], ".*(q|v)_proj"), (None, None),
-])
+@pytest.mark.parametrize(
+    "targets, expected",
+    [
+        (["down_proj"], ["down_proj"]),
+        (["q_proj", "v_proj"], ["q_proj", "v_proj"]),
+        (["all-linear"], "all-linear"),
+        ([".*(q|v)_proj"], ".*(q|v)_proj"),
+        (None, None),
+    ],
+)
 def test_one_plain_target_name_stays_a_name(targets, expected):
     """peft matches a string as a regex against the whole module name: one plain name must stay a list."""
     from goft.training.adapters import _target_modules

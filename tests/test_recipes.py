@@ -3,7 +3,6 @@
 import importlib.metadata
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,81 +11,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .recipe_assets import build_tiny_chat_model, dpo_rows, sft_rows, write_jsonl
+from .support.recipes import assert_falling, check_ok, common_args, launch, recipe_env, run_summary, train_losses
 
-REPO = Path(__file__).resolve().parents[1]
-CPU_2PROC = REPO / "accelerate_configs" / "cpu_2proc.yaml"
-RESULT_FILE = "goft_run.json"
-
-
-def recipe_env() -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO),
-               TOKENIZERS_PARALLELISM="false", WANDB_DISABLED="true")
-    env.pop("HF_TOKEN", None)
-    return env
-
-
-def launch(script: str, args: list[str], processes: int = 1, env: dict | None = None, port: int = 29531,
-           config_file: Path | None = None):
-    """`accelerate launch` a recipe like a user would; returns the finished process (output captured)."""
-    command = launch_command(script, args, processes, port, config_file)
-    return subprocess.run(command, cwd=REPO, env=env or recipe_env(), capture_output=True, text=True, timeout=600)
-
-
-def launch_command(script: str, args: list[str], processes: int = 1, port: int = 29531,
-                   config_file: Path | None = None) -> list[str]:
-    """The `accelerate launch` command line of a recipe. Two processes use the CPU multi-process config unless
-    `config_file` names another (e.g. a DeepSpeed one, whose GPU settings are overridden for the CPU)."""
-    if processes == 1:
-        launcher = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    elif config_file is None:
-        launcher = ["--config_file", str(CPU_2PROC), "--main_process_port", str(port)]
-    else:
-        launcher = ["--config_file", str(config_file), "--num_processes", str(processes), "--mixed_precision", "no",
-                    "--main_process_port", str(port)]
-    return [sys.executable, "-m", "accelerate.commands.launch", *launcher, str(REPO / "recipes" / script), *args]
-
-
-def common_args(model: Path, data: Path, output_dir: Path, steps: int = 8) -> list[str]:
-    return ["--model_name_or_path", str(model), "--dataset_name", str(data), "--output_dir", str(output_dir),
-            "--max_steps", str(steps), "--per_device_train_batch_size", "4", "--learning_rate", "2e-2",
-            "--logging_steps", "1", "--save_steps", "4", "--max_length", "64", "--report_to", "none",
-            "--seed", "7", "--dataloader_num_workers", "0"]
-
-
-def check_ok(result) -> None:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
-
-
-def train_losses(output_dir: Path) -> list[float]:
-    last = max(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    history = json.loads((last / "trainer_state.json").read_text())["log_history"]
-    return [entry["loss"] for entry in history if "loss" in entry]
-
-
-def assert_falling(losses: list[float]) -> None:
-    assert losses and all(math.isfinite(x) for x in losses), losses
-    k = max(len(losses) // 3, 1)
-    assert sum(losses[-k:]) / k < sum(losses[:k]) / k, losses
-
-
-def run_summary(output_dir: Path) -> dict:
-    return json.loads((output_dir / RESULT_FILE).read_text())
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("recipes")
-    model = build_tiny_chat_model(root / "tiny-llama")
-    return {"root": root, "model": model, "sft": write_jsonl(sft_rows(), root / "sft.jsonl"),
-            "dpo": write_jsonl(dpo_rows(), root / "dpo.jsonl")}
+pytestmark = pytest.mark.slow  # every test launches the recipes
 
 
 @pytest.fixture(scope="module")
 def sft_run(assets):
     output_dir = assets["root"] / "sft-1proc"
-    result = launch("sft.py", common_args(assets["model"], assets["sft"], output_dir)
-                    + ["--task_eval_samples", "4"])
+    result = launch("sft.py", common_args(assets["model"], assets["sft"], output_dir) + ["--task_eval_samples", "4"])
     check_ok(result)
     return output_dir, result
 
@@ -96,19 +29,38 @@ def test_sft_single_process_trains_saves_and_reloads(sft_run, assets):
     assert_falling(train_losses(output_dir))
     assert (output_dir / "adapter_model.safetensors").is_file()
     config = json.loads((output_dir / "adapter_config.json").read_text())
-    assert config["peft_type"] == "GIVENS" and config["strict"] and config["base_model_name_or_path"] == str(assets["model"])
+    assert (
+        config["peft_type"] == "GIVENS"
+        and config["strict"]
+        and config["base_model_name_or_path"] == str(assets["model"])
+    )
     summary = run_summary(output_dir)
     assert summary["world_size"] == 1 and summary["parallelism"] == "one process"
     assert summary["metrics"]["orthogonality_error"] <= 1e-5
     assert "task/before/exact_match" in summary["metrics"] and "task/after/exact_match" in summary["metrics"]
     card = (output_dir / "README.md").read_text()
-    for expected in ("- goft", "- givens", "- trl", "- sft", "import goft", "orthogonality_error", "pmlr-v235-ma24a",
-                     "learning_rate: 0.02"):
+    for expected in (
+        "- goft",
+        "- givens",
+        "- trl",
+        "- sft",
+        "import goft",
+        "orthogonality_error",
+        "pmlr-v235-ma24a",
+        "learning_rate: 0.02",
+    ):
         assert expected in card
     # what TRL's cards carry: the training hyper-parameters and the framework versions
     hyperparameters = card.split("## Training hyper-parameters")[1].split("##")[0]
-    for expected in ("- learning_rate: 0.02", "- per_device_train_batch_size: 4", "- total_train_batch_size: 4",
-                     "- max_steps: 8", "- seed: 7", "- optimizer: adamw_torch", "- precision: fp32"):
+    for expected in (
+        "- learning_rate: 0.02",
+        "- per_device_train_batch_size: 4",
+        "- total_train_batch_size: 4",
+        "- max_steps: 8",
+        "- seed: 7",
+        "- optimizer: adamw_torch",
+        "- precision: fp32",
+    ):
         assert expected in hyperparameters, hyperparameters
     versions = card.split("## Framework versions")[1].split("##")[0]
     for library in ("goft", "torch", "transformers", "peft", "trl", "datasets"):
@@ -120,7 +72,7 @@ import goft, torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
-base = AutoModelForCausalLM.from_pretrained({str(assets['model'])!r})
+base = AutoModelForCausalLM.from_pretrained({str(assets["model"])!r})
 with torch.no_grad():
     plain = base(ids).logits
     model = PeftModel.from_pretrained(base, {str(output_dir)!r})
@@ -135,7 +87,7 @@ print(f"{{(tuned - plain).abs().max().item():.6g}} {{goft.orthogonality_error(mo
 
 def test_sft_two_processes(assets):
     output_dir = assets["root"] / "sft-2proc"
-    result = launch("sft.py", common_args(assets["model"], assets["sft"], output_dir), processes=2, port=29532)
+    result = launch("sft.py", common_args(assets["model"], assets["sft"], output_dir), processes=2)
     check_ok(result)
     assert run_summary(output_dir)["world_size"] == 2 and run_summary(output_dir)["parallelism"] == "DDP"
     assert_falling(train_losses(output_dir))
@@ -166,7 +118,7 @@ def test_dpo_from_sft_adapter_starts_at_the_sft_policy(sft_run, assets):
 def test_dpo_two_processes_from_base_model(assets):
     output_dir = assets["root"] / "dpo-2proc"
     args = common_args(assets["model"], assets["dpo"], output_dir) + ["--task_eval_samples", "8"]
-    result = launch("dpo.py", args, processes=2, port=29533)
+    result = launch("dpo.py", args, processes=2)
     check_ok(result)
     summary = run_summary(output_dir)
     assert summary["world_size"] == 2
@@ -177,8 +129,15 @@ def test_dpo_two_processes_from_base_model(assets):
 
 def hub_env(hub_url: str, home: Path, token: str | None) -> dict:
     env = {k: v for k, v in recipe_env().items() if not k.startswith(("HF_", "HUGGING_FACE_HUB_"))}
-    env.update(HF_ENDPOINT=hub_url, HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", HF_HOME=str(home),
-               HF_HUB_DISABLE_TELEMETRY="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    env.update(
+        HF_ENDPOINT=hub_url,
+        HF_HUB_OFFLINE="0",
+        TRANSFORMERS_OFFLINE="0",
+        HF_HOME=str(home),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
     if token:
         env["HF_TOKEN"] = token
     return env
@@ -187,7 +146,7 @@ def hub_env(hub_url: str, home: Path, token: str | None) -> dict:
 def test_push_to_a_hub_and_load_back_without_leaking_a_token(assets, tmp_path):
     """The token in the YAML recipe (and another in HF_TOKEN) is used for the push, and appears nowhere: not in the
     logs, the model card, the pushed files, nor any file of the run (checkpoints pickle the trainer's arguments)."""
-    from .hub_server import LocalHub
+    from .support.hub_server import LocalHub
 
     token, env_token = "hf_FakeTokenForTests1234567890", "hf_OtherFakeTokenInTheEnvironment42"
     repo = "someuser/tiny-goft-sft"
@@ -196,12 +155,20 @@ def test_push_to_a_hub_and_load_back_without_leaking_a_token(assets, tmp_path):
     recipe.write_text(f"push_to_hub: true\nhub_model_id: {repo}\nhub_token: {token}\nlog_level: info\n")
     with LocalHub(tmp_path / "hub") as hub:
         env = hub_env(hub.url, tmp_path / "hf-home", env_token)
-        result = launch("sft.py", ["--config", str(recipe)]
-                        + common_args(assets["model"], assets["sft"], output_dir, steps=4), env=env)
+        result = launch(
+            "sft.py",
+            ["--config", str(recipe)] + common_args(assets["model"], assets["sft"], output_dir, steps=4),
+            env=env,
+        )
         check_ok(result)
         files = hub.files(repo)
-        assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer.json",
-                "tokenizer_config.json"} <= set(files)
+        assert {
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "README.md",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        } <= set(files)
         assert not any(name.startswith("checkpoint-") or name.endswith((".bin", ".pt")) for name in files)
         card = files["README.md"].decode()
         assert f'PeftModel.from_pretrained(base, "{repo}")' in card and "push_to_hub: true" in card
@@ -220,15 +187,20 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
 def logits(adapter):
-    base = AutoModelForCausalLM.from_pretrained({str(assets['model'])!r})
+    base = AutoModelForCausalLM.from_pretrained({str(assets["model"])!r})
     with torch.no_grad():
         return PeftModel.from_pretrained(base, adapter)(ids).logits
 remote, local = logits({repo!r}), logits({str(output_dir)!r})
 assert AutoTokenizer.from_pretrained({repo!r}).chat_template
 print((remote - local).abs().max().item())
 """
-        loaded = subprocess.run([sys.executable, "-c", script], env=hub_env(hub.url, tmp_path / "hf-home2", None),
-                                capture_output=True, text=True, timeout=300)
+        loaded = subprocess.run(
+            [sys.executable, "-c", script],
+            env=hub_env(hub.url, tmp_path / "hf-home2", None),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         check_ok(loaded)
         assert float(loaded.stdout.split()[-1]) == 0.0
 
@@ -256,9 +228,14 @@ def test_rerun_resumes_from_the_last_checkpoint(assets, tmp_path):
     torch.testing.assert_close(load_file(output_dir / "adapter_model.safetensors")[name], final[name])
 
 
-@pytest.mark.parametrize("flags, penalty_logged", [
-    (["--givens_quasi", "true"], True), (["--adapter", "lora"], False), (["--assistant_only_loss", "true"], False),
-])
+@pytest.mark.parametrize(
+    "flags, penalty_logged",
+    [
+        (["--givens_quasi", "true"], True),
+        (["--adapter", "lora"], False),
+        (["--assistant_only_loss", "true"], False),
+    ],
+)
 def test_sft_variants(assets, tmp_path, flags, penalty_logged):
     output_dir = tmp_path / "sft-variant"
     result = launch("sft.py", common_args(assets["model"], assets["sft"], output_dir, steps=4) + flags)

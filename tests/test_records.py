@@ -14,9 +14,8 @@ from goft.training.data import DPO_COLUMNS, SFT_COLUMNS, load_recipe_dataset, lo
 from goft.training.errors import RecipeError
 from goft.training.records import RecordCheck, check_rows, dpo_record_problem, sft_record_problem
 
-from .recipe_assets import dpo_rows, sft_rows, write_jsonl
-
-REPO = Path(__file__).resolve().parents[1]
+from .support.data import dpo_rows, sft_rows, write_jsonl
+from .support.recipes import REPO
 
 
 def user(text="hi"):
@@ -48,8 +47,10 @@ pytestmark = pytest.mark.usefixtures("no_hub_datasets")  # local data never reac
 # ---- good data passes ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, columns", [("demo_sft.jsonl", SFT_COLUMNS), ("facts_sft.jsonl", SFT_COLUMNS),
-                                           ("demo_dpo.jsonl", DPO_COLUMNS)])
+@pytest.mark.parametrize(
+    "name, columns",
+    [("demo_sft.jsonl", SFT_COLUMNS), ("facts_sft.jsonl", SFT_COLUMNS), ("demo_dpo.jsonl", DPO_COLUMNS)],
+)
 def test_shipped_data_passes(name, columns):
     dataset = load(REPO / "data" / name, columns)
     lines = sum(1 for line in (REPO / "data" / name).read_text().splitlines() if line.strip())
@@ -64,9 +65,17 @@ def test_recipe_rows_pass_and_keep_their_split(tmp_path):
 
 
 def test_good_variants_pass(tmp_path):
-    rows = [{"messages": [{"role": "system", "content": ""}, user(), assistant(""), user("and?"), assistant("yes")]},
-            {"messages": [user(), {"role": "assistant", "content": "", "tool_calls": [{"name": "f"}]},
-                          {"role": "tool", "content": "42"}, assistant("42")]}]
+    rows = [
+        {"messages": [{"role": "system", "content": ""}, user(), assistant(""), user("and?"), assistant("yes")]},
+        {
+            "messages": [
+                user(),
+                {"role": "assistant", "content": "", "tool_calls": [{"name": "f"}]},
+                {"role": "tool", "content": "42"},
+                assistant("42"),
+            ]
+        },
+    ]
     assert len(load(write_jsonl(rows * 2, tmp_path / "sft.jsonl"))["train"]) == 3
     strings = [{"prompt": "say", "chosen": "yes", "rejected": "no"}] * 4
     assert len(load(write_jsonl(strings, tmp_path / "dpo.jsonl"), DPO_COLUMNS)["train"]) == 3
@@ -87,27 +96,36 @@ def test_evaluation_loads_without_checking_records(tmp_path):
 # ---- SFT records --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad, expected", [
-    ({"messages": []}, "`messages` is an empty list"),
-    ({"messages": [{"role": "user", "content": None}, assistant()]},
-     "message 1 of `messages` (user) has `content` null"),
-    ({"messages": [user(), {"role": "assistant"}]}, "message 2 of `messages` (assistant) has no `content`"),
-    ({"messages": [{"role": "human", "content": "hi"}, assistant()]},
-     "the role 'human', which most chat templates do not know; use 'user'"),
-    ({"messages": [{"role": "User", "content": "hi"}, assistant()]},
-     "the role 'User', which most chat templates do not know; use 'user'"),
-    ({"messages": [{"role": "developer", "content": "be brief"}, user(), assistant()]}, "use 'system'"),
-    ({"messages": [{"role": "narrator", "content": "x"}, assistant()]}, "use one of system, user, assistant, tool"),
-    ({"messages": [user("hi")]}, "no assistant turn with text"),
-    ({"messages": [user("hi"), assistant("  ")]}, "no assistant turn with text"),
-    ({"messages": [{"content": "hi"}, assistant()]}, "message 1 of `messages` has no `role`"),
-    ({"messages": [{"from": "human", "value": "hi"}]}, "ShareGPT"),
-    ({"messages": [user(), {"role": "assistant", "content": [{"type": "text", "text": "x"}]}]}, "`content` a list"),
-    ({"messages": "hello"}, "`messages` is a string, not a list"),
-    ({"messages": [user(), "ok"]}, "message 2 of `messages` is a string, not an object"),
-    ({"messages": None}, "`messages` is missing or null"),
-    ({"text": "hello"}, "`messages` is missing or null"),
-])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        ({"messages": []}, "`messages` is an empty list"),
+        (
+            {"messages": [{"role": "user", "content": None}, assistant()]},
+            "message 1 of `messages` (user) has `content` null",
+        ),
+        ({"messages": [user(), {"role": "assistant"}]}, "message 2 of `messages` (assistant) has no `content`"),
+        (
+            {"messages": [{"role": "human", "content": "hi"}, assistant()]},
+            "the role 'human', which most chat templates do not know; use 'user'",
+        ),
+        (
+            {"messages": [{"role": "User", "content": "hi"}, assistant()]},
+            "the role 'User', which most chat templates do not know; use 'user'",
+        ),
+        ({"messages": [{"role": "developer", "content": "be brief"}, user(), assistant()]}, "use 'system'"),
+        ({"messages": [{"role": "narrator", "content": "x"}, assistant()]}, "use one of system, user, assistant, tool"),
+        ({"messages": [user("hi")]}, "no assistant turn with text"),
+        ({"messages": [user("hi"), assistant("  ")]}, "no assistant turn with text"),
+        ({"messages": [{"content": "hi"}, assistant()]}, "message 1 of `messages` has no `role`"),
+        ({"messages": [{"from": "human", "value": "hi"}]}, "ShareGPT"),
+        ({"messages": [user(), {"role": "assistant", "content": [{"type": "text", "text": "x"}]}]}, "`content` a list"),
+        ({"messages": "hello"}, "`messages` is a string, not a list"),
+        ({"messages": [user(), "ok"]}, "message 2 of `messages` is a string, not an object"),
+        ({"messages": None}, "`messages` is missing or null"),
+        ({"text": "hello"}, "`messages` is missing or null"),
+    ],
+)
 def test_bad_sft_record_is_named_by_file_and_line(tmp_path, bad, expected):
     path = with_bad(sft_rows(8), {5: bad}, tmp_path / "sft.jsonl")
     message = refusal(path)
@@ -117,8 +135,9 @@ def test_bad_sft_record_is_named_by_file_and_line(tmp_path, bad, expected):
 
 
 def test_other_bad_records_are_counted_not_listed(tmp_path):
-    path = with_bad(sft_rows(10), {3: {"messages": []}, 6: {"messages": [user()]}, 9: {"messages": []}},
-                    tmp_path / "sft.jsonl")
+    path = with_bad(
+        sft_rows(10), {3: {"messages": []}, 6: {"messages": [user()]}, 9: {"messages": []}}, tmp_path / "sft.jsonl"
+    )
     message = refusal(path)
     assert "line 3: `messages` is an empty list" in message and message.endswith("2 more records have problems too.")
     assert "line 6" not in message and "line 9" not in message
@@ -170,11 +189,13 @@ def test_prompt_completion_pairs_are_checked_too():
     assert sft_record_problem({"prompt": "2+2=", "completion": "4"}) is None
     assert sft_record_problem({"prompt": [user("2+2?")], "completion": [assistant("4")]}) is None
     assert "`completion` is an empty string" in sft_record_problem({"prompt": "2+2=", "completion": " "})
-    assert "`prompt` is a string but `completion` is a conversation" in \
-        sft_record_problem({"prompt": "2+2=", "completion": [assistant("4")]})
+    assert "`prompt` is a string but `completion` is a conversation" in sft_record_problem(
+        {"prompt": "2+2=", "completion": [assistant("4")]}
+    )
     assert "last turn of `completion` is 'user'" in sft_record_problem({"prompt": [user()], "completion": [user()]})
-    assert "`prompt` ends with a system turn" in \
-        sft_record_problem({"prompt": [{"role": "system", "content": "be brief"}], "completion": [assistant()]})
+    assert "`prompt` ends with a system turn" in sft_record_problem(
+        {"prompt": [{"role": "system", "content": "be brief"}], "completion": [assistant()]}
+    )
 
 
 def test_a_messages_record_among_pairs_breaks_the_layout(tmp_path):
@@ -182,8 +203,11 @@ def test_a_messages_record_among_pairs_breaks_the_layout(tmp_path):
     for number, record in enumerate([{"prompt": "a", "completion": "b"}] * 3 + [{"messages": [user(), assistant()]}]):
         check.add(record, f"line {number + 1}")
     where, problem, others = check.first_problem()
-    assert where == "line 4" and "holds a `messages` conversation, but 3 other records hold a prompt/completion pair "\
-        "of strings" in problem and others == 0
+    assert (
+        where == "line 4"
+        and "holds a `messages` conversation, but 3 other records hold a prompt/completion pair of strings" in problem
+        and others == 0
+    )
 
 
 # ---- DPO records --------------------------------------------------------------------------------------------------
@@ -193,21 +217,32 @@ def dpo(prompt, chosen, rejected):
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-@pytest.mark.parametrize("bad, expected", [
-    (dpo([user("say")], [assistant("yes")], [assistant("yes")]), "`chosen` and `rejected` are identical"),
-    (dpo([user("say")], [assistant("")], [assistant("no")]), "the assistant's reply in `chosen` is empty"),
-    (dpo([user("say")], "", [assistant("no")]), "`chosen` is an empty string"),
-    (dpo([user("say")], [], [assistant("no")]), "`chosen` is an empty list"),
-    (dpo([user("say")], None, [assistant("no")]), "`chosen` is missing or null"),
-    (dpo([user("say")], [assistant("yes")], [user("no")]), "the last turn of `rejected` is 'user'"),
-    (dpo("say", [assistant("yes")], [assistant("no")]),
-     "`prompt` is a string but `chosen`/`rejected` are conversations; make them all strings or all conversations"),
-    (dpo([user("say")], [{"role": "assistant", "content": None}], [assistant("no")]),
-     "message 1 of `chosen` (assistant) has `content` null"),
-    (dpo([{"role": "system", "content": "x"}], [assistant("yes")], [assistant("no")]), "`prompt` ends with a system"),
-    (dpo([user("say")], 3, [assistant("no")]), "`chosen` is a number"),
-    ({"prompt": [user("say")], "chosen": [assistant("yes")]}, "`rejected` is missing or null"),
-])
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        (dpo([user("say")], [assistant("yes")], [assistant("yes")]), "`chosen` and `rejected` are identical"),
+        (dpo([user("say")], [assistant("")], [assistant("no")]), "the assistant's reply in `chosen` is empty"),
+        (dpo([user("say")], "", [assistant("no")]), "`chosen` is an empty string"),
+        (dpo([user("say")], [], [assistant("no")]), "`chosen` is an empty list"),
+        (dpo([user("say")], None, [assistant("no")]), "`chosen` is missing or null"),
+        (dpo([user("say")], [assistant("yes")], [user("no")]), "the last turn of `rejected` is 'user'"),
+        (
+            dpo("say", [assistant("yes")], [assistant("no")]),
+            "`prompt` is a string but `chosen`/`rejected` are conversations; make them all strings or all "
+            "conversations",
+        ),
+        (
+            dpo([user("say")], [{"role": "assistant", "content": None}], [assistant("no")]),
+            "message 1 of `chosen` (assistant) has `content` null",
+        ),
+        (
+            dpo([{"role": "system", "content": "x"}], [assistant("yes")], [assistant("no")]),
+            "`prompt` ends with a system",
+        ),
+        (dpo([user("say")], 3, [assistant("no")]), "`chosen` is a number"),
+        ({"prompt": [user("say")], "chosen": [assistant("yes")]}, "`rejected` is missing or null"),
+    ],
+)
 def test_bad_dpo_record_is_named_by_file_and_line(tmp_path, bad, expected):
     path = with_bad(dpo_rows(8), {7: bad}, tmp_path / "dpo.jsonl")
     message = refusal(path, DPO_COLUMNS)
@@ -218,8 +253,10 @@ def test_bad_dpo_record_is_named_by_file_and_line(tmp_path, bad, expected):
 def test_mixed_layouts_name_the_odd_record_out(tmp_path):
     path = with_bad(dpo_rows(8), {4: dpo("hi", "yes", "no")}, tmp_path / "dpo.jsonl")
     message = refusal(path, DPO_COLUMNS)
-    assert message.startswith(f"The dataset file {str(path)!r}, line 4: this record holds plain strings, but 7 other "
-                              "records hold conversations"), message
+    assert message.startswith(
+        f"The dataset file {str(path)!r}, line 4: this record holds plain strings, but 7 other "
+        "records hold conversations"
+    ), message
     # the first record is the odd one out: it is named, not the seven after it
     path = with_bad(dpo_rows(8), {1: dpo("hi", "yes", "no")}, tmp_path / "first.jsonl")
     assert ", line 1: this record holds plain strings" in refusal(path, DPO_COLUMNS)
@@ -227,11 +264,15 @@ def test_mixed_layouts_name_the_odd_record_out(tmp_path):
 
 def test_mixed_layouts_and_bad_records_are_counted_once(tmp_path):
     rows = dpo_rows(9)
-    path = with_bad(rows, {2: dpo("a", "b", "c"), 5: dpo("a", "b", "c"), 7: dpo([user()], [], [assistant()])},
-                    tmp_path / "dpo.jsonl")
+    path = with_bad(
+        rows,
+        {2: dpo("a", "b", "c"), 5: dpo("a", "b", "c"), 7: dpo([user()], [], [assistant()])},
+        tmp_path / "dpo.jsonl",
+    )
     message = refusal(path, DPO_COLUMNS)
-    assert ", line 2: this record holds plain strings" in message and message.endswith("2 more records have problems "
-                                                                                       "too.")
+    assert ", line 2: this record holds plain strings" in message and message.endswith(
+        "2 more records have problems too."
+    )
 
 
 def test_dpo_record_problem_accepts_recipe_rows():
@@ -281,9 +322,23 @@ def test_only_blank_lines_hold_no_records(tmp_path):
     assert "holds no records" in refusal(path)
 
 
-@pytest.mark.parametrize("name", ["missing.jsonl", "missing.parquet", "data/missing.csv", "./missing", "../missing",
-                                  "~/missing-goft-data", "/no/such/folder", "a/b/c", "folder/", "owner/..name",
-                                  "with space", "C:\\data\\train.jsonl"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "missing.jsonl",
+        "missing.parquet",
+        "data/missing.csv",
+        "./missing",
+        "../missing",
+        "~/missing-goft-data",
+        "/no/such/folder",
+        "a/b/c",
+        "folder/",
+        "owner/..name",
+        "with space",
+        "C:\\data\\train.jsonl",
+    ],
+)
 def test_local_looking_paths_that_do_not_exist_are_never_hub_ids(tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     assert looks_local(name)
@@ -294,8 +349,11 @@ def test_local_looking_paths_that_do_not_exist_are_never_hub_ids(tmp_path, monke
 def test_hub_ids_go_to_the_hub(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     asked = []
-    monkeypatch.setattr(data_module, "load_dataset", lambda path, **kwargs: asked.append(path) or
-                        DatasetDict({"train": Dataset.from_list(sft_rows(4))}))
+    monkeypatch.setattr(
+        data_module,
+        "load_dataset",
+        lambda path, **kwargs: asked.append(path) or DatasetDict({"train": Dataset.from_list(sft_rows(4))}),
+    )
     for name in ("owner/name", "imdb", "Org-1/set_v2.0"):
         assert not looks_local(name)
         load(name)
@@ -305,16 +363,20 @@ def test_hub_ids_go_to_the_hub(monkeypatch, tmp_path):
 def test_hub_rows_are_named_by_split_and_row_index(monkeypatch):
     train = Dataset.from_list(dpo_rows(6) + [dpo([user("say")], [assistant("a")], [assistant("a")])])
     test = Dataset.from_list(dpo_rows(2))
-    monkeypatch.setattr(data_module, "load_dataset", lambda path, **kwargs: DatasetDict({"train": train,
-                                                                                          "test": test}))
+    monkeypatch.setattr(data_module, "load_dataset", lambda path, **kwargs: DatasetDict({"train": train, "test": test}))
     message = refusal("owner/prefs", DPO_COLUMNS)
-    assert message.startswith("The dataset 'owner/prefs', split 'train', row index 6: `chosen` and `rejected` are "
-                              "identical"), message
+    assert message.startswith(
+        "The dataset 'owner/prefs', split 'train', row index 6: `chosen` and `rejected` are identical"
+    ), message
     bad_test = Dataset.from_list([{"messages": [user()]}, {"messages": sft_rows(1)[0]["messages"]}])
-    monkeypatch.setattr(data_module, "load_dataset", lambda path, **kwargs: DatasetDict({
-        "train": Dataset.from_list(sft_rows(4)), "test": bad_test}))
-    assert refusal("owner/chat").startswith("The dataset 'owner/chat', split 'test', row index 0: `messages` has no "
-                                            "assistant turn")
+    monkeypatch.setattr(
+        data_module,
+        "load_dataset",
+        lambda path, **kwargs: DatasetDict({"train": Dataset.from_list(sft_rows(4)), "test": bad_test}),
+    )
+    assert refusal("owner/chat").startswith(
+        "The dataset 'owner/chat', split 'test', row index 0: `messages` has no assistant turn"
+    )
 
 
 def test_hub_rows_with_missing_keys_are_null():

@@ -2,7 +2,6 @@
 logged under its own name, once per optimizer step whatever the gradient accumulation."""
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,23 +10,17 @@ from peft import HRAConfig, LoraConfig, get_peft_model
 from transformers import Trainer, TrainingArguments
 
 from goft import GivensConfig, SorsaConfig, orthogonality_penalty, sorsa_orthonormality
-from goft.hra import hra_orthogonality
 from goft.orthogonality import defect_norm
-from goft.training.regularized import Regularizer, regularizers_for, with_regularizers
+from goft.regularizers import Regularizer, hra_orthogonality, regularizers_for
+from goft.training.regularized import with_regularizers
 
-HRA_ARGS = SimpleNamespace(hra_lambda=1e-4)
+from .support.training import perturb
+
+HRA_LAMBDA = 1e-4
 
 
 def trainable(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def perturb(model, scale=0.05, seed=3):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
 
 
 def token_rows(n=4, length=12):
@@ -35,13 +28,39 @@ def token_rows(n=4, length=12):
     return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
 
 
-def train(model, tmp_path, regularizers, *, lr=0.1, max_grad_norm=1e6, batch=4, accumulation=1, steps=1,
-          scheduler="constant", warmup=0, optim="sgd"):
-    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), use_cpu=True, per_device_train_batch_size=batch,
-                             gradient_accumulation_steps=accumulation, max_steps=steps, learning_rate=lr,
-                             lr_scheduler_type=scheduler, warmup_steps=warmup, optim=optim, weight_decay=0.0,
-                             max_grad_norm=max_grad_norm, logging_steps=1, report_to="none", save_strategy="no",
-                             seed=0, dataloader_num_workers=0, disable_tqdm=True)
+def train(
+    model,
+    tmp_path,
+    regularizers,
+    *,
+    lr=0.1,
+    max_grad_norm=1e6,
+    batch=4,
+    accumulation=1,
+    steps=1,
+    scheduler="constant",
+    warmup=0,
+    optim="sgd",
+):
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "trainer"),
+        use_cpu=True,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_steps=steps,
+        learning_rate=lr,
+        lr_scheduler_type=scheduler,
+        warmup_steps=warmup,
+        optim=optim,
+        weight_decay=0.0,
+        max_grad_norm=max_grad_norm,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
     trainer = with_regularizers(Trainer, regularizers)(model=model, args=args, train_dataset=token_rows())
     trainer.train()
     return trainer
@@ -57,17 +76,17 @@ def sorsa_model(tiny_llama, gamma=0.05):
 
 
 def test_regularizers_follow_the_method_and_its_switch():
-    assert [r.metric for r in regularizers_for(GivensConfig(strict=False, quasi=True), HRA_ARGS)] == ["qgoft_penalty"]
-    assert regularizers_for(GivensConfig(strict=False, quasi=True, orthogonality_penalty_weight=0.0), HRA_ARGS) == ()
-    assert regularizers_for(GivensConfig(), HRA_ARGS) == ()  # strict GOFT is orthogonal by construction
-    (sorsa,) = regularizers_for(SorsaConfig(gamma=4e-4), HRA_ARGS)
+    assert [r.metric for r in regularizers_for(GivensConfig(strict=False, quasi=True), HRA_LAMBDA)] == ["qgoft_penalty"]
+    assert regularizers_for(GivensConfig(strict=False, quasi=True, orthogonality_penalty_weight=0.0), HRA_LAMBDA) == ()
+    assert regularizers_for(GivensConfig(), HRA_LAMBDA) == ()  # strict GOFT is orthogonal by construction
+    (sorsa,) = regularizers_for(SorsaConfig(gamma=4e-4), HRA_LAMBDA)
     assert (sorsa.metric, sorsa.weight, sorsa.after_clipping) == ("sorsa_orthonormality", 4e-4, True)
-    assert regularizers_for(SorsaConfig(gamma=0.0), HRA_ARGS) == ()
-    (hra,) = regularizers_for(HRAConfig(r=8), HRA_ARGS)
+    assert regularizers_for(SorsaConfig(gamma=0.0), HRA_LAMBDA) == ()
+    (hra,) = regularizers_for(HRAConfig(r=8), HRA_LAMBDA)
     assert (hra.metric, hra.weight, hra.after_clipping) == ("hra_orthogonality", 1e-4, False)
-    assert regularizers_for(HRAConfig(r=8), SimpleNamespace(hra_lambda=0.0)) == ()
-    assert regularizers_for(HRAConfig(r=8, apply_GS=True), HRA_ARGS) == ()  # Gram-Schmidt: orthogonal already
-    assert regularizers_for(LoraConfig(), HRA_ARGS) == ()
+    assert regularizers_for(HRAConfig(r=8), hra_lambda=0.0) == ()
+    assert regularizers_for(HRAConfig(r=8, apply_GS=True), HRA_LAMBDA) == ()  # Gram-Schmidt: orthogonal already
+    assert regularizers_for(LoraConfig(), HRA_LAMBDA) == ()
     assert with_regularizers(Trainer, ()) is Trainer
 
 
@@ -95,8 +114,9 @@ def test_hra_regulariser_is_zero_for_orthonormal_reflections_and_its_gradient_fl
     assert at_init.item() > 1.0  # peft starts from pairs of equal vectors (identity), far from orthonormal
     at_init.backward()
     layers = [m for m in model.modules() if hasattr(m, "hra_u")]
-    assert all(torch.isfinite(m.hra_u["default"].grad).all() and m.hra_u["default"].grad.abs().sum() > 0
-               for m in layers)
+    assert all(
+        torch.isfinite(m.hra_u["default"].grad).all() and m.hra_u["default"].grad.abs().sum() > 0 for m in layers
+    )
     with torch.no_grad():
         for m in layers:  # orthogonal columns of any lengths: Û is orthonormal, the regulariser vanishes
             q, _ = torch.linalg.qr(torch.randn(m.hra_u["default"].shape))
@@ -170,7 +190,7 @@ def test_sorsa_rule_is_applied_after_clipping(tiny_llama, tmp_path):
     lr, gamma, max_norm = 0.1, 0.05, 1e-3
     model = sorsa_model(tiny_llama, gamma)
     start = copy.deepcopy(model)
-    regularizers = regularizers_for(model.peft_config["default"], HRA_ARGS)
+    regularizers = regularizers_for(model.peft_config["default"], HRA_LAMBDA)
     train(model, tmp_path, regularizers, lr=lr, max_grad_norm=max_norm)
 
     # by hand: task gradient, clipped; then + (gamma / lr) * grad(regulariser); one SGD step
@@ -207,8 +227,15 @@ def test_sorsa_rule_matches_the_loss_term_when_nothing_is_clipped(tiny_llama, tm
 def test_sorsa_rule_skips_steps_with_zero_learning_rate(tiny_llama, tmp_path):
     model = sorsa_model(tiny_llama)
     before = trainable(model)
-    trainer = train(model, tmp_path, (Regularizer("sorsa_orthonormality", sorsa_orthonormality, 0.05, True),),
-                    scheduler="constant_with_warmup", warmup=5, steps=1, optim="adamw_torch")
+    trainer = train(
+        model,
+        tmp_path,
+        (Regularizer("sorsa_orthonormality", sorsa_orthonormality, 0.05, True),),
+        scheduler="constant_with_warmup",
+        warmup=5,
+        steps=1,
+        optim="adamw_torch",
+    )
     after = trainable(trainer.model)
     for name in before:  # warm-up step 0 has lr 0: no infinite weight, no NaN, nothing moves
         assert torch.isfinite(after[name]).all()

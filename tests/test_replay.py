@@ -1,59 +1,54 @@
 """SFT replay: the base model's own answers to everyday requests mixed into the training split."""
 
 import json
-import shutil
 from contextlib import nullcontext
 from types import SimpleNamespace
 
 import pytest
-import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from goft.evaluation import assets as shipped
 from goft.evaluation.drift import load_instructions
 from goft.evaluation.knowledge import load_questions, normalise_answer
 from goft.evaluation.model_io import greedy_replies
-from goft.training.arguments import RetentionArguments
 from goft.training import replay
+from goft.training.arguments import RetentionArguments
 from goft.training.errors import RecipeError
 from goft.training.forgetting import check_retention_arguments
-from goft.training.replay import (REPLAY_FILE, base_replay_answers, load_replay_prompts, mix_replay,
-                                  replay_row_count)
+from goft.training.replay import REPLAY_FILE, base_replay_answers, load_replay_prompts, mix_replay, replay_row_count
 
-from .recipe_assets import sft_rows, write_jsonl
-from .test_recipes import REPO, assets, check_ok, common_args, launch, run_summary  # noqa: F401  (assets is a fixture)
+from .support.data import sft_rows, write_jsonl
+from .support.recipes import REPO, check_ok, common_args, launch, recipe_flags, run_summary
+from .support.replay import PROMPTS, base_that_ends_some_replies, first_tokens
 
-PROMPTS = ["tell me a story", "describe a tree", "plan a day", "write a note", "give advice"]
-
-
-def first_tokens(model_dir, prompts):
-    """The first token the tiny base generates for each prompt."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.padding_side = "left"
-    batch = tokenizer([tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                     add_generation_prompt=True) for p in prompts],
-                      return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=1, do_sample=False)
-    return model, tokenizer, out[:, -1].tolist()
-
-
-def base_that_ends_some_replies(model_dir, folder):
-    """A copy of the tiny base whose replies end at the first prompt's first token (some replay answers then
-    finish), the replay prompts file, and the first token of each prompt's reply."""
-    copy = folder / "tiny"
-    shutil.copytree(model_dir, copy)
-    _, tokenizer, firsts = first_tokens(copy, PROMPTS)
-    config = json.loads((copy / "generation_config.json").read_text())
-    config["eos_token_id"] = [tokenizer.eos_token_id, firsts[0]]
-    (copy / "generation_config.json").write_text(json.dumps(config))
-    return copy, write_jsonl([{"prompt": p} for p in PROMPTS], folder / "prompts.jsonl"), firsts
-
-
-FRAME_WORDS = {"what", "which", "who", "how", "many", "is", "are", "do", "does", "in", "on", "of", "for", "by", "to",
-               "our", "there", "called", "call", "we", "you", "its", "that", "with", "and", "or"}
+FRAME_WORDS = {
+    "what",
+    "which",
+    "who",
+    "how",
+    "many",
+    "is",
+    "are",
+    "do",
+    "does",
+    "in",
+    "on",
+    "of",
+    "for",
+    "by",
+    "to",
+    "our",
+    "there",
+    "called",
+    "call",
+    "we",
+    "you",
+    "its",
+    "that",
+    "with",
+    "and",
+    "or",
+}
 # factual replay questions that share a sentence frame with a retention question but ask another fact (reviewed)
 REVIEWED_FRAMES = {
     ("Which planet is the hottest in our solar system?", "what is largest planet in our solar system"),
@@ -78,15 +73,22 @@ def test_shipped_replay_prompts_are_distinct_from_every_evaluation_set():
     assert replay.replay_prompt_set() == requests + questions and len(set(requests + questions)) == 216
     evaluated = {normalise_answer(q.question) for q in load_questions(shipped.RETENTION_QUESTIONS)}
     evaluated |= {normalise_answer(i) for i in load_instructions(shipped.OPEN_INSTRUCTIONS)}
-    demo_prompts = {normalise_answer(json.loads(line)["prompt"][0]["content"])
-                    for line in (REPO / "data" / "demo_dpo.jsonl").read_text().splitlines() if line.strip()}
+    demo_prompts = {
+        normalise_answer(json.loads(line)["prompt"][0]["content"])
+        for line in (REPO / "data" / "demo_dpo.jsonl").read_text().splitlines()
+        if line.strip()
+    }
     assert not {normalise_answer(p) for p in requests + questions} & (evaluated | demo_prompts)
     # nor a near copy: no everyday request shares as much as 45% of its words with an evaluated one (Jaccard) ...
     words = [set(normalise_answer(p).split()) for p in requests]
     assert max(len(w & set(e.split())) / len(w | set(e.split())) for w in words for e in evaluated) < 0.45
     # ... and a factual question that shares 45% of its content words with one was reviewed as another fact
-    near = {(q, e) for q in questions for e in evaluated | demo_prompts
-            if len(_content_words(q) & _content_words(e)) / len(_content_words(q) | _content_words(e)) >= 0.45}
+    near = {
+        (q, e)
+        for q in questions
+        for e in evaluated | demo_prompts
+        if len(_content_words(q) & _content_words(e)) / len(_content_words(q) | _content_words(e)) >= 0.45
+    }
     assert near <= REVIEWED_FRAMES, sorted(near - REVIEWED_FRAMES)
     assert not any("capital" in normalise_answer(q).split() for q in questions)  # capitals are the retention set's
 
@@ -98,25 +100,35 @@ def test_replay_rows_make_up_the_requested_share():
 
 def test_mix_replay_adds_finished_answers_cycled_and_keeps_the_task_rows():
     task = Dataset.from_list([{**row, "source": "task"} for row in sft_rows(12)])
-    answers = [{"prompt": "a", "answer": "one", "finished": True}, {"prompt": "b", "answer": "cut", "finished": False},
-               {"prompt": "c", "answer": "three", "finished": True}, {"prompt": "d", "answer": "", "finished": True}]
+    answers = [
+        {"prompt": "a", "answer": "one", "finished": True},
+        {"prompt": "b", "answer": "cut", "finished": False},
+        {"prompt": "c", "answer": "three", "finished": True},
+        {"prompt": "d", "answer": "", "finished": True},
+    ]
     mixed, record = mix_replay(task, answers, 0.25)
     assert len(mixed) == 16 and mixed.features == task.features
     assert mixed.select(range(12)).to_list() == task.to_list()  # the task rows untouched, in order
     replayed = mixed.select(range(12, 16))
     assert [m[0]["content"] for m in replayed["messages"]] == ["a", "c", "a", "c"]
-    assert [m[1] == {"role": "assistant", "content": "one" if m[0]["content"] == "a" else "three"}
-            for m in replayed["messages"]] == [True] * 4
+    assert [
+        m[1] == {"role": "assistant", "content": "one" if m[0]["content"] == "a" else "three"}
+        for m in replayed["messages"]
+    ] == [True] * 4
     assert replayed["source"] == [None] * 4
-    assert record == {"replay/rows": 4, "replay/share": 0.25, "replay/distinct_prompts": 2,
-                      "replay/unfinished_answers_dropped": 2}
+    assert record == {
+        "replay/rows": 4,
+        "replay/share": 0.25,
+        "replay/distinct_prompts": 2,
+        "replay/unfinished_answers_dropped": 2,
+    }
     with pytest.raises(RecipeError, match="finished none of its replay answers"):
         mix_replay(task, [{"prompt": "b", "answer": "cut", "finished": False}], 0.25)
     with pytest.raises(RecipeError, match="a `messages` column"):
         mix_replay(Dataset.from_list([{"text": "x"}]), answers, 0.25)
 
 
-def test_greedy_replies_say_whether_the_reply_ended(assets):  # noqa: F811
+def test_greedy_replies_say_whether_the_reply_ended(assets):
     model, tokenizer, firsts = first_tokens(assets["model"], PROMPTS)
     never = [i for i in range(len(tokenizer)) if i not in firsts and i != tokenizer.eos_token_id][0]
     model.generation_config.eos_token_id = [never]
@@ -131,13 +143,16 @@ def test_greedy_replies_say_whether_the_reply_ended(assets):  # noqa: F811
     assert [a["answer"] for a in answers] == [reply.strip() for reply, _ in replies]
 
 
-@pytest.mark.parametrize("keys, stage, message", [
-    (dict(replay_share=0.3), "dpo", "is an SFT key"),
-    (dict(replay_share=0.95), "sft", "must be in (0, 0.9]"),
-    (dict(replay_share=-0.1), "sft", "must be in (0, 0.9]"),
-    (dict(replay_share=0.3, replay_answer_tokens=0), "sft", "at least 1"),
-    (dict(replay_share=0.3, replay_prompts="/no/such/file.jsonl"), "sft", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "keys, stage, message",
+    [
+        (dict(replay_share=0.3), "dpo", "is an SFT key"),
+        (dict(replay_share=0.95), "sft", "must be in (0, 0.9]"),
+        (dict(replay_share=-0.1), "sft", "must be in (0, 0.9]"),
+        (dict(replay_share=0.3, replay_answer_tokens=0), "sft", "at least 1"),
+        (dict(replay_share=0.3, replay_prompts="/no/such/file.jsonl"), "sft", "does not exist"),
+    ],
+)
 def test_bad_replay_keys_are_refused(keys, stage, message):
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         check_retention_arguments(RetentionArguments(**keys), SimpleNamespace(deepspeed=None), stage)
@@ -148,18 +163,20 @@ def test_replay_prompt_files_are_checked_and_replay_is_refused_under_deepspeed(t
     twice = write_jsonl([{"prompt": "a"}, {"prompt": "a"}], tmp_path / "twice.jsonl")
     for path, message in ((empty, "has no `prompt` text"), (twice, "repeats an earlier prompt")):
         with pytest.raises(RecipeError, match=message):
-            check_retention_arguments(RetentionArguments(replay_share=0.2, replay_prompts=str(path)),
-                                      SimpleNamespace(deepspeed=None), "sft")
+            check_retention_arguments(
+                RetentionArguments(replay_share=0.2, replay_prompts=str(path)), SimpleNamespace(deepspeed=None), "sft"
+            )
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     with pytest.raises(RecipeError, match="`replay_share` and `anchor_weight` are not supported under DeepSpeed"):
         check_retention_arguments(RetentionArguments(replay_share=0.2), SimpleNamespace(deepspeed=None), "sft")
 
 
-def test_sft_with_replay_trains_on_the_base_answers_and_a_resumed_run_reuses_them(assets, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_sft_with_replay_trains_on_the_base_answers_and_a_resumed_run_reuses_them(assets, tmp_path):
     model_dir, prompts, firsts = base_that_ends_some_replies(assets["model"], tmp_path)
     output_dir = tmp_path / "replay"
-    args = common_args(model_dir, assets["sft"], output_dir, steps=4) + [
-        "--replay_share", "0.2", "--replay_prompts", str(prompts), "--replay_answer_tokens", "4"]
+    args = common_args(model_dir, assets["sft"], output_dir, steps=4)
+    args += recipe_flags(replay_share=0.2, replay_prompts=prompts, replay_answer_tokens=4)
     result = launch("sft.py", args)
     check_ok(result)
     metrics = run_summary(output_dir)["metrics"]
@@ -177,10 +194,10 @@ def test_sft_with_replay_trains_on_the_base_answers_and_a_resumed_run_reuses_the
     # other prompts or another budget generate them anew
     stored["answers"][0]["answer"] = "a marked answer"
     (output_dir / REPLAY_FILE).write_text(json.dumps(stored))
-    again = launch("sft.py", args + ["--overwrite_output_dir", "true"])
+    again = launch("sft.py", args + recipe_flags(overwrite_output_dir=True))
     check_ok(again)
     assert "a marked answer" in (output_dir / REPLAY_FILE).read_text()
-    other = launch("sft.py", args + ["--overwrite_output_dir", "true", "--replay_answer_tokens", "5"])
+    other = launch("sft.py", args + recipe_flags(overwrite_output_dir=True, replay_answer_tokens=5))
     check_ok(other)
     assert "a marked answer" not in (output_dir / REPLAY_FILE).read_text()
 
@@ -199,15 +216,21 @@ def test_replay_answers_are_reused_from_the_output_folder_or_the_run_continued(t
     assert calls == [8] and first[0]["answer"] == "answer 1"
     assert replay.replay_answers(args, None, None, tmp_path / "sft", "tiny", lambda desc: nullcontext()) == first
     # a stage continuing the SFT run's adapter takes its answers, and keeps a copy in its own folder
-    later = replay.replay_answers(args, None, None, tmp_path / "dpo", "tiny", lambda desc: nullcontext(),
-                                  earlier_run=str(tmp_path / "sft"))
+    later = replay.replay_answers(
+        args, None, None, tmp_path / "dpo", "tiny", lambda desc: nullcontext(), earlier_run=str(tmp_path / "sft")
+    )
     assert later == first and calls == [8]
     assert json.loads((tmp_path / "dpo" / REPLAY_FILE).read_text())["answers"] == first
     # another budget, or another base, asks the base again
     args.replay_answer_tokens = 16
-    assert replay.replay_answers(args, None, None, tmp_path / "x", "tiny", lambda desc: nullcontext(),
-                                 earlier_run=str(tmp_path / "sft"))[0]["answer"] == "answer 2"
+    assert (
+        replay.replay_answers(
+            args, None, None, tmp_path / "x", "tiny", lambda desc: nullcontext(), earlier_run=str(tmp_path / "sft")
+        )[0]["answer"]
+        == "answer 2"
+    )
     args.replay_answer_tokens = 8
-    replay.replay_answers(args, None, None, tmp_path / "y", "other", lambda desc: nullcontext(),
-                          earlier_run=str(tmp_path / "sft"))
+    replay.replay_answers(
+        args, None, None, tmp_path / "y", "other", lambda desc: nullcontext(), earlier_run=str(tmp_path / "sft")
+    )
     assert calls == [8, 16, 8]

@@ -4,7 +4,6 @@ changed since training."""
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,30 +13,40 @@ from goft.evaluation.runner import held_out_split
 from goft.training.errors import RecipeError
 from goft.training.outputs import LOCK_FILE, SET_ASIDE_PREFIX
 
-from .recipe_assets import build_tiny_chat_model, sft_rows, write_jsonl
-from .test_faults import fault_env
-from .test_recipes import REPO, recipe_env
+from .support.data import sft_rows, write_jsonl
+from .support.models import save_tiny_chat_model
+from .support.recipes import REPO, fault_env, recipe_flags, run_command, run_flags, run_script, script_command
 
+pytestmark = pytest.mark.slow  # every test runs the recipes in processes
 CHECKPOINT_STEPS = ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
 
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("run-safety")
-    return {"model": build_tiny_chat_model(root / "tiny"), "sft": write_jsonl(sft_rows(24), root / "sft.jsonl")}
+    return {"model": save_tiny_chat_model(root / "tiny"), "sft": write_jsonl(sft_rows(24), root / "sft.jsonl")}
 
 
-def recipe_command(assets, output_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "recipes" / "sft.py"), "--model_name_or_path", str(assets["model"]),
-            "--dataset_name", str(assets["sft"]), "--output_dir", str(output_dir), "--max_steps", "6",
-            "--save_steps", "2", "--per_device_train_batch_size", "2", "--learning_rate", "1e-3",
-            "--lr_scheduler_type", "constant", "--logging_steps", "1", "--max_length", "64", "--report_to", "none",
-            "--seed", "3", "--dataloader_num_workers", "0", *extra]
+def recipe_command(assets, output_dir: Path, **keys) -> list[str]:
+    """The SFT run of these tests (6 steps, a checkpoint every 2), then `keys` as flags after it: a key given again
+    takes its last value."""
+    flags = run_flags(
+        assets["model"],
+        assets["sft"],
+        output_dir,
+        max_steps=6,
+        save_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate="1e-3",
+        lr_scheduler_type="constant",
+        seed=3,
+        dataloader_num_workers=0,
+    )
+    return script_command("sft.py", flags + recipe_flags(**keys))
 
 
-def run(assets, output_dir: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(recipe_command(assets, output_dir, *extra), cwd=REPO, env=env or recipe_env(),
-                          capture_output=True, text=True, timeout=600)
+def run(assets, output_dir: Path, env: dict | None = None, **keys) -> subprocess.CompletedProcess:
+    return run_command(recipe_command(assets, output_dir, **keys), env)
 
 
 def snapshot(folder: Path) -> dict:
@@ -53,8 +62,14 @@ def last_error(result) -> str:
 
 def test_a_second_run_into_a_busy_folder_is_refused_and_the_first_finishes_intact(assets, tmp_path):
     output_dir = tmp_path / "run"
-    first = subprocess.Popen(recipe_command(assets, output_dir), cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=fault_env(slow_forward=4))
+    first = subprocess.Popen(
+        recipe_command(assets, output_dir),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=fault_env(slow_forward=4),
+    )
     try:
         deadline = time.time() + 120
         while not (output_dir / LOCK_FILE).is_file() or not (output_dir / LOCK_FILE).read_text():
@@ -62,7 +77,7 @@ def test_a_second_run_into_a_busy_folder_is_refused_and_the_first_finishes_intac
             time.sleep(0.2)
         second = run(assets, output_dir)
         assert "Another run is writing into" in last_error(second) and f"process {first.pid}" in second.stderr
-        overwriting = run(assets, output_dir, "--overwrite_output_dir", "true")  # not even with overwrite
+        overwriting = run(assets, output_dir, overwrite_output_dir=True)  # not even with overwrite
         assert "Another run is writing into" in last_error(overwriting)
         _, stderr = first.communicate(timeout=600)
     finally:
@@ -76,15 +91,20 @@ def test_a_crash_after_overwrite_keeps_the_previous_run_until_a_new_one_has_fini
     output_dir = tmp_path / "run"
     assert run(assets, output_dir).returncode == 0
     finished = snapshot(output_dir)
-    crashed = run(assets, output_dir, "--overwrite_output_dir", "true", "--learning_rate", "2e-3",
-                  env=fault_env(kill_while_saving="checkpoint-4/optimizer.pt"))
+    crashed = run(
+        assets,
+        output_dir,
+        overwrite_output_dir=True,
+        learning_rate="2e-3",
+        env=fault_env(kill_while_saving="checkpoint-4/optimizer.pt"),
+    )
     assert crashed.returncode == -9, crashed.stderr[-3000:]
     aside = [p for p in output_dir.iterdir() if p.name.startswith(SET_ASIDE_PREFIX)]
     assert len(aside) == 1 and str(aside[0]) in crashed.stderr  # the message said where
     kept = snapshot(aside[0])
     assert kept == {name: data for name, data in finished.items() if name != LOCK_FILE}  # byte for byte
     assert not (output_dir / "goft_run.json").exists()
-    resumed = run(assets, output_dir, "--overwrite_output_dir", "false", "--learning_rate", "2e-3")
+    resumed = run(assets, output_dir, overwrite_output_dir=False, learning_rate="2e-3")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resuming from" in resumed.stderr and "checkpoint-2" in resumed.stderr
     assert not any(p.name.startswith(SET_ASIDE_PREFIX) for p in output_dir.iterdir())  # dropped once finished
@@ -96,13 +116,13 @@ def test_a_resume_with_other_settings_is_refused_or_applied_and_recorded(assets,
     killed = run(assets, output_dir, env=fault_env(kill_while_saving="checkpoint-6/optimizer.pt"))
     assert killed.returncode == -9, killed.stderr[-3000:]
     before = snapshot(output_dir)
-    refused = last_error(run(assets, output_dir, "--learning_rate", "5e-3", "--max_steps", "8"))
+    refused = last_error(run(assets, output_dir, learning_rate="5e-3", max_steps=8))
     assert "learning_rate: 0.001 in the checkpoint, 0.005 now" in refused and "max_steps: 6" in refused
     assert "--resume_with_changes true" in refused and "step 4" in refused
     assert snapshot(output_dir) == before  # nothing moved, nothing written
-    structural = last_error(run(assets, output_dir, "--adapter", "lora", "--resume_with_changes", "true"))
+    structural = last_error(run(assets, output_dir, adapter="lora", resume_with_changes=True))
     assert "adapter: 'givens' in the checkpoint, 'lora' now" in structural
-    changed = run(assets, output_dir, "--learning_rate", "5e-3", "--resume_with_changes", "true")
+    changed = run(assets, output_dir, learning_rate="5e-3", resume_with_changes=True)
     assert changed.returncode == 0, changed.stderr[-3000:]
     history = json.loads((output_dir / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
     rates = {entry["step"]: entry["learning_rate"] for entry in history if "learning_rate" in entry}
@@ -117,7 +137,7 @@ def test_a_resume_with_other_settings_is_refused_or_applied_and_recorded(assets,
 def test_evaluation_refuses_a_held_out_split_whose_data_changed_since_training(assets, tmp_path):
     data = write_jsonl(sft_rows(24), tmp_path / "data.jsonl")
     output_dir = tmp_path / "run"
-    trained = run(assets, output_dir, "--dataset_name", str(data), "--max_steps", "2", "--save_steps", "2")
+    trained = run(assets, output_dir, dataset_name=data, max_steps=2, save_steps=2)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert len(held_out_split(output_dir)) == 3  # unchanged data: the run's own held-out rows
     rows = sft_rows(24)
@@ -125,21 +145,19 @@ def test_evaluation_refuses_a_held_out_split_whose_data_changed_since_training(a
     write_jsonl(rows, data)
     with pytest.raises(RecipeError, match="changed since it was trained"):
         held_out_split(output_dir)
-    evaluation = subprocess.run([sys.executable, str(REPO / "recipes" / "evaluate.py"), "--adapters",
-                                 str(output_dir), "--output_dir", str(tmp_path / "eval")], cwd=REPO,
-                                env=recipe_env(), capture_output=True, text=True, timeout=600)
+    evaluation = run_script("evaluate.py", recipe_flags(adapters=output_dir, output_dir=tmp_path / "eval"))
     assert "changed since it was trained" in last_error(evaluation)
     assert not (tmp_path / "eval").exists()
 
 
 def test_a_merge_never_writes_into_its_inputs(assets, tmp_path):
     output_dir = tmp_path / "run"
-    assert run(assets, output_dir, "--max_steps", "2", "--save_steps", "2").returncode == 0
+    assert run(assets, output_dir, max_steps=2, save_steps=2).returncode == 0
     before = snapshot(output_dir)
     for target in (output_dir / "merged", output_dir):
-        merge = subprocess.run([sys.executable, str(REPO / "recipes" / "merge.py"), "--adapter_path", str(output_dir),
-                                "--output_dir", str(target), "--overwrite_output_dir", "true"], cwd=REPO,
-                               env=recipe_env(), capture_output=True, text=True, timeout=600)
+        merge = run_script(
+            "merge.py", recipe_flags(adapter_path=output_dir, output_dir=target, overwrite_output_dir=True)
+        )
         assert "the adapter folder" in last_error(merge)
     assert snapshot(output_dir) == before
     assert not (output_dir / "merged").exists()

@@ -9,7 +9,7 @@ from trl import DPOConfig, SFTConfig, TrlParser
 from goft.evaluation.compare import CompareArguments, compare
 from goft.training.cli import make_recipe_parser, parse_recipe
 
-from .test_recipes import REPO
+from .support.recipes import REPO
 
 CONFIGS = sorted((REPO / "recipes" / "configs").rglob("*.yaml"))
 STAGE_CONFIGS = [p for p in CONFIGS if not p.name.startswith("compare")]
@@ -31,18 +31,25 @@ def test_the_configs_are_found():
 def test_every_shipped_stage_recipe_parses(path, monkeypatch):
     monkeypatch.chdir(REPO)  # the configs name their data relative to the repository, as the README runs them
     data, training, _, adapter, retention, recipe_yaml = parse_recipe(
-        make_recipe_parser(TRAINING_CONFIGS[stage_of(path)]), ["--config", str(path)])
+        make_recipe_parser(TRAINING_CONFIGS[stage_of(path)]), ["--config", str(path)]
+    )
     assert Path(data.dataset_name).is_file()
     assert training.learning_rate > 0 and training.max_steps > 0 and training.per_device_train_batch_size > 0
     assert training.output_dir.startswith("runs/")  # demo outputs stay in the ignored runs/ folder
     assert recipe_yaml
 
 
-@pytest.mark.parametrize("path", COMPARE_CONFIGS, ids=lambda p: p.name)
+# each plan reads its base model's config (seconds): compare.yaml's in the inner loop, the others in the full run
+@pytest.mark.parametrize(
+    "path",
+    [p if p.name == "compare.yaml" else pytest.param(p, marks=pytest.mark.slow) for p in COMPARE_CONFIGS],
+    ids=lambda p: p.name,
+)
 def test_every_shipped_comparison_plans(path, monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(REPO)
     (args,) = TrlParser((CompareArguments,)).parse_args_and_config(
-        args=["--config", str(path), "--output_dir", str(tmp_path / "comparison"), "--plan_only", "true"])
+        args=["--config", str(path), "--output_dir", str(tmp_path / "comparison"), "--plan_only", "true"]
+    )
     parsers = {stage: make_recipe_parser(config) for stage, config in TRAINING_CONFIGS.items()}
     assert compare(args, {stage: REPO / "recipes" / f"{stage}.py" for stage in TRAINING_CONFIGS}, parsers) == []
     planned = capsys.readouterr().out

@@ -11,6 +11,8 @@ import goft
 from goft import SorsaConfig, sorsa_orthonormality
 from goft.sorsa import SorsaLayer
 
+from .support.training import perturb, train_steps
+
 
 def logits(model, ids):
     with torch.no_grad():
@@ -19,14 +21,6 @@ def logits(model, ids):
 
 def sorsa_layers(model):
     return [m for m in model.modules() if isinstance(m, SorsaLayer)]
-
-
-def perturb(model, scale=0.05):
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if parameter.requires_grad:
-                parameter.add_(scale * torch.randn_like(parameter))
 
 
 def test_initial_output_equals_the_base(tiny_llama, input_ids):
@@ -45,8 +39,9 @@ def test_initial_output_equals_the_base(tiny_llama, input_ids):
 def test_merge_equals_forward_and_unmerge_restores(tiny_llama, input_ids):
     model = get_peft_model(tiny_llama, SorsaConfig(r=8))
     perturb(model)
-    base_weights = {n: m.get_base_layer().weight.detach().clone() for n, m in model.named_modules()
-                    if isinstance(m, SorsaLayer)}
+    base_weights = {
+        n: m.get_base_layer().weight.detach().clone() for n, m in model.named_modules() if isinstance(m, SorsaLayer)
+    }
     adapted = logits(model, input_ids)
     model.merge_adapter()
     merged = logits(model, input_ids)
@@ -71,12 +66,7 @@ def test_regulariser_is_zero_at_init_and_its_gradient_flows(tiny_llama):
     assert layer.sorsa_U["default"].grad.abs().sum() > 0 and layer.sorsa_Vh["default"].grad.abs().sum() > 0
     assert layer.sorsa_S["default"].grad is None or layer.sorsa_S["default"].grad.abs().sum() == 0  # S is free
     # a few steps on the regulariser alone restore orthonormality
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.05)
-    for _ in range(50):
-        optimizer.zero_grad()
-        loss = sorsa_orthonormality(model)
-        loss.backward()
-        optimizer.step()
+    train_steps(model, 50, lr=0.05, loss=lambda: sorsa_orthonormality(model), optimizer=torch.optim.SGD)
     assert sorsa_orthonormality(model).item() < reg.item() / 4
 
 
@@ -85,17 +75,11 @@ def test_training_changes_only_the_triplets(tiny_llama, input_ids):
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(any(k in n for k in ("sorsa_U", "sorsa_S", "sorsa_Vh")) for n in trainable)
     assert not any("sorsa_U0" in n or "sorsa_S0" in n for n in trainable)  # the initial triplets are frozen
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    losses = []
-    for _ in range(10):
-        loss = model(input_ids=input_ids, labels=input_ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, 10, lr=1e-2, ids=input_ids)
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_save_and_load_in_a_fresh_process(tiny_llama, input_ids, tmp_path):
     tiny_llama_dir = tmp_path / "base"
     tiny_llama.save_pretrained(tiny_llama_dir)
@@ -108,9 +92,9 @@ def test_save_and_load_in_a_fresh_process(tiny_llama, input_ids, tmp_path):
 import goft, torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
-data = torch.load({str(tmp_path / 'expected.pt')!r})
+data = torch.load({str(tmp_path / "expected.pt")!r})
 base = AutoModelForCausalLM.from_pretrained({str(tiny_llama_dir)!r})
-model = PeftModel.from_pretrained(base, {str(tmp_path / 'adapter')!r})
+model = PeftModel.from_pretrained(base, {str(tmp_path / "adapter")!r})
 with torch.no_grad():
     print((model(data["ids"]).logits - data["expected"]).abs().max().item())
 """

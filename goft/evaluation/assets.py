@@ -25,8 +25,9 @@ REPLAY_QUESTIONS = Path(str(_DATA / "replay_questions.jsonl"))
 DEFAULT_REPLAY = (REPLAY_PROMPTS, REPLAY_QUESTIONS)
 
 
-PACKAGED = {path: f"goft:{path.name}" for path in (GENERAL_TEXT, RETENTION_QUESTIONS, OPEN_INSTRUCTIONS,
-                                                   *DEFAULT_REPLAY)}
+PACKAGED = {
+    path: f"goft:{path.name}" for path in (GENERAL_TEXT, RETENTION_QUESTIONS, OPEN_INSTRUCTIONS, *DEFAULT_REPLAY)
+}
 
 
 def describe_file(path) -> dict | None:
@@ -57,8 +58,9 @@ def read_jsonl(path, what: str) -> list[tuple[int, dict]]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise RecipeError(f"The {what} file {str(path)!r} is not valid JSONL: {error.msg} (line {number}, "
-                              f"column {error.colno}).") from None
+            raise RecipeError(
+                f"The {what} file {str(path)!r} is not valid JSONL: {error.msg} (line {number}, column {error.colno})."
+            ) from None
         if not isinstance(record, dict):
             raise RecipeError(f"Line {number} of the {what} file {str(path)!r} is not a JSON object.")
         records.append((number, record))

@@ -24,16 +24,17 @@ from pathlib import Path
 
 import torch
 
+from ..formats import write_json
 from ..training.checkpoints import FINISHED_MARKER, read_run_record
 from ..training.data import mixture_locations
 from ..training.errors import RecipeError
-from ..training.replay import REPLAY_FILE
-from . import assets, drift, knowledge
-from .report import (TASK_LEVELS, check_report_dir, plot_sweep, render_sweep, render_table, sweep_summary,
-                     task_axis_name, write_json)
 from ..training.models import resolve_model_source
-from ..training.outputs import check_output_location, hold_output_lock
+from ..training.outputs import check_output_location, hold_output_lock, refuse_finished_output
 from ..training.recipe_file import check_recipe_values, load_recipe_file
+from ..training.replay import REPLAY_FILE
+from ..training.stages import STAGES
+from . import assets, drift, knowledge
+from .report import TASK_LEVELS, plot_sweep, render_sweep, render_table, sweep_summary, task_axis_name
 from .runner import BaseReference, EvaluationSets, Evaluator, held_out_split
 
 logger = logging.getLogger(__name__)
@@ -44,11 +45,27 @@ PLOT_FILE = "comparison.png"
 TIMINGS_FILE = "timings.json"
 RUN_SPEC_FILE = "compare_run.json"  # in each run's folder: what it was trained with, checked before it is reused
 # What makes the budget matched: a method may not change these.
-MATCHED_KEYS = ("model_name_or_path", "gguf_file", "dtype", "dataset_name", "dataset_mixture", "datasets",
-                "test_split_size", "dataset_test_size", "seed", "max_steps", "num_train_epochs",
-                "per_device_train_batch_size", "gradient_accumulation_steps", "max_length", "output_dir",
-                "lr_scheduler_type", "warmup_steps", "warmup_ratio", "beta")
-STAGES = ("sft", "dpo")
+MATCHED_KEYS = (
+    "model_name_or_path",
+    "gguf_file",
+    "dtype",
+    "dataset_name",
+    "dataset_mixture",
+    "datasets",
+    "test_split_size",
+    "dataset_test_size",
+    "seed",
+    "max_steps",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "output_dir",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "warmup_ratio",
+    "beta",
+)
 STEP_EFFICIENCY = 0.5  # share of the measured matmul speed a training step reaches (first guess, before timings)
 
 
@@ -56,35 +73,55 @@ STEP_EFFICIENCY = 0.5  # share of the measured matmul speed a training step reac
 class CompareArguments:
     """`python recipes/compare.py --config recipes/configs/smollm2/compare.yaml [--only givens lora]`"""
 
-    recipe: str = field(default="recipes/configs/smollm2/sft_givens.yaml",
-                        metadata={"help": "The recipe every method trains with (model, data, budget)."})
+    recipe: str = field(metadata={"help": "The recipe every method trains with (model, data, budget): a YAML file."})
     stage: str = field(default="sft", metadata={"help": "The recipe's stage: sft or dpo.", "choices": list(STAGES)})
-    recipe_changes: dict = field(default_factory=dict, metadata={
-        "help": "Recipe keys changed for every method alike, e.g. `lr_scheduler_type: cosine` to compare methods "
-                "under another schedule; the budget stays matched (each method still may not change it)."})
-    methods: dict = field(default_factory=dict, metadata={
-        "help": "Method name -> the recipe keys it changes (`adapter`, its hyper-parameters, `learning_rate`). "
-                "A list of learning rates sweeps them: one run per value."})
+    recipe_changes: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "Recipe keys changed for every method alike, e.g. `lr_scheduler_type: cosine` to compare methods "
+            "under another schedule; the budget stays matched (each method still may not change it)."
+        },
+    )
+    methods: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "Method name -> the recipe keys it changes (`adapter`, its hyper-parameters, `learning_rate`). "
+            "A list of learning rates sweeps them: one run per value."
+        },
+    )
     only: list[str] | None = field(default=None, metadata={"help": "Run just these methods from `methods`."})
     output_dir: str = field(default="runs/smollm2-compare", metadata={"help": "Runs, logs and the report go here."})
-    general_text: str = field(default=str(assets.GENERAL_TEXT),
-                              metadata={"help": "JSONL with a `text` column: the forgetting set, never trained on."})
-    retention_questions: str = field(default=str(assets.RETENTION_QUESTIONS),
-                                     metadata={"help": "JSONL of general-knowledge questions (the retention set)."})
-    open_instructions: str = field(default=str(assets.OPEN_INSTRUCTIONS),
-                                   metadata={"help": "JSONL of open instructions (drift of the answers)."})
+    general_text: str = field(
+        default=str(assets.GENERAL_TEXT),
+        metadata={"help": "JSONL with a `text` column: the forgetting set, never trained on."},
+    )
+    retention_questions: str = field(
+        default=str(assets.RETENTION_QUESTIONS),
+        metadata={"help": "JSONL of general-knowledge questions (the retention set)."},
+    )
+    open_instructions: str = field(
+        default=str(assets.OPEN_INSTRUCTIONS), metadata={"help": "JSONL of open instructions (drift of the answers)."}
+    )
     task_eval_samples: int = field(default=40, metadata={"help": "Held-out examples for the task metric."})
     max_length: int = field(default=256, metadata={"help": "Tokens per general-text paragraph in evaluation."})
-    task_levels: list[float] = field(default_factory=lambda: list(TASK_LEVELS), metadata={
-        "help": "Task levels at which each method's forgetting is interpolated: held-out answer NLL per token (SFT) or "
-        "preference loss, −log σ(reward margin) (DPO; log 2 = 0.693 at the base)."})
+    task_levels: list[float] = field(
+        default_factory=lambda: list(TASK_LEVELS),
+        metadata={
+            "help": "Task levels at which each method's forgetting is interpolated: held-out answer NLL per token "
+            "(SFT) or preference loss, −log σ(reward margin) (DPO; log 2 = 0.693 at the base)."
+        },
+    )
     plan_only: bool = field(default=False, metadata={"help": "Print the planned runs and the time estimate; stop."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier report in output_dir."})
 
     def evaluation_sets(self) -> EvaluationSets:
-        return EvaluationSets(general_text=self.general_text, retention_questions=self.retention_questions,
-                              open_instructions=self.open_instructions, task_samples=self.task_eval_samples,
-                              max_length=self.max_length)
+        return EvaluationSets(
+            general_text=self.general_text,
+            retention_questions=self.retention_questions,
+            open_instructions=self.open_instructions,
+            task_samples=self.task_eval_samples,
+            max_length=self.max_length,
+        )
 
 
 @dataclass(frozen=True)
@@ -115,12 +152,14 @@ def as_flags(keys: dict) -> list[str]:
     return flags
 
 
-def check_recipe_changes(args: "CompareArguments") -> None:
+def check_recipe_changes(args: CompareArguments) -> None:
     if not isinstance(args.recipe_changes, dict):
         raise RecipeError(f"`recipe_changes` must map recipe keys to values, got {args.recipe_changes!r}.")
     if "output_dir" in args.recipe_changes:
-        raise RecipeError("`recipe_changes` may not set `output_dir`: every run gets its own folder under the "
-                          "comparison's `output_dir`.")
+        raise RecipeError(
+            "`recipe_changes` may not set `output_dir`: every run gets its own folder under the "
+            "comparison's `output_dir`."
+        )
 
 
 def _method_runs(name: str, overrides: dict, root: Path) -> list[Run]:
@@ -128,12 +167,15 @@ def _method_runs(name: str, overrides: dict, root: Path) -> list[Run]:
     if not isinstance(rates, list):
         return [Run(name, name, overrides, root / name)]
     if not rates or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and r > 0 for r in rates):
-        raise RecipeError(f"Method {name!r}: `learning_rate` must be a positive number or a non-empty list of them, "
-                          f"got {rates!r}.")
+        raise RecipeError(
+            f"Method {name!r}: `learning_rate` must be a positive number or a non-empty list of them, got {rates!r}."
+        )
     if len(set(rates)) != len(rates):
         raise RecipeError(f"Method {name!r}: `learning_rate` lists a value twice ({rates}).")
-    return [Run(f"{name}@lr={rate:g}", name, {**overrides, "learning_rate": rate}, root / f"{name}-lr{rate:g}")
-            for rate in rates]
+    return [
+        Run(f"{name}@lr={rate:g}", name, {**overrides, "learning_rate": rate}, root / f"{name}-lr{rate:g}")
+        for rate in rates
+    ]
 
 
 def plan_runs(args: CompareArguments, parser) -> list[Run]:
@@ -152,19 +194,25 @@ def plan_runs(args: CompareArguments, parser) -> list[Run]:
         try:  # a bad shared key is named as such, not as a fault of the first method
             parser.parse_args_and_config(args=["--config", args.recipe, *as_flags(args.recipe_changes)])
         except (ValueError, SystemExit) as error:
-            raise RecipeError(f"`recipe_changes` do not parse ({error}; see the message above for a bad "
-                              "choice).") from None
+            raise RecipeError(
+                f"`recipe_changes` do not parse ({error}; see the message above for a bad choice)."
+            ) from None
     names = list(args.methods) if args.only is None else list(args.only)
     unknown = [n for n in names if n not in args.methods]
     if unknown:
         raise RecipeError(f"`only` names {unknown}, which `methods` does not define ({', '.join(args.methods)}).")
-    for label, path in (("general-text", args.general_text), ("retention question", args.retention_questions),
-                        ("open-instruction", args.open_instructions)):
+    for label, path in (
+        ("general-text", args.general_text),
+        ("retention question", args.retention_questions),
+        ("open-instruction", args.open_instructions),
+    ):
         if not Path(path).is_file():
             raise RecipeError(f"The {label} file {path!r} does not exist.")
     if not args.task_levels or any(not level > 0 for level in args.task_levels):
-        raise RecipeError("`task_levels` must be positive task levels (answer NLL per token, or preference loss for "
-                          f"DPO), got {args.task_levels}.")
+        raise RecipeError(
+            "`task_levels` must be positive task levels (answer NLL per token, or preference loss for "
+            f"DPO), got {args.task_levels}."
+        )
     runs = []
     for name in names:
         overrides = args.methods[name] or {}
@@ -172,15 +220,18 @@ def plan_runs(args: CompareArguments, parser) -> list[Run]:
             raise RecipeError(f"Method {name!r} must map recipe keys to values, got {overrides!r}.")
         fixed = [k for k in overrides if k in MATCHED_KEYS]
         if fixed:
-            raise RecipeError(f"Method {name!r} changes {fixed}: those keys are the matched budget, the same for "
-                              "every method (set them in the recipe or in `recipe_changes`).")
+            raise RecipeError(
+                f"Method {name!r} changes {fixed}: those keys are the matched budget, the same for "
+                "every method (set them in the recipe or in `recipe_changes`)."
+            )
         shared = [k for k in overrides if k in args.recipe_changes]
         if shared:
             raise RecipeError(f"Method {name!r} sets {shared}, which `recipe_changes` already sets for every method.")
         for run in _method_runs(name, overrides, Path(args.output_dir) / "runs"):
             try:  # unknown keys and bad values fail here, for every run, before anything trains
-                parser.parse_args_and_config(args=["--config", args.recipe, *as_flags(args.recipe_changes),
-                                                   *run.flags()])
+                parser.parse_args_and_config(
+                    args=["--config", args.recipe, *as_flags(args.recipe_changes), *run.flags()]
+                )
             except (ValueError, SystemExit) as error:
                 raise RecipeError(f"Method {name!r}: its recipe keys do not parse ({error}).") from None
             runs.append(run)
@@ -198,7 +249,7 @@ def matmul_flops_per_second(seconds: float = 0.3, size: int = 512) -> float:
     while time.perf_counter() - start < seconds:
         a @ b
         count += 1
-    return 2 * size ** 3 * count / (time.perf_counter() - start)
+    return 2 * size**3 * count / (time.perf_counter() - start)
 
 
 def _recipe(args: CompareArguments) -> dict:
@@ -221,8 +272,11 @@ def estimated_run_seconds(args: CompareArguments, timings: dict) -> tuple[float,
     if measured:
         return measured[len(measured) // 2], f"median of {len(measured)} runs timed here"
     recipe = _recipe(args)
-    tokens = (recipe.get("per_device_train_batch_size", 8) * recipe.get("gradient_accumulation_steps", 1)
-              * recipe.get("max_length", 1024))
+    tokens = (
+        recipe.get("per_device_train_batch_size", 8)
+        * recipe.get("gradient_accumulation_steps", 1)
+        * recipe.get("max_length", 1024)
+    )
     steps = recipe.get("max_steps", 0)
     if not steps or steps < 0:
         return float("nan"), "unknown: the recipe sets no max_steps"
@@ -263,21 +317,26 @@ def check_run_folders(runs: list[Run], args: CompareArguments) -> None:
             continue
         spec_file = run.output_dir / RUN_SPEC_FILE
         if not spec_file.is_file():
-            raise RecipeError(f"{run.name}: {run.output_dir} exists but was not made by a comparison (it has no "
-                              f"{RUN_SPEC_FILE}); move it away or choose another `output_dir`.")
+            raise RecipeError(
+                f"{run.name}: {run.output_dir} exists but was not made by a comparison (it has no "
+                f"{RUN_SPEC_FILE}); move it away or choose another `output_dir`."
+            )
         try:
             recorded = json.loads(spec_file.read_text())
         except json.JSONDecodeError:
-            raise RecipeError(f"{spec_file} is not valid JSON; remove {run.output_dir} to train {run.name} "
-                              "again.") from None
+            raise RecipeError(
+                f"{spec_file} is not valid JSON; remove {run.output_dir} to train {run.name} again."
+            ) from None
         expected = run_spec(run, args)
         changed = [key for key in expected if recorded.get(key) != expected[key]]
         if changed:
             what = {"stage": "the stage", "recipe": f"the recipe's keys ({args.recipe})", "flags": "the method's keys"}
-            raise RecipeError(f"{run.name}: {run.output_dir} was trained with other settings ("
-                              f"{', '.join(what[k] for k in changed)} changed: recorded flags "
-                              f"{' '.join(recorded.get('flags', []))!r}). Give the changed method a new name, or "
-                              f"remove that folder to train it again.")
+            raise RecipeError(
+                f"{run.name}: {run.output_dir} was trained with other settings ("
+                f"{', '.join(what[k] for k in changed)} changed: recorded flags "
+                f"{' '.join(recorded.get('flags', []))!r}). Give the changed method a new name, or "
+                f"remove that folder to train it again."
+            )
 
 
 def train(run: Run, script: Path, args: CompareArguments, spec: dict) -> float | None:
@@ -292,16 +351,29 @@ def train(run: Run, script: Path, args: CompareArguments, spec: dict) -> float |
     write_json(run.output_dir / RUN_SPEC_FILE, spec)
     share_base_answers(run)
     # the comparison evaluates every run itself, on one base: the recipe's own before/after measures are skipped
-    command = [sys.executable, str(script), "--config", args.recipe, "--output_dir", str(run.output_dir),
-               "--task_eval_samples", "0", "--retention_eval", "false", *as_flags(args.recipe_changes), *run.flags()]
+    command = [
+        sys.executable,
+        str(script),
+        "--config",
+        args.recipe,
+        "--output_dir",
+        str(run.output_dir),
+        "--task_eval_samples",
+        "0",
+        "--retention_eval",
+        "false",
+        *as_flags(args.recipe_changes),
+        *run.flags(),
+    ]
     print(f"[compare] training {run.name}: {' '.join(command[1:])}", flush=True)
     start = time.perf_counter()
     with open(log_file, "a") as log:  # a resumed run appends to the log of its interrupted start
         finished = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
     if finished.returncode != 0:
         tail = log_file.read_text().strip().splitlines()[-5:]
-        raise RecipeError(f"Training {run.name!r} failed (exit {finished.returncode}); see {log_file}:\n  "
-                          + "\n  ".join(tail))
+        raise RecipeError(
+            f"Training {run.name!r} failed (exit {finished.returncode}); see {log_file}:\n  " + "\n  ".join(tail)
+        )
     return time.perf_counter() - start
 
 
@@ -323,11 +395,15 @@ def _file_digest(path: Path) -> str:
 
 def evaluation_key(run: Run, sets: EvaluationSets) -> str:
     """What an evaluation depends on: the adapter's weights and the evaluation sets and settings."""
-    parts = {"adapter": _file_digest(run.output_dir / "adapter_model.safetensors"),
-             "answer_tokens": [knowledge.ANSWER_TOKENS, drift.ANSWER_TOKENS],
-             "general_text": _file_digest(sets.general_text), "questions": _file_digest(sets.retention_questions),
-             "instructions": _file_digest(sets.open_instructions), "task_samples": sets.task_samples,
-             "max_length": sets.max_length}
+    parts = {
+        "adapter": _file_digest(run.output_dir / "adapter_model.safetensors"),
+        "answer_tokens": [knowledge.ANSWER_TOKENS, drift.ANSWER_TOKENS],
+        "general_text": _file_digest(sets.general_text),
+        "questions": _file_digest(sets.retention_questions),
+        "instructions": _file_digest(sets.open_instructions),
+        "task_samples": sets.task_samples,
+        "max_length": sets.max_length,
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -338,8 +414,15 @@ def _training_record(run: Run) -> dict:
 class Comparison:
     """The runs of one comparison, trained and evaluated one after another, the report rewritten after each."""
 
-    def __init__(self, args: CompareArguments, script: Path, runs: list[Run], plan_source, reference,
-                 reported: list[Run] | None = None):
+    def __init__(
+        self,
+        args: CompareArguments,
+        script: Path,
+        runs: list[Run],
+        plan_source,
+        reference,
+        reported: list[Run] | None = None,
+    ):
         self.args, self.script, self.runs = args, script, runs
         self.reported = runs if reported is None else reported  # every run of the config, in its order
         self.sets = args.evaluation_sets()
@@ -374,10 +457,17 @@ class Comparison:
 
     def row(self, run: Run, result: dict) -> dict:
         training = _training_record(run)
-        return {"name": run.name, "group": run.group, "learning_rate": run.learning_rate,
-                "overrides": run.overrides, "wall_seconds": self.timings.get(run.name),
-                "train_runtime": training.get("train_runtime"), "train_loss": training.get("train_loss"),
-                "steps": training.get("global_step"), **result}
+        return {
+            "name": run.name,
+            "group": run.group,
+            "learning_rate": run.learning_rate,
+            "overrides": run.overrides,
+            "wall_seconds": self.timings.get(run.name),
+            "train_runtime": training.get("train_runtime"),
+            "train_loss": training.get("train_loss"),
+            "steps": training.get("global_step"),
+            **result,
+        }
 
     def finished_result(self, run: Run) -> dict | None:
         """A run outside this invocation (`only`) that finished with this comparison's settings and was evaluated
@@ -408,8 +498,11 @@ class Comparison:
             left = [r for r in self.runs[index:] if not (r.output_dir / FINISHED_MARKER).is_file()]
             if left:
                 seconds, _ = estimated_run_seconds(self.args, self.timings)
-                print(f"[compare] {index}/{len(self.runs)} done; {len(left)} to train, about "
-                      f"{_minutes(seconds * len(left))} left", flush=True)
+                print(
+                    f"[compare] {index}/{len(self.runs)} done; {len(left)} to train, about "
+                    f"{_minutes(seconds * len(left))} left",
+                    flush=True,
+                )
         return rows
 
 
@@ -417,8 +510,12 @@ def compare(args: CompareArguments, scripts: dict[str, Path], parsers: dict) -> 
     """Train every run (matched budget) with the stage's recipe script (`scripts[stage]`, its arguments checked by
     `parsers[stage]`), evaluate each on the same base, write the report; returns the rows."""
     runs = plan_runs(args, parsers.get(args.stage))
-    check_report_dir(args.output_dir, RESULTS_FILE, args.overwrite_output_dir or args.plan_only
-                     or continues_comparison(args), "another comparison")
+    refuse_finished_output(
+        args.output_dir,
+        RESULTS_FILE,
+        "another comparison",
+        overwrite=args.overwrite_output_dir or args.plan_only or continues_comparison(args),
+    )
     check_run_folders(runs, args)
     sets = args.evaluation_sets()
     reference = BaseReference.load(sets)  # the evaluation sets are checked before anything trains
@@ -426,8 +523,11 @@ def compare(args: CompareArguments, scripts: dict[str, Path], parsers: dict) -> 
     folder = Path(args.output_dir)
     timings = json.loads((folder / TIMINGS_FILE).read_text()) if (folder / TIMINGS_FILE).is_file() else {}
     seconds, how = estimated_run_seconds(args, timings) if to_train else (0.0, "nothing to train")
-    print(f"[compare] {len(runs)} runs planned: {len(runs) - len(to_train)} finished (reused), {len(to_train)} to "
-          f"train and evaluate; about {_minutes(seconds * len(to_train))} ({how})", flush=True)
+    print(
+        f"[compare] {len(runs)} runs planned: {len(runs) - len(to_train)} finished (reused), {len(to_train)} to "
+        f"train and evaluate; about {_minutes(seconds * len(to_train))} ({how})",
+        flush=True,
+    )
     for run in runs:
         state = "to train" if run in to_train else "finished: reused"
         print(f"[compare]   {run.name}: {' '.join(run.flags())} ({state})", flush=True)
@@ -435,10 +535,15 @@ def compare(args: CompareArguments, scripts: dict[str, Path], parsers: dict) -> 
         return []
     recipe = _recipe(args)
     source = resolve_model_source(recipe.get("model_name_or_path"), recipe.get("gguf_file"))
-    check_output_location(args.output_dir, {"recipe": args.recipe,
-                                            "model folder": source.path, "dataset": recipe.get("dataset_name"),
-                                            **mixture_locations(recipe.get("dataset_mixture"),
-                                                                recipe.get("datasets"))})
+    check_output_location(
+        args.output_dir,
+        {
+            "recipe": args.recipe,
+            "model folder": source.path,
+            "dataset": recipe.get("dataset_name"),
+            **mixture_locations(recipe.get("dataset_mixture"), recipe.get("datasets")),
+        },
+    )
     hold_output_lock(args.output_dir, "comparison")
     reported = runs if args.only is None else plan_runs(dataclasses.replace(args, only=None), parsers.get(args.stage))
     return Comparison(args, scripts[args.stage], runs, source, reference, reported).run_all()
@@ -450,8 +555,13 @@ def compare(args: CompareArguments, scripts: dict[str, Path], parsers: dict) -> 
 def report_settings(args: CompareArguments) -> dict:
     recipe = _recipe(args)
     budget = {k: recipe.get(k) for k in MATCHED_KEYS if k in recipe and k != "output_dir"}
-    return {"recipe": args.recipe, "stage": args.stage, "budget": budget, **args.evaluation_sets().describe(),
-            "task_levels": args.task_levels}
+    return {
+        "recipe": args.recipe,
+        "stage": args.stage,
+        "budget": budget,
+        **args.evaluation_sets().describe(),
+        "task_levels": args.task_levels,
+    }
 
 
 def continues_comparison(args: CompareArguments) -> bool:
@@ -476,6 +586,8 @@ def write_report(rows: list[dict], args: CompareArguments) -> None:
     if summary:
         text += "\n" + render_sweep(summary, args.task_levels, task_axis_name(rows))
     (folder / TABLE_FILE).write_text(text)
-    title = (f"{budget.get('model_name_or_path', 'model')}: {budget.get('max_steps', '?')} {args.stage.upper()} "
-             "steps per run")
+    title = (
+        f"{budget.get('model_name_or_path', 'model')}: {budget.get('max_steps', '?')} {args.stage.upper()} "
+        "steps per run"
+    )
     plot_sweep(rows, folder / PLOT_FILE, title, args.task_levels)

@@ -29,8 +29,9 @@ def load_instructions(path) -> list[str]:
     instructions = []
     for number, record in read_jsonl(path, "open-instruction"):
         if not isinstance(record.get("instruction"), str) or not record["instruction"].strip():
-            raise RecipeError(f"Line {number} of the open-instruction file {str(path)!r} needs a non-empty "
-                              "`instruction` string.")
+            raise RecipeError(
+                f"Line {number} of the open-instruction file {str(path)!r} needs a non-empty `instruction` string."
+            )
         instructions.append(record["instruction"])
     return instructions
 
@@ -64,16 +65,21 @@ def answer_drift(model, tokenizer, base: BaseAnswers, max_length: int = 256) -> 
     with scoring_mode(model, tokenizer):
         for instruction, answer in zip(base.instructions, base.answers):
             prompt = [{"role": "user", "content": instruction}]
-            ids, first = prompt_completion_ids(tokenizer, prompt, [{"role": "assistant", "content": answer}],
-                                               max_length)
+            ids, first = prompt_completion_ids(
+                tokenizer, prompt, [{"role": "assistant", "content": answer}], max_length
+            )
             ids = torch.tensor([ids], device=device)
-            tuned = model(input_ids=ids).logits[0, first - 1:-1]
+            tuned = model(input_ids=ids).logits[0, first - 1 : -1]
             with adapter_off(model):
-                reference = model(input_ids=ids).logits[0, first - 1:-1]
+                reference = model(input_ids=ids).logits[0, first - 1 : -1]
             kl += token_divergence(reference, tuned, ids[0, first:])[0]
             tokens += ids.shape[1] - first
     _, lengths = answer_lengths(model, tokenizer, base.instructions)
     base_length, tuned_length = sum(base.lengths) / len(base.lengths), sum(lengths) / len(lengths)
-    return {"answer_kl_base_tuned": kl / tokens, "answer_length_base": base_length,
-            "answer_length_tuned": tuned_length, "answer_length_ratio": tuned_length / max(base_length, 1e-9),
-            "instructions": len(base.instructions)}
+    return {
+        "answer_kl_base_tuned": kl / tokens,
+        "answer_length_base": base_length,
+        "answer_length_tuned": tuned_length,
+        "answer_length_ratio": tuned_length / max(base_length, 1e-9),
+        "instructions": len(base.instructions),
+    }

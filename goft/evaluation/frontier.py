@@ -50,5 +50,8 @@ def forgetting_at(frontier: list[Point], level: float, base: Point | None = None
 
 def common_levels(frontiers: dict[str, list[Point]], levels: list[float]) -> list[float]:
     """The task levels that every method's frontier reaches."""
-    return [level for level in levels
-            if all(points and min(p.task for p in points) <= level for points in frontiers.values())]
+    return [
+        level
+        for level in levels
+        if all(points and min(p.task for p in points) <= level for points in frontiers.values())
+    ]

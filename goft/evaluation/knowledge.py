@@ -17,11 +17,29 @@ logger = logging.getLogger(__name__)
 ANSWER_TOKENS = 48  # room for a sentence of lead-in before the answer; the key phrase must appear within these tokens
 QUESTION_KEYS = ("id", "topic", "question", "answers")
 
-UNITS = {"zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
-         "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15,
-         "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19}
-TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
-        "ninety": 90}
+UNITS = {
+    "zero": 0,
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+    "eleven": 11,
+    "twelve": 12,
+    "thirteen": 13,
+    "fourteen": 14,
+    "fifteen": 15,
+    "sixteen": 16,
+    "seventeen": 17,
+    "eighteen": 18,
+    "nineteen": 19,
+}
+TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
 SCALES = {"hundred": 100, "thousand": 1000, "million": 1_000_000}
 ARTICLES = {"a", "an", "the"}
 
@@ -99,8 +117,11 @@ def load_questions(path) -> list[Question]:
         if any(k not in record for k in QUESTION_KEYS):
             raise RecipeError(f"The object on {where} must have {list(QUESTION_KEYS)}.")
         answers = record["answers"]
-        if (not isinstance(answers, list) or not answers
-                or not all(isinstance(a, str) and normalise_answer(a) for a in answers)):
+        if (
+            not isinstance(answers, list)
+            or not answers
+            or not all(isinstance(a, str) and normalise_answer(a) for a in answers)
+        ):
             raise RecipeError(f"`answers` on {where} must be a non-empty list of answers with words in them.")
         if not isinstance(record["question"], str) or not record["question"].strip():
             raise RecipeError(f"`question` on {where} must be a non-empty string.")
@@ -114,8 +135,9 @@ def load_questions(path) -> list[Question]:
 def answers_correct(model, tokenizer, questions: list[Question], batch_size: int = 32) -> list[bool]:
     """Whether the model's greedy answer to each question contains an accepted answer. The model runs as given:
     wrap the call in `adapter_off` to ask the base of a peft model."""
-    replies = greedy_answers(model, tokenizer, [[{"role": "user", "content": q.question}] for q in questions],
-                             ANSWER_TOKENS, batch_size)
+    replies = greedy_answers(
+        model, tokenizer, [[{"role": "user", "content": q.question}] for q in questions], ANSWER_TOKENS, batch_size
+    )
     return [is_correct(reply, q.answers) for reply, q in zip(replies, questions)]
 
 
@@ -128,11 +150,17 @@ def knowledge_retention(model, tokenizer, known: list[Question], batch_size: int
     """Share of the base's correctly answered questions `known` that `model` still answers correctly, overall and
     per topic, with the ids of those it lost."""
     if not known:
-        logger.warning("The base model answers none of the retention questions correctly: retention cannot be "
-                       "measured (give a question set this model knows).")
+        logger.warning(
+            "The base model answers none of the retention questions correctly: retention cannot be "
+            "measured (give a question set this model knows)."
+        )
         return {"retention": float("nan"), "retained": 0, "known_to_base": 0, "retention_by_topic": {}, "lost": []}
     correct = answers_correct(model, tokenizer, known, batch_size)
     per_topic, kept = Counter(q.topic for q in known), Counter(q.topic for q, ok in zip(known, correct) if ok)
-    return {"retention": sum(correct) / len(known), "retained": sum(correct), "known_to_base": len(known),
-            "retention_by_topic": {t: kept[t] / n for t, n in sorted(per_topic.items())},
-            "lost": [q.id for q, ok in zip(known, correct) if not ok]}
+    return {
+        "retention": sum(correct) / len(known),
+        "retained": sum(correct),
+        "known_to_base": len(known),
+        "retention_by_topic": {t: kept[t] / n for t, n in sorted(per_topic.items())},
+        "lost": [q.id for q, ok in zip(known, correct) if not ok],
+    }

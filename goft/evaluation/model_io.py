@@ -48,8 +48,9 @@ def _mergeable_layers(model) -> list | None:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-    plain = all(type(getattr(m, "base_layer", None)) is nn.Linear and m.base_layer.weight.is_floating_point()
-                for m in layers)
+    plain = all(
+        type(getattr(m, "base_layer", None)) is nn.Linear and m.base_layer.weight.is_floating_point() for m in layers
+    )
     return layers if layers and plain and not any(m.merged for m in layers) else None
 
 
@@ -115,28 +116,35 @@ def end_token_ids(model, tokenizer) -> set[int]:
 
 
 @torch.no_grad()
-def greedy_replies(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-                   batch_size: int = 16) -> list[tuple[str, bool]]:
+def greedy_replies(
+    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 16
+) -> list[tuple[str, bool]]:
     """(reply, finished) per conversation: the model's greedy reply (rendered with the chat template, generation
     prompt added; decoded without special tokens) and whether it ended within `max_new_tokens`."""
     replies = []
     with scoring_mode(model, tokenizer, padding_side="left"):
         device = model_device(model)
         ends = torch.tensor(sorted(end_token_ids(model, tokenizer)), device=device)
-        prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-                   for c in conversations]
+        prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(device)
-            generated = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                                       pad_token_id=tokenizer.pad_token_id)[:, batch["input_ids"].shape[1]:]
+            batch = tokenizer(
+                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(device)
+            generated = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=tokenizer.pad_token_id,
+            )[:, batch["input_ids"].shape[1] :]
             finished = torch.isin(generated, ends).any(dim=1).tolist()
             replies += zip(tokenizer.batch_decode(generated, skip_special_tokens=True), finished)
     return replies
 
 
-def greedy_answers(model, tokenizer, conversations: list[list[dict]], max_new_tokens: int,
-                   batch_size: int = 16) -> list[str]:
+def greedy_answers(
+    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 16
+) -> list[str]:
     """The model's greedy reply to each conversation (see `greedy_replies`)."""
     return [reply for reply, _ in greedy_replies(model, tokenizer, conversations, max_new_tokens, batch_size)]
 
@@ -151,16 +159,20 @@ def prompt_completion_ids(tokenizer, prompt, completion, max_length: int) -> tup
         prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         full_text = tokenizer.apply_chat_template(prompt + completion, tokenize=False)
         if not full_text.startswith(prompt_text):
-            raise RecipeError("The chat template renders a prompt differently on its own than followed by its "
-                              "answer, so the answer's tokens cannot be told apart; use a prefix-stable template.")
+            raise RecipeError(
+                "The chat template renders a prompt differently on its own than followed by its "
+                "answer, so the answer's tokens cannot be told apart; use a prefix-stable template."
+            )
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         # the answer and its end-of-turn token; whitespace the template puts after the turn is not the model's answer
-        completion_ids = tokenizer(full_text[len(prompt_text):].rstrip(), add_special_tokens=False)["input_ids"]
+        completion_ids = tokenizer(full_text[len(prompt_text) :].rstrip(), add_special_tokens=False)["input_ids"]
     else:
-        raise RecipeError("Preference rows need `prompt` and `chosen`/`rejected` both as strings or both as lists "
-                          f"of messages, got {type(prompt).__name__} and {type(completion).__name__}.")
-    completion_ids = completion_ids[:max(max_length - 1, 1)]
-    prompt_ids = prompt_ids[-max(max_length - len(completion_ids), 1):] if prompt_ids else []
+        raise RecipeError(
+            "Preference rows need `prompt` and `chosen`/`rejected` both as strings or both as lists "
+            f"of messages, got {type(prompt).__name__} and {type(completion).__name__}."
+        )
+    completion_ids = completion_ids[: max(max_length - 1, 1)]
+    prompt_ids = prompt_ids[-max(max_length - len(completion_ids), 1) :] if prompt_ids else []
     return prompt_ids + completion_ids, max(len(prompt_ids), 1)
 
 
@@ -171,16 +183,15 @@ def completion_logps(model, tokenizer, sequences: list[tuple[list[int], int]], b
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     totals = []
     for start in range(0, len(sequences), batch_size):
-        batch = sequences[start:start + batch_size]
+        batch = sequences[start : start + batch_size]
         longest = max(len(ids) for ids, _ in batch)
         ids = torch.full((len(batch), longest), pad, dtype=torch.long, device=device)
         mask = torch.zeros_like(ids)
         for row, (tokens, _) in enumerate(batch):
-            ids[row, :len(tokens)] = torch.tensor(tokens, device=device)
-            mask[row, :len(tokens)] = 1
+            ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
+            mask[row, : len(tokens)] = 1
         logits = model(input_ids=ids, attention_mask=mask).logits
         for row, (tokens, first) in enumerate(batch):
-            log_probs = torch.log_softmax(logits[row, first - 1:len(tokens) - 1].double(), dim=-1)
-            totals.append(log_probs.gather(1, ids[row, first:len(tokens)].unsqueeze(1)).sum())
+            log_probs = torch.log_softmax(logits[row, first - 1 : len(tokens) - 1].double(), dim=-1)
+            totals.append(log_probs.gather(1, ids[row, first : len(tokens)].unsqueeze(1)).sum())
     return torch.stack(totals).cpu()
-

@@ -1,23 +1,26 @@
 """One renderer for evaluation results, shared by `evaluate.py` and `compare.py`: the Markdown table of adapters,
 the frontier table of a learning-rate sweep, standard JSON, and the plot of forgetting against task level."""
 
-import json
 import math
 from dataclasses import replace
 from pathlib import Path
 
-from ..training.errors import RecipeError
+from ..formats import markdown_table, write_json
+from ..training.outputs import refuse_finished_output
 from .frontier import Point, common_levels, forgetting_at, pareto_frontier
 
 TASK_LEVELS = (0.5, 0.1, 0.02)  # task levels (held-out answer NLL per token) at which methods are compared
 # the task level of a run, lower is better: (row["task"] key of the tuned model, of the base, how it reads)
-TASK_AXES = {"exact_match": ("answer_nll_tuned", "answer_nll_base", "answer NLL"),
-             "preference": ("preference_loss_tuned", "preference_loss_base", "preference loss")}
+TASK_AXES = {
+    "exact_match": ("answer_nll_tuned", "answer_nll_base", "answer NLL"),
+    "preference": ("preference_loss_tuned", "preference_loss_base", "preference loss"),
+}
 FORGETTING_MEASURES = {  # name -> (how it reads in a table, function of a row; None when not measured)
     "kl": ("KL(base‖tuned)/token on general text", lambda row: row.get("kl_base_tuned")),
-    "lost": ("retention questions lost",
-             lambda row: 1.0 - row["knowledge"]["retention"] if (row.get("knowledge") or {}).get("known_to_base")
-             else None),
+    "lost": (
+        "retention questions lost",
+        lambda row: 1.0 - row["knowledge"]["retention"] if (row.get("knowledge") or {}).get("known_to_base") else None,
+    ),
 }
 
 
@@ -27,28 +30,15 @@ def number(value, digits: int = 3) -> str:
     return "0" if value == 0 else f"{value:.{digits}g}"
 
 
-def json_safe(value):
-    """NaN and infinities become null, so that the JSON files stay standard JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def write_json(path: Path, payload) -> None:
-    path.write_text(json.dumps(json_safe(payload), indent=2, default=str) + "\n")
-
-
 def _task_cell(task: dict | None) -> str:
     if not task:
         return "—"
     if task["task"] == "exact_match":
         return f"exact match {number(task['exact_match_base'])} → {number(task['exact_match_tuned'])}"
-    return (f"chosen preferred {number(task['chosen_preferred_base'])} → {number(task['chosen_preferred_tuned'])}; "
-            f"reward acc {number(task['preference_accuracy'])}, margin {task['reward_margin']:+.3g}")
+    return (
+        f"chosen preferred {number(task['chosen_preferred_base'])} → {number(task['chosen_preferred_tuned'])}; "
+        f"reward acc {number(task['preference_accuracy'])}, margin {task['reward_margin']:+.3g}"
+    )
 
 
 def _nll_cell(task: dict | None) -> str:
@@ -72,8 +62,10 @@ def _retention_cell(knowledge: dict | None) -> str:
 def _drift_cell(drift: dict | None) -> str:
     if not drift:
         return "—"
-    return (f"KL {number(drift['answer_kl_base_tuned'])}; length {drift['answer_length_base']:.0f} → "
-            f"{drift['answer_length_tuned']:.0f}")
+    return (
+        f"KL {number(drift['answer_kl_base_tuned'])}; length {drift['answer_length_base']:.0f} → "
+        f"{drift['answer_length_tuned']:.0f}"
+    )
 
 
 # header -> cell of a row; a column whose cells are all "—" is left out of the table
@@ -93,17 +85,11 @@ COLUMNS = (
 )
 
 
-def markdown_table(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |" for cells in body]
-    return "\n".join(lines) + "\n"
-
-
 def render_table(rows: list[dict]) -> str:
     """A Markdown table with one row per evaluated adapter (see `runner.measure`)."""
     cells = [[cell(row) for _, cell in COLUMNS] for row in rows]
     keep = [i for i in range(len(COLUMNS)) if any(c[i] != "—" for c in cells)] or list(range(len(COLUMNS)))
-    return markdown_table([COLUMNS[i][0] for i in keep], [[c[i] for i in keep] for c in cells])
+    return markdown_table([COLUMNS[i][0] for i in keep], [[c[i] for i in keep] for c in cells]) + "\n"
 
 
 # ---- learning-rate sweeps -----------------------------------------------------------------------------------------
@@ -147,10 +133,14 @@ def sweep_summary(rows: list[dict], levels=TASK_LEVELS) -> dict:
         frontiers = {group: pareto_frontier(p) for group, p in points.items()}
         summary[measure] = {
             "common_levels": common_levels(frontiers, list(levels)),
-            "methods": {group: {
-                "frontier": [{"run": p.label, "task_level": p.task, "forgetting": p.forgetting} for p in frontier],
-                "at_level": {str(level): forgetting_at(frontier, level, bases[group]) for level in levels},
-            } for group, frontier in frontiers.items()}}
+            "methods": {
+                group: {
+                    "frontier": [{"run": p.label, "task_level": p.task, "forgetting": p.forgetting} for p in frontier],
+                    "at_level": {str(level): forgetting_at(frontier, level, bases[group]) for level in levels},
+                }
+                for group, frontier in frontiers.items()
+            },
+        }
     return summary
 
 
@@ -163,13 +153,15 @@ def render_sweep(summary: dict, levels=TASK_LEVELS, axis: str = "answer NLL") ->
         header = ["method", *(f"at {axis} {level:g}" for level in levels), f"frontier runs ({axis}, forgetting)"]
         body = []
         for group, method in result["methods"].items():
-            frontier = ", ".join(f"{p['run']} ({number(p['task_level'])}, {number(p['forgetting'])})"
-                                 for p in method["frontier"])
+            frontier = ", ".join(
+                f"{p['run']} ({number(p['task_level'])}, {number(p['forgetting'])})" for p in method["frontier"]
+            )
             body.append([group, *(number(method["at_level"][str(level)]) for level in levels), frontier])
         reached = ", ".join(f"{level:g}" for level in result["common_levels"]) or "none"
-        parts.append(f"### Forgetting ({title}) at equal task level\n\nEvery method reaches {axis}: {reached}. "
-                     "A dash: that method's most trained run did not reach the level.\n\n"
-                     + markdown_table(header, body))
+        parts.append(
+            f"### Forgetting ({title}) at equal task level\n\nEvery method reaches {axis}: {reached}. "
+            "A dash: that method's most trained run did not reach the level.\n\n" + markdown_table(header, body) + "\n"
+        )
     return "\n".join(parts)
 
 
@@ -182,7 +174,7 @@ def axis_floor(points: list[Point], task_levels) -> float | None:
     (no clipping) when no run goes past it."""
     if not task_levels:
         return None
-    floor = min(task_levels) / 10 ** AXIS_DECADES_BEYOND_LEVELS
+    floor = min(task_levels) / 10**AXIS_DECADES_BEYOND_LEVELS
     return floor if any(p.task < floor for p in points) else None
 
 
@@ -216,22 +208,42 @@ def plot_sweep(rows: list[dict], path: Path, title: str, task_levels=TASK_LEVELS
         for index, (group, runs) in enumerate(points.items()):
             colour, marker = colours[index % len(colours)], markers[index % len(markers)]
             curve = sorted(pareto_frontier(runs) + [bases[group]], key=lambda p: -p.task)
-            axis.plot([p.task for p in at_floor(curve, floor)], [p.forgetting for p in curve], color=colour,
-                      marker=marker, label=group, zorder=3)
+            axis.plot(
+                [p.task for p in at_floor(curve, floor)],
+                [p.forgetting for p in curve],
+                color=colour,
+                marker=marker,
+                label=group,
+                zorder=3,
+            )
             others = at_floor([p for p in runs if p not in curve], floor)
-            axis.scatter([p.task for p in others], [p.forgetting for p in others], color=colour, marker=marker,
-                         alpha=0.35, zorder=2)
+            axis.scatter(
+                [p.task for p in others],
+                [p.forgetting for p in others],
+                color=colour,
+                marker=marker,
+                alpha=0.35,
+                zorder=2,
+            )
             beyond = [p for p in runs if floor is not None and p.task < floor]
-            axis.scatter([floor] * len(beyond), [p.forgetting for p in beyond], s=140, facecolors="none",
-                         edgecolors=colour, zorder=4)
+            axis.scatter(
+                [floor] * len(beyond),
+                [p.forgetting for p in beyond],
+                s=140,
+                facecolors="none",
+                edgecolors=colour,
+                zorder=4,
+            )
         axis.set_xscale("log")
         axis.invert_xaxis()
         if measure == "kl":  # KL spans decades and is 0 at the base: logarithmic above 1e-4, linear below
             axis.set_yscale("symlog", linthresh=1e-4)
         axis.set_ylim(bottom=0)
         edge = f"\nringed: runs past {floor:.0e}, drawn at the edge" if floor is not None else ""
-        axis.set_xlabel(f"held-out {task_axis_name(rows)}{' per token' if task_axis_name(rows) == 'answer NLL' else ''}"
-                        f" (log scale; more learned →){edge}")
+        axis.set_xlabel(
+            f"held-out {task_axis_name(rows)}{' per token' if task_axis_name(rows) == 'answer NLL' else ''}"
+            f" (log scale; more learned →){edge}"
+        )
         axis.set_ylabel(FORGETTING_MEASURES[measure][0])
         axis.grid(True, which="both", alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
@@ -244,23 +256,14 @@ def plot_sweep(rows: list[dict], path: Path, title: str, task_levels=TASK_LEVELS
 # ---- files --------------------------------------------------------------------------------------------------------
 
 
-def check_report_dir(output_dir, results_file: str, overwrite: bool, what: str) -> None:
-    """Refuse to replace an earlier report unless asked to; checked before anything is computed."""
-    folder = Path(output_dir).expanduser()
-    if folder.exists() and not folder.is_dir():
-        raise RecipeError(f"`output_dir` {str(output_dir)!r} is a file, not a folder.")
-    if (folder / results_file).exists() and not overwrite:
-        raise RecipeError(f"{str(output_dir)!r} already holds {what} ({results_file}). Choose another "
-                          "`output_dir`, or pass `--overwrite_output_dir true` to replace it.")
-
-
 EVALUATION_JSON, EVALUATION_TABLE = "evaluation.json", "evaluation.md"
 
 
-def write_evaluation(results: list[dict], output_dir, settings: dict | None = None,
-                     overwrite: bool = False) -> tuple[Path, Path]:
+def write_evaluation(
+    results: list[dict], output_dir, settings: dict | None = None, overwrite: bool = False
+) -> tuple[Path, Path]:
     """Write evaluation.json (settings and full results) and evaluation.md (the table); returns both paths."""
-    check_report_dir(output_dir, EVALUATION_JSON, overwrite, "an evaluation")
+    refuse_finished_output(output_dir, EVALUATION_JSON, "an evaluation", overwrite)
     folder = Path(output_dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     results_path, table_path = folder / EVALUATION_JSON, folder / EVALUATION_TABLE

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from peft import PeftModel
 
+from ..methods import method_label, peft_type_name
 from ..training.arguments import DataArguments
 from ..training.checkpoints import FINISHED_MARKER, read_run_record
 from ..training.data import load_recipe_dataset
 from ..training.errors import RecipeError
-from ..training.models import load_causal_lm, load_tokenizer, read_adapter_config, resolve_model_source
+from ..training.models import ModelSource, load_adapter_config, load_causal_lm, load_tokenizer, resolve_model_source
 from ..training.preflight import check_adapters_fit
 from ..training.run_spec import rows_fingerprint
 from . import assets
@@ -26,7 +27,7 @@ from .knowledge import Question, knowledge_retention, known_questions, load_ques
 from .model_io import as_base, merged_for_scoring
 from .shift import BaseLogitsCache, general_text_shift, load_general_text
 from .tasks import task_kind, task_metrics
-from .weights import adapter_parameter_count, method_label, neuron_angle_changes, strict_orthogonality_error
+from .weights import adapter_parameter_count, neuron_angle_changes, strict_orthogonality_error
 
 logger = logging.getLogger(__name__)
 
@@ -63,16 +64,17 @@ class BaseReference:
 
     @classmethod
     def load(cls, sets: EvaluationSets) -> "BaseReference":
-        return cls(texts=load_general_text(sets.general_text) if sets.general_text else None,
-                   questions=load_questions(sets.retention_questions) if sets.retention_questions else None,
-                   instructions=load_instructions(sets.open_instructions) if sets.open_instructions else None)
+        return cls(
+            texts=load_general_text(sets.general_text) if sets.general_text else None,
+            questions=load_questions(sets.retention_questions) if sets.retention_questions else None,
+            instructions=load_instructions(sets.open_instructions) if sets.open_instructions else None,
+        )
 
     def known_questions(self, model, tokenizer) -> list[Question]:
         if self.known is None:
             with as_base(model):
                 self.known = known_questions(model, tokenizer, self.questions)
-            logger.info("the base answers %d of %d retention questions correctly", len(self.known),
-                        len(self.questions))
+            logger.info("the base answers %d of %d retention questions correctly", len(self.known), len(self.questions))
         return self.known
 
     def base_answers(self, model, tokenizer) -> BaseAnswers:
@@ -87,37 +89,48 @@ def measure(model, tokenizer, reference: BaseReference, sets: EvaluationSets, te
     name = model.active_adapter
     config = model.peft_config[name]
     angles = neuron_angle_changes(model)
-    result = {"method": str(getattr(config.peft_type, "value", config.peft_type)), "label": method_label(config),
-              "base_model": config.base_model_name_or_path,
-              "trainable_parameters": adapter_parameter_count(model, name),
-              "orthogonality_error": strict_orthogonality_error(model, name),
-              "max_neuron_angle_change_deg": max(angles.values(), default=0.0),
-              "neuron_angle_change_deg_by_layer": angles, "task": None, "knowledge": None, "drift": None}
+    result = {
+        "method": peft_type_name(config),
+        "label": method_label(config),
+        "base_model": config.base_model_name_or_path,
+        "trainable_parameters": adapter_parameter_count(model, name),
+        "orthogonality_error": strict_orthogonality_error(model, name),
+        "max_neuron_angle_change_deg": max(angles.values(), default=0.0),
+        "neuron_angle_change_deg_by_layer": angles,
+        "task": None,
+        "knowledge": None,
+        "drift": None,
+    }
     with merged_for_scoring(model):  # the forward passes below run at the base model's speed
         if reference.texts is not None:
-            result.update(general_text_shift(model, tokenizer, reference.texts, max_length=sets.max_length,
-                                             base_cache=reference.logits))
+            result.update(
+                general_text_shift(
+                    model, tokenizer, reference.texts, max_length=sets.max_length, base_cache=reference.logits
+                )
+            )
         if reference.questions is not None:
             result["knowledge"] = knowledge_retention(model, tokenizer, reference.known_questions(model, tokenizer))
         if reference.instructions is not None:
-            result["drift"] = answer_drift(model, tokenizer, reference.base_answers(model, tokenizer),
-                                           max_length=sets.max_length)
+            result["drift"] = answer_drift(
+                model, tokenizer, reference.base_answers(model, tokenizer), max_length=sets.max_length
+            )
         if test_dataset is not None and sets.task_samples > 0:
             result["task"] = task_metrics(model, tokenizer, test_dataset, sets.task_samples, max_length=sets.max_length)
     return result
 
 
-def evaluate_adapter(base_model, tokenizer, adapter_path, reference: BaseReference, sets: EvaluationSets,
-                     test_dataset=None) -> dict:
+def evaluate_adapter(
+    base_model, tokenizer, adapter_path, reference: BaseReference, sets: EvaluationSets, test_dataset=None
+) -> dict:
     """Load the adapter onto `base_model`, measure it, and unload it again: `base_model` comes back unchanged,
     ready for the next adapter. The task metric needs `test_dataset` and `sets.task_samples` > 0."""
-    read_adapter_config(adapter_path)
     was_training = base_model.training
     try:
         model = PeftModel.from_pretrained(base_model, str(Path(adapter_path).expanduser()))
     except (RuntimeError, KeyError, ValueError) as error:  # e.g. another architecture's modules or shapes
-        raise RecipeError(f"The adapter {str(adapter_path)!r} does not fit the base model "
-                          f"{base_model.name_or_path!r}: {error}") from None
+        raise RecipeError(
+            f"The adapter {str(adapter_path)!r} does not fit the base model {base_model.name_or_path!r}: {error}"
+        ) from None
     try:
         model.eval()
         return {"adapter": str(adapter_path), **measure(model, tokenizer, reference, sets, test_dataset)}
@@ -130,10 +143,13 @@ def _data_record(adapter_path) -> dict | None:
     """The `data` record a finished recipe run wrote next to its adapter, or None."""
     record = read_run_record(adapter_path)
     data = record.get("data") if record else None
-    if data is not None and not (isinstance(data, dict) and (data.get("dataset_name") or data.get("dataset_mixture")
-                                                             or data.get("datasets"))):
-        raise RecipeError(f"The `data` record in {Path(adapter_path) / FINISHED_MARKER} names no `dataset_name` "
-                          "(nor `dataset_mixture`, nor `datasets`).")
+    if data is not None and not (
+        isinstance(data, dict) and (data.get("dataset_name") or data.get("dataset_mixture") or data.get("datasets"))
+    ):
+        raise RecipeError(
+            f"The `data` record in {Path(adapter_path) / FINISHED_MARKER} names no `dataset_name` "
+            "(nor `dataset_mixture`, nor `datasets`)."
+        )
     return data
 
 
@@ -155,12 +171,16 @@ def held_out_split(adapter_path, dataset_name: str | None = None):
         record = _data_record(adapter_path)
         if record is None:
             return None
-        args = DataArguments(dataset_name=record.get("dataset_name"), dataset_mixture=record.get("dataset_mixture"),
-                             datasets=record.get("datasets"), test_split_size=record.get("test_split_size"),
-                             dataset_config=record.get("dataset_config"),
-                             dataset_train_split=record.get("dataset_train_split", "train"),
-                             dataset_test_split=record.get("dataset_test_split", "test"),
-                             dataset_test_size=record.get("dataset_test_size", 0.1))
+        args = DataArguments(
+            dataset_name=record.get("dataset_name"),
+            dataset_mixture=record.get("dataset_mixture"),
+            datasets=record.get("datasets"),
+            test_split_size=record.get("test_split_size"),
+            dataset_config=record.get("dataset_config"),
+            dataset_train_split=record.get("dataset_train_split", "train"),
+            dataset_test_split=record.get("dataset_test_split", "test"),
+            dataset_test_size=record.get("dataset_test_size", 0.1),
+        )
         seed = record.get("seed", DEFAULT_SEED)
     dataset = load_recipe_dataset(args, (), seed=seed)
     test = dataset[args.dataset_test_split]
@@ -176,55 +196,77 @@ def _check_data_unchanged(adapter_path, record: dict, dataset) -> None:
     on, or a held-out split beside other training data than the adapter saw."""
     recorded = record.get("split_sha256")
     if not recorded:
-        logger.warning("%s records no fingerprint of its data (an older run): the held-out split rebuilt from %s "
-                       "is used unchecked.", adapter_path, _data_label(record))
+        logger.warning(
+            "%s records no fingerprint of its data (an older run): the held-out split rebuilt from %s "
+            "is used unchecked.",
+            adapter_path,
+            _data_label(record),
+        )
         return
-    changed = [split for split, digest in recorded.items() if split in dataset and
-               rows_fingerprint(dataset[split]) != digest]
+    changed = [
+        split for split, digest in recorded.items() if split in dataset and rows_fingerprint(dataset[split]) != digest
+    ]
     if changed:
-        raise RecipeError(f"The data of the run in {str(adapter_path)!r} ({_data_label(record)}) changed since "
-                          f"it was trained (its {' and '.join(changed)} split{'s' if len(changed) > 1 else ''} "
-                          "differ): the held-out split rebuilt from it is not the one the run held out, and some of "
-                          "its rows may have been trained on. Restore the data the run used, or score on a dataset "
-                          "with its own test split (`--dataset_name`).")
+        raise RecipeError(
+            f"The data of the run in {str(adapter_path)!r} ({_data_label(record)}) changed since "
+            f"it was trained (its {' and '.join(changed)} split{'s' if len(changed) > 1 else ''} "
+            "differ): the held-out split rebuilt from it is not the one the run held out, and some of "
+            "its rows may have been trained on. Restore the data the run used, or score on a dataset "
+            "with its own test split (`--dataset_name`)."
+        )
 
 
 @dataclasses.dataclass
 class Plan:
     """Everything checked before a model is loaded: the shared base, the adapters, the sets, the held-out splits."""
 
-    source: object
-    adapters: list[str]
+    source: ModelSource
+    adapters: list[ModelSource]
     test_splits: list
     reference: BaseReference
+
+
+def _one_spelling(base: str) -> str:
+    local = os.path.expanduser(base)
+    return os.path.abspath(local) if os.path.exists(local) else base
 
 
 def plan_evaluation(adapter_paths, base_model_name: str | None, sets: EvaluationSets) -> Plan:
     """Every check that needs no model: adapter folders, one shared base, the evaluation sets, held-out splits."""
     if not adapter_paths:
         raise RecipeError("Name at least one adapter folder to evaluate (`--adapters runs/a runs/b`).")
+    configs = {str(path): load_adapter_config(path) for path in adapter_paths}
     bases = {}
-    for path in adapter_paths:
-        base = read_adapter_config(path).get("base_model_name_or_path")
-        if base:
-            local = os.path.expanduser(base)
-            bases[str(path)] = os.path.abspath(local) if os.path.exists(local) else base  # one spelling per folder
+    for path, config in configs.items():
+        if config.base_model_name_or_path:
+            bases[path] = _one_spelling(config.base_model_name_or_path)
         elif not base_model_name:
-            raise RecipeError(f"The adapter {str(path)!r} does not name its base model (`base_model_name_or_path` "
-                              "in adapter_config.json); pass `--base_model`.")
+            raise RecipeError(
+                f"The adapter {path!r} does not name its base model (`base_model_name_or_path` "
+                "in adapter_config.json); pass `--base_model`."
+            )
     if len(set(bases.values())) > 1:
         listing = ", ".join(f"{path} -> {base}" for path, base in bases.items())
-        raise RecipeError(f"The adapters were trained on different base models ({listing}); evaluate the adapters "
-                          "of each base separately.")
+        raise RecipeError(
+            f"The adapters were trained on different base models ({listing}); evaluate the adapters "
+            "of each base separately."
+        )
     reference = BaseReference.load(sets)
     tests = [held_out_split(p, sets.dataset_name) if sets.task_samples > 0 else None for p in adapter_paths]
     for path, test in zip(adapter_paths, tests):
         if test is None and sets.task_samples > 0:
-            logger.warning("%s has no %s with its data record: its task metric is skipped (give `dataset_name` to "
-                           "score it).", path, FINISHED_MARKER)
-    source = resolve_model_source(base_model_name or next(iter(bases.values())))
-    check_adapters_fit(source, [Path(p).expanduser() for p in adapter_paths])
-    return Plan(source=source, adapters=[str(p) for p in adapter_paths], test_splits=tests, reference=reference)
+            logger.warning(
+                "%s has no %s with its data record: its task metric is skipped (give `dataset_name` to score it).",
+                path,
+                FINISHED_MARKER,
+            )
+    base = resolve_model_source(base_model_name or next(iter(bases.values())))
+    adapters = [
+        dataclasses.replace(base, adapter_path=os.path.expanduser(path), adapter_config=config)
+        for path, config in configs.items()
+    ]
+    check_adapters_fit(base, adapters)
+    return Plan(source=base, adapters=adapters, test_splits=tests, reference=reference)
 
 
 class Evaluator:
@@ -234,13 +276,18 @@ class Evaluator:
         self.source, self.sets, self.reference = source, sets, reference
         self.model = load_causal_lm(source, dtype=dtype)
 
-    def evaluate(self, adapter_path, test_dataset=None) -> dict:
-        tokenizer = load_tokenizer(dataclasses.replace(self.source, adapter_path=str(Path(adapter_path).expanduser())))
-        return evaluate_adapter(self.model, tokenizer, adapter_path, self.reference, self.sets, test_dataset)
+    def evaluate(self, adapter: ModelSource, test_dataset=None) -> dict:
+        tokenizer = load_tokenizer(adapter)  # the adapter's own tokenizer when it saved one
+        return evaluate_adapter(self.model, tokenizer, adapter.adapter_path, self.reference, self.sets, test_dataset)
 
 
-def evaluate_adapters(adapter_paths, base_model_name: str | None = None, sets: EvaluationSets | None = None,
-                      dtype: str | None = "float32", before_loading=lambda: None) -> list[dict]:
+def evaluate_adapters(
+    adapter_paths,
+    base_model_name: str | None = None,
+    sets: EvaluationSets | None = None,
+    dtype: str | None = "float32",
+    before_loading=lambda: None,
+) -> list[dict]:
     """Evaluate adapters trained on one base: the base (default: the adapters' `base_model_name_or_path`) is
     loaded once, and each adapter is loaded onto it, measured (see `measure`) and unloaded.
 

@@ -17,17 +17,21 @@ def load_general_text(path) -> list[str]:
     texts = []
     for number, record in read_jsonl(path, "general-text"):
         if "text" not in record:
-            raise RecipeError(f"Line {number} of the general-text file {str(path)!r} has no `text` column; every "
-                              "line must be an object like {\"text\": \"...\"}.")
+            raise RecipeError(
+                f"Line {number} of the general-text file {str(path)!r} has no `text` column; every "
+                'line must be an object like {"text": "..."}.'
+            )
         if not isinstance(record["text"], str) or not record["text"].strip():
-            raise RecipeError(f"Line {number} of the general-text file {str(path)!r}: `text` must be a non-empty "
-                              "string.")
+            raise RecipeError(
+                f"Line {number} of the general-text file {str(path)!r}: `text` must be a non-empty string."
+            )
         texts.append(record["text"])
     return texts
 
 
-def token_divergence(base_logits: torch.Tensor, tuned_logits: torch.Tensor,
-                     targets: torch.Tensor) -> tuple[float, float, float]:
+def token_divergence(
+    base_logits: torch.Tensor, tuned_logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[float, float, float]:
     """Sums over positions (rows of the logits) of KL(p_base ‖ p_tuned), and of the negative log-likelihood of
     `targets` under the base and the tuned model, in float64, a block of positions at a time."""
     kl = nll_base = nll_tuned = 0.0
@@ -65,8 +69,14 @@ class BaseLogitsCache:
 
 
 @torch.no_grad()
-def general_text_shift(model, tokenizer, texts: list[str], max_length: int = 256, batch_size: int = 4,
-                       base_cache: BaseLogitsCache | None = None) -> dict:
+def general_text_shift(
+    model,
+    tokenizer,
+    texts: list[str],
+    max_length: int = 256,
+    batch_size: int = 4,
+    base_cache: BaseLogitsCache | None = None,
+) -> dict:
     """How far the adapter moved the next-token distribution on `texts`, per predicted (non-padding) token:
     mean KL(p_base ‖ p_tuned), and perplexity with the adapter off and on. The base is the same peft model with
     its adapter disabled, batch by batch; `base_cache` keeps those logits for the next adapter when they fit."""
@@ -77,14 +87,19 @@ def general_text_shift(model, tokenizer, texts: list[str], max_length: int = 256
     tokens = 0
     with scoring_mode(model, tokenizer):
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start:start + batch_size]), return_tensors="pt", padding=True,
-                              truncation=True, max_length=max_length).to(device)
+            batch = tokenizer(
+                list(texts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+            ).to(device)
             ids, mask = batch["input_ids"], batch["attention_mask"].bool()
             keep = mask[:, :-1] & mask[:, 1:]  # position t predicts token t + 1; both must be real tokens
             targets = ids[:, 1:][keep]
             tuned_logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1][keep]
 
-            def base_logits_of_batch():
+            def base_logits_of_batch(ids=ids, mask=mask, keep=keep):
                 with adapter_off(model):
                     return model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1][keep]
 
@@ -97,6 +112,10 @@ def general_text_shift(model, tokenizer, texts: list[str], max_length: int = 256
         raise RecipeError("The general texts are too short: no token to predict (each needs at least two tokens).")
     # perplexity = exp(mean negative log-likelihood of the predicted tokens)
     base_ppl, tuned_ppl = math.exp(nll_base / tokens), math.exp(nll_tuned / tokens)
-    return {"kl_base_tuned": kl / tokens, "perplexity_base": base_ppl, "perplexity_tuned": tuned_ppl,
-            "perplexity_change": tuned_ppl - base_ppl, "tokens": tokens}
-
+    return {
+        "kl_base_tuned": kl / tokens,
+        "perplexity_base": base_ppl,
+        "perplexity_tuned": tuned_ppl,
+        "perplexity_change": tuned_ppl - base_ppl,
+        "tokens": tokens,
+    }

@@ -5,10 +5,9 @@ import math
 
 import torch
 
-from ..training.data import DPO_COLUMNS, SFT_COLUMNS
 from ..training.errors import RecipeError
-from .model_io import (adapter_off, adapter_switch, completion_logps, greedy_answers, prompt_completion_ids,
-                       scoring_mode)
+from ..training.stages import DPO_COLUMNS, SFT_COLUMNS
+from .model_io import adapter_off, adapter_switch, completion_logps, greedy_answers, prompt_completion_ids, scoring_mode
 
 EXTRA_TOKENS = 4  # generated beyond the longest reference answer of a batch, so that a longer reply is not cut to fit
 
@@ -24,7 +23,7 @@ def exact_match(model, tokenizer, dataset, batch_size: int = 16) -> float:
         return float("nan")
     hits = 0
     for start in range(0, len(rows), batch_size):
-        batch = rows[start:start + batch_size]
+        batch = rows[start : start + batch_size]
         answers = [m[-1]["content"] for m in batch]
         longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
         replies = greedy_answers(model, tokenizer, [m[:-1] for m in batch], longest + EXTRA_TOKENS, batch_size)
@@ -46,18 +45,26 @@ def preference_metrics(model, tokenizer, rows, max_length: int = 256, batch_size
     margins = (tuned_c - base_c) - (tuned_r - base_r)
     # preference loss = mean −log σ(margin) (the DPO loss with β = 1): log 2 at the base, lower once chosen wins
     loss = torch.nn.functional.softplus(-margins.double()).mean().item()
-    return {"task": "preference", "samples": len(chosen), "preference_loss_base": math.log(2.0),
-            "preference_loss_tuned": loss,
-            "preference_accuracy": (margins > 0).double().mean().item(), "reward_margin": margins.mean().item(),
-            "chosen_preferred_base": (base_c > base_r).double().mean().item(),
-            "chosen_preferred_tuned": (tuned_c > tuned_r).double().mean().item()}
+    return {
+        "task": "preference",
+        "samples": len(chosen),
+        "preference_loss_base": math.log(2.0),
+        "preference_loss_tuned": loss,
+        "preference_accuracy": (margins > 0).double().mean().item(),
+        "reward_margin": margins.mean().item(),
+        "chosen_preferred_base": (base_c > base_r).double().mean().item(),
+        "chosen_preferred_tuned": (tuned_c > tuned_r).double().mean().item(),
+    }
 
 
 def answer_nll(model, tokenizer, rows, max_length: int = 256, batch_size: int = 4) -> dict:
     """Mean negative log-likelihood per token of the reference answers (the last assistant turn of each
     conversation) given their prompts, with the adapter off and on: a task measure that does not saturate."""
-    sequences = [prompt_completion_ids(tokenizer, m[:-1], m[-1:], max_length) for m in rows["messages"]
-                 if m and m[-1]["role"] == "assistant"]
+    sequences = [
+        prompt_completion_ids(tokenizer, m[:-1], m[-1:], max_length)
+        for m in rows["messages"]
+        if m and m[-1]["role"] == "assistant"
+    ]
     if not sequences:
         return {}
     tokens = sum(len(ids) - first for ids, first in sequences)
@@ -74,8 +81,10 @@ def task_kind(columns) -> str:
         return "sft"
     if all(c in columns for c in DPO_COLUMNS):
         return "preference"
-    raise RecipeError(f"Cannot score a task on columns {list(columns)}: need {list(SFT_COLUMNS)} (SFT) or "
-                      f"{list(DPO_COLUMNS)} (preference pairs).")
+    raise RecipeError(
+        f"Cannot score a task on columns {list(columns)}: need {list(SFT_COLUMNS)} (SFT) or "
+        f"{list(DPO_COLUMNS)} (preference pairs)."
+    )
 
 
 def task_metrics(model, tokenizer, test_dataset, n: int, max_length: int = 256) -> dict:
@@ -88,10 +97,14 @@ def task_metrics(model, tokenizer, test_dataset, n: int, max_length: int = 256) 
         tuned = exact_match(model, tokenizer, rows)
         with adapter_off(model):
             base = exact_match(model, tokenizer, rows)
-        return {"task": "exact_match", "samples": len(rows), "exact_match_base": base, "exact_match_tuned": tuned,
-                **answer_nll(model, tokenizer, rows, max_length=max_length)}
+        return {
+            "task": "exact_match",
+            "samples": len(rows),
+            "exact_match_base": base,
+            "exact_match_tuned": tuned,
+            **answer_nll(model, tokenizer, rows, max_length=max_length),
+        }
     return preference_metrics(model, tokenizer, rows, max_length=max_length)
-
 
 
 def sft_task_metrics(trainer, dataset, adapter_enabled: bool) -> dict:
@@ -104,6 +117,8 @@ def sft_task_metrics(trainer, dataset, adapter_enabled: bool) -> dict:
 def dpo_task_metrics(trainer, dataset) -> dict:
     """Held-out implicit-reward margin and accuracy (chosen beats rejected) of the policy against its reference."""
     metrics = trainer.evaluate(eval_dataset=dataset, metric_key_prefix="eval")
-    return {"reward_margin": metrics.get("eval_rewards/margins", float("nan")),
-            "reward_accuracy": metrics.get("eval_rewards/accuracies", float("nan")),
-            "chosen_logratio": metrics.get("eval_rewards/chosen", float("nan"))}
+    return {
+        "reward_margin": metrics.get("eval_rewards/margins", float("nan")),
+        "reward_accuracy": metrics.get("eval_rewards/accuracies", float("nan")),
+        "chosen_logratio": metrics.get("eval_rewards/chosen", float("nan")),
+    }

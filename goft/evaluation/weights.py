@@ -8,27 +8,15 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from ..config import GivensConfig
+from ..layer import is_linear, layer_features
+from ..methods import is_exactly_orthogonal
 from ..orthogonality import orthogonality_error
 from ..quantized import quantization_kind, read_weight
 
 GRAM_ELEMENTS = 1 << 22  # entries of one chunk of the row-by-row cosine matrix (32 MiB in float64)
 EXACT_PAIRS = 4096  # near-parallel row pairs measured with the difference formula at a time
 NEAR_PARALLEL = 0.99  # |cos| above this: acos is ill-conditioned, use the difference formula instead
-
-def _in_features(base: nn.Module) -> int:
-    if isinstance(base, Conv1D):  # transformers' Conv1D stores its weight as (in, out)
-        return int(base.weight.shape[0])
-    features = getattr(base, "in_features", None)
-    if features is None:
-        raise TypeError(f"Cannot probe a {type(base).__name__}: it is not a linear layer (no `in_features`).")
-    return int(features)
-
-
-def _is_linear(base: nn.Module) -> bool:
-    return isinstance(base, (nn.Linear, Conv1D))  # bitsandbytes' 4-/8-bit layers subclass nn.Linear
 
 
 def _innermost_base(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -42,8 +30,9 @@ def _innermost_base(layer: nn.Module) -> tuple[nn.Module, nn.Module]:
 def _dense_float64(base: nn.Module) -> nn.Linear:
     """A float64 `nn.Linear` holding the dequantized weight (and bias) of a bitsandbytes 4-/8-bit layer."""
     weight = read_weight(base).double()
-    dense = nn.Linear(weight.shape[1], weight.shape[0], bias=base.bias is not None, dtype=torch.float64,
-                      device=weight.device)
+    dense = nn.Linear(
+        weight.shape[1], weight.shape[0], bias=base.bias is not None, dtype=torch.float64, device=weight.device
+    )
     dense.weight.data.copy_(weight)
     if base.bias is not None:
         dense.bias.data.copy_(base.bias.detach().double())
@@ -60,7 +49,7 @@ def effective_weight(layer: BaseTunerLayer, enabled: bool = True) -> torch.Tenso
     if not isinstance(layer, BaseTunerLayer):
         raise TypeError(f"Expected a peft tuner layer, got {type(layer).__name__}.")
     base = layer.get_base_layer()
-    d = _in_features(base)
+    d, _ = layer_features(base)
     probe = copy.deepcopy(layer)
     if quantization_kind(base) is not None:
         parent, quantized = _innermost_base(probe)
@@ -89,8 +78,10 @@ def neuron_angle_change(base_weight: torch.Tensor, tuned_weight: torch.Tensor) -
     Well-separated pairs use acos of the cosine (error ≈ 1e-15 rad where |cos| ≤ 0.99); near-(anti)parallel pairs,
     where acos is ill-conditioned, are measured again with the difference formula. Chunked to bound memory."""
     if base_weight.shape != tuned_weight.shape or base_weight.dim() != 2:
-        raise ValueError(f"Expected two weights of one (out, in) shape, got {tuple(base_weight.shape)} and "
-                         f"{tuple(tuned_weight.shape)}.")
+        raise ValueError(
+            f"Expected two weights of one (out, in) shape, got {tuple(base_weight.shape)} and "
+            f"{tuple(tuned_weight.shape)}."
+        )
     # W' = W R with R Rᵀ = I keeps W' W'ᵀ = W Wᵀ: every row norm and inner product, so every angle, is kept
     base = nn.functional.normalize(base_weight.double(), dim=1)
     tuned = nn.functional.normalize(tuned_weight.to(base.device).double(), dim=1)
@@ -107,7 +98,7 @@ def neuron_angle_change(base_weight: torch.Tensor, tuned_weight: torch.Tensor) -
         rows, cols = near.nonzero(as_tuple=True)
         rows, cols = rows + start, cols + start
         for first in range(0, rows.numel(), EXACT_PAIRS):
-            r, c = rows[first:first + EXACT_PAIRS], cols[first:first + EXACT_PAIRS]
+            r, c = rows[first : first + EXACT_PAIRS], cols[first : first + EXACT_PAIRS]
             change = (_pair_angles(tuned, r, c) - _pair_angles(base, r, c)).abs()
             worst = torch.maximum(worst, change.max())
     return math.degrees(worst.item())
@@ -115,8 +106,11 @@ def neuron_angle_change(base_weight: torch.Tensor, tuned_weight: torch.Tensor) -
 
 def adapted_linear_layers(model: nn.Module) -> dict[str, BaseTunerLayer]:
     """The model's peft tuner layers that wrap a linear base (embeddings and other wrappers are left out)."""
-    return {name: module for name, module in model.named_modules()
-            if isinstance(module, BaseTunerLayer) and _is_linear(module.get_base_layer())}
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, BaseTunerLayer) and is_linear(module.get_base_layer())
+    }
 
 
 def neuron_angle_changes(model: nn.Module) -> dict[str, float]:
@@ -159,16 +153,6 @@ def adapter_parameter_count(model: nn.Module, adapter_name: str = "default") -> 
 def strict_orthogonality_error(model, adapter_name: str = "default") -> float | None:
     """max |RᵀR − I| of a strict Givens adapter; None for adapters that are not exactly orthogonal by design."""
     config = model.peft_config[adapter_name]
-    if isinstance(config, GivensConfig) and config.is_orthogonal:
+    if is_exactly_orthogonal(config):
         return orthogonality_error(model, adapter_name)
     return None
-
-
-def method_label(config) -> str:
-    method = str(getattr(config.peft_type, "value", config.peft_type)).lower()
-    if isinstance(config, GivensConfig):
-        variant = [v for v, on in (("qGOFT", config.quasi), ("GOFT*", config.scaling)) if on] or ["strict"]
-        return f"{method} ({' + '.join(variant)})"
-    return method
-
-

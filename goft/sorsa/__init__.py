@@ -2,6 +2,6 @@
 
 from .config import SorsaConfig
 from .layer import SorsaLayer
-from .model import SorsaModel, sorsa_orthonormality
+from .model import SorsaModel
 
-__all__ = ["SorsaConfig", "SorsaLayer", "SorsaModel", "sorsa_orthonormality"]
+__all__ = ["SorsaConfig", "SorsaLayer", "SorsaModel"]

@@ -6,6 +6,7 @@ import re
 from peft import BOFTConfig, HRAConfig, LoraConfig, OFTConfig, PeftConfig, RoadConfig
 
 from ..config import GivensConfig
+from ..methods import describe_method, is_exactly_orthogonal
 from ..sorsa import SorsaConfig
 from .errors import RecipeError
 
@@ -31,55 +32,88 @@ def _target_modules(adapter_args):
 
 def _givens_config(adapter_args, model_args, target_modules) -> PeftConfig:
     orthogonal = not (adapter_args.givens_quasi or adapter_args.givens_scaling)
-    return GivensConfig(task_type=TASK_TYPE, target_modules=target_modules, strict=orthogonal,
-                        quasi=adapter_args.givens_quasi, scaling=adapter_args.givens_scaling,
-                        orthogonality_penalty_weight=adapter_args.givens_penalty_weight,
-                        max_angle=adapter_args.givens_max_angle)
+    return GivensConfig(
+        task_type=TASK_TYPE,
+        target_modules=target_modules,
+        strict=orthogonal,
+        quasi=adapter_args.givens_quasi,
+        scaling=adapter_args.givens_scaling,
+        orthogonality_penalty_weight=adapter_args.givens_penalty_weight,
+        max_angle=adapter_args.givens_max_angle,
+    )
 
 
 def _sorsa_config(adapter_args, model_args, target_modules) -> PeftConfig:
-    return SorsaConfig(task_type=TASK_TYPE, target_modules=target_modules, r=adapter_args.sorsa_r,
-                       gamma=adapter_args.sorsa_gamma)
+    return SorsaConfig(
+        task_type=TASK_TYPE, target_modules=target_modules, r=adapter_args.sorsa_r, gamma=adapter_args.sorsa_gamma
+    )
 
 
 def _hra_config(adapter_args, model_args, target_modules) -> PeftConfig:
-    return HRAConfig(task_type=TASK_TYPE, target_modules=target_modules, r=adapter_args.hra_r,
-                     apply_GS=adapter_args.hra_apply_gs)
+    return HRAConfig(
+        task_type=TASK_TYPE, target_modules=target_modules, r=adapter_args.hra_r, apply_GS=adapter_args.hra_apply_gs
+    )
 
 
 def _oft_config(adapter_args, model_args, target_modules) -> PeftConfig:
-    return OFTConfig(task_type=TASK_TYPE, target_modules=target_modules, r=0,
-                     oft_block_size=adapter_args.oft_block_size,
-                     use_cayley_neumann=adapter_args.oft_use_cayley_neumann)
+    return OFTConfig(
+        task_type=TASK_TYPE,
+        target_modules=target_modules,
+        r=0,
+        oft_block_size=adapter_args.oft_block_size,
+        use_cayley_neumann=adapter_args.oft_use_cayley_neumann,
+    )
 
 
 def _boft_config(adapter_args, model_args, target_modules) -> PeftConfig:
-    return BOFTConfig(task_type=TASK_TYPE, target_modules=target_modules, boft_block_size=adapter_args.boft_block_size,
-                      boft_n_butterfly_factor=adapter_args.boft_n_butterfly_factor)
+    return BOFTConfig(
+        task_type=TASK_TYPE,
+        target_modules=target_modules,
+        boft_block_size=adapter_args.boft_block_size,
+        boft_n_butterfly_factor=adapter_args.boft_n_butterfly_factor,
+    )
 
 
 def _road_config(adapter_args, model_args, target_modules) -> PeftConfig:
-    return RoadConfig(task_type=TASK_TYPE, target_modules=target_modules, variant=adapter_args.road_variant,
-                      group_size=adapter_args.road_group_size)
+    return RoadConfig(
+        task_type=TASK_TYPE,
+        target_modules=target_modules,
+        variant=adapter_args.road_variant,
+        group_size=adapter_args.road_group_size,
+    )
 
 
 def _lora_config(adapter_args, model_args, target_modules) -> PeftConfig:
-    return LoraConfig(task_type=TASK_TYPE, r=model_args.lora_r, lora_alpha=model_args.lora_alpha,
-                      lora_dropout=model_args.lora_dropout,
-                      target_modules=model_args.lora_target_modules or target_modules or "all-linear",
-                      modules_to_save=model_args.lora_modules_to_save, use_rslora=model_args.use_rslora,
-                      use_dora=model_args.use_dora)
+    return LoraConfig(
+        task_type=TASK_TYPE,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules or target_modules or "all-linear",
+        modules_to_save=model_args.lora_modules_to_save,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+    )
 
 
-CONFIG_BUILDERS = {"givens": _givens_config, "sorsa": _sorsa_config, "hra": _hra_config, "oft": _oft_config,
-                   "boft": _boft_config, "road": _road_config, "lora": _lora_config}
+CONFIG_BUILDERS = {
+    "givens": _givens_config,
+    "sorsa": _sorsa_config,
+    "hra": _hra_config,
+    "oft": _oft_config,
+    "boft": _boft_config,
+    "road": _road_config,
+    "lora": _lora_config,
+}
 
 
 def build_adapter_config(adapter_args, model_args) -> PeftConfig:
     """The peft config for a fresh adapter, from the recipe's `adapter` key and that method's own keys."""
     if model_args.use_peft and adapter_args.adapter != "lora":
-        raise RecipeError("`use_peft` selects TRL's LoRA; in goft recipes choose the method with `adapter: lora` "
-                          "(or keep the default `adapter: givens`) and drop `use_peft`.")
+        raise RecipeError(
+            "`use_peft` selects TRL's LoRA; in goft recipes choose the method with `adapter: lora` "
+            "(or keep the default `adapter: givens`) and drop `use_peft`."
+        )
     builder = CONFIG_BUILDERS.get(adapter_args.adapter)
     if builder is None:
         raise RecipeError(f"Unknown `adapter` {adapter_args.adapter!r}: choose one of {', '.join(CONFIG_BUILDERS)}.")
@@ -89,45 +123,19 @@ def build_adapter_config(adapter_args, model_args) -> PeftConfig:
         raise RecipeError(f"Invalid `{adapter_args.adapter}` adapter settings: {error}") from None
 
 
-def _peft_type(config: PeftConfig) -> str:
-    return str(getattr(config.peft_type, "value", config.peft_type))
-
-
-METHOD_DESCRIPTIONS = {
-    "SORSA": "SORSA (trainable singular vectors and values; not orthogonal)",
-    "HRA": "HRA (Householder reflections)",
-    "OFT": "OFT (block-diagonal Cayley rotations)",
-    "BOFT": "BOFT (butterfly-factorised Cayley rotations)",
-    "ROAD": "RoAd (scaled 2D rotations of the outputs; not orthogonal)",
-    "LORA": "LoRA (low-rank update; not orthogonal)",
-}
-
-
-def describe_adapter(config: PeftConfig) -> str:
-    """One line naming the method and its strictness, for logs and model cards."""
-    if isinstance(config, GivensConfig):
-        if config.is_orthogonal:
-            return "GOFT (strict Givens rotations, exactly orthogonal)"
-        parts = [p for p, on in (("quasi-Givens qGOFT", config.quasi), ("norm scaling GOFT*", config.scaling)) if on]
-        return f"Givens adapter with {' + '.join(parts)} (not exactly orthogonal)"
-    if isinstance(config, OFTConfig) and config.use_cayley_neumann:
-        return "OFT (block-diagonal rotations, Neumann-approximated Cayley: not exactly orthogonal)"
-    return METHOD_DESCRIPTIONS.get(_peft_type(config), _peft_type(config))
-
-
-def is_exactly_orthogonal(config: PeftConfig) -> bool:
-    return isinstance(config, GivensConfig) and config.is_orthogonal
-
-
 def require_orthogonal_adapter(config: PeftConfig, stage: str, allow_non_orthogonal: bool) -> None:
     """Alignment stages keep the pretrained weights' geometry: only strict GOFT may train them."""
     if is_exactly_orthogonal(config):
         return
-    reason = describe_adapter(config)
+    reason = describe_method(config)
     if allow_non_orthogonal:
         logger.warning("!" * 78)
-        logger.warning("%s is training a %s. Alignment stages are meant to be strictly orthogonal; this run was "
-                       "allowed by `allow_non_orthogonal_alignment: true` and its model card says so.", stage, reason)
+        logger.warning(
+            "%s is training a %s. Alignment stages are meant to be strictly orthogonal; this run was "
+            "allowed by `allow_non_orthogonal_alignment: true` and its model card says so.",
+            stage,
+            reason,
+        )
         logger.warning("!" * 78)
         return
     raise RecipeError(
@@ -149,7 +157,9 @@ def copy_adapter_weights(model, source: str, target: str) -> int:
             continue
         target_name = ".".join(target if part == source else part for part in parts)
         if target_name not in parameters:
-            raise RecipeError(f"Adapter {target!r} has no tensor matching {name!r}; its config differs from {source!r}.")
+            raise RecipeError(
+                f"Adapter {target!r} has no tensor matching {name!r}; its config differs from {source!r}."
+            )
         target_parameter = parameters[target_name]
         target_parameter.data.copy_(parameter.data)
         target_parameter.requires_grad_(False)

@@ -29,13 +29,15 @@ def anchor_sequences(answers: list[dict], tokenizer) -> list[tuple[list[int], in
             continue
         prompt = [{"role": "user", "content": answer["prompt"]}]
         if answer["finished"]:
-            sequences.append(prompt_completion_ids(tokenizer, prompt, [{"role": "assistant",
-                                                                        "content": answer["answer"]}], 10 ** 9))
+            sequences.append(
+                prompt_completion_ids(tokenizer, prompt, [{"role": "assistant", "content": answer["answer"]}], 10**9)
+            )
             continue
         prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        sequences.append((prompt_ids + tokenizer(answer["answer"], add_special_tokens=False)["input_ids"],
-                          len(prompt_ids)))
+        sequences.append(
+            (prompt_ids + tokenizer(answer["answer"], add_special_tokens=False)["input_ids"], len(prompt_ids))
+        )
     if not sequences:
         raise RecipeError("The base gave an empty answer to every anchor request; check `replay_prompts`.")
     return sequences
@@ -57,9 +59,9 @@ class AnchorKL:
         attention = torch.zeros_like(ids)
         scored = torch.zeros(len(batch), longest - 1, dtype=torch.bool)  # positions predicting an answer token
         for row, (tokens, first) in enumerate(batch):
-            ids[row, :len(tokens)] = torch.tensor(tokens)
-            attention[row, :len(tokens)] = 1
-            scored[row, first - 1:len(tokens) - 1] = True
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            attention[row, : len(tokens)] = 1
+            scored[row, first - 1 : len(tokens) - 1] = True
         return ids.to(device), attention.to(device), scored.to(device)
 
     def __call__(self, model) -> torch.Tensor:

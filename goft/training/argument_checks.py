@@ -21,7 +21,7 @@ import huggingface_hub
 from .errors import RecipeError
 
 TEMPLATE_SUFFIXES = (".jinja", ".j2")
-SEED_LIMIT = 2 ** 32  # numpy's seeds are 32-bit
+SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
 
 
 @dataclass(frozen=True)
@@ -42,17 +42,21 @@ def _real(value) -> bool:
 
 def whole(low: int, high: int | None = None, none_ok: bool = False, even: bool = False) -> Bound:
     """A whole number in [low, high) (no upper end without `high`), even if asked; null too with `none_ok`."""
+
     def test(value) -> bool:
         if value is None:
             return none_ok
         return _whole(value) and value >= low and (high is None or value < high) and not (even and value % 2)
+
     words = f"{'an even' if even else 'a'} whole number " + (f">= {low}" if high is None else f"in [{low}, {high})")
     return Bound(test, words + (" or null" if none_ok else ""))
 
 
-def real(low: float, high: float | None = None, low_open: bool = False, high_open: bool = False,
-         none_ok: bool = False) -> Bound:
+def real(
+    low: float, high: float | None = None, low_open: bool = False, high_open: bool = False, none_ok: bool = False
+) -> Bound:
     """A finite number between `low` and `high` (each end open or closed); null too with `none_ok`."""
+
     def test(value) -> bool:
         if value is None:
             return none_ok
@@ -60,6 +64,7 @@ def real(low: float, high: float | None = None, low_open: bool = False, high_ope
             return False
         above = value > low if low_open else value >= low
         return above and (high is None or (value < high if high_open else value <= high))
+
     if high is None:
         words = f"a finite number {'>' if low_open else '>='} {low:g}"
     else:
@@ -67,8 +72,10 @@ def real(low: float, high: float | None = None, low_open: bool = False, high_ope
     return Bound(test, words + (" or null" if none_ok else ""))
 
 
-STEPS = Bound(lambda value: _whole(value) and (value == -1 or value >= 1),
-              "-1 (train `num_train_epochs` epochs) or a whole number >= 1")
+STEPS = Bound(
+    lambda value: _whole(value) and (value == -1 or value >= 1),
+    "-1 (train `num_train_epochs` epochs) or a whole number >= 1",
+)
 
 
 def _never(value) -> bool:
@@ -100,20 +107,39 @@ class Rule:
 
 
 RULES = (
-    Rule("max_steps", STEPS, "Set e.g. `max_steps: 100`, or drop the key to train `num_train_epochs` epochs.",
-         idle=lambda value: value == 0),
-    Rule("num_train_epochs", real(0, low_open=True), "Set e.g. `num_train_epochs: 1` (fractions train part of an "
-         "epoch), or set `max_steps`.", used=lambda values: values.get("max_steps") == -1,
-         idle=lambda value: value == 0),
-    Rule("learning_rate", real(0, low_open=True), "Set e.g. `learning_rate: 1.0e-4` (on the command line "
-         "`--learning_rate 1e-4`).", idle=lambda value: value == 0),
-    Rule("per_device_train_batch_size", whole(1), "Set e.g. `per_device_train_batch_size: 8`; when memory is short, "
-         "lower it and raise `gradient_accumulation_steps`."),
+    Rule(
+        "max_steps",
+        STEPS,
+        "Set e.g. `max_steps: 100`, or drop the key to train `num_train_epochs` epochs.",
+        idle=lambda value: value == 0,
+    ),
+    Rule(
+        "num_train_epochs",
+        real(0, low_open=True),
+        "Set e.g. `num_train_epochs: 1` (fractions train part of an epoch), or set `max_steps`.",
+        used=lambda values: values.get("max_steps") == -1,
+        idle=lambda value: value == 0,
+    ),
+    Rule(
+        "learning_rate",
+        real(0, low_open=True),
+        "Set e.g. `learning_rate: 1.0e-4` (on the command line `--learning_rate 1e-4`).",
+        idle=lambda value: value == 0,
+    ),
+    Rule(
+        "per_device_train_batch_size",
+        whole(1),
+        "Set e.g. `per_device_train_batch_size: 8`; when memory is short, "
+        "lower it and raise `gradient_accumulation_steps`.",
+    ),
     Rule("per_device_eval_batch_size", whole(1), "Set e.g. `per_device_eval_batch_size: 8`."),
     Rule("gradient_accumulation_steps", whole(1), "Set it to 1 to step the optimizer after every batch."),
     Rule("eval_accumulation_steps", whole(1, none_ok=True), "Drop the key, or set a whole number of steps."),
-    Rule("max_length", whole(1, none_ok=True), "Set the tokens per example, e.g. `max_length: 1024`, or null for "
-         "no limit."),
+    Rule(
+        "max_length",
+        whole(1, none_ok=True),
+        "Set the tokens per example, e.g. `max_length: 1024`, or null for no limit.",
+    ),
     Rule("weight_decay", real(0), "Set 0 for none, or e.g. `weight_decay: 0.01`."),
     Rule("max_grad_norm", real(0), "Set e.g. `max_grad_norm: 1.0`; 0 turns gradient clipping off."),
     Rule("adam_beta1", real(0, 1, high_open=True), "Set e.g. `adam_beta1: 0.9`."),
@@ -123,37 +149,77 @@ RULES = (
     Rule("neftune_noise_alpha", real(0, low_open=True, none_ok=True), "Drop the key for no noise, or set e.g. 5."),
     Rule("seed", whole(0, SEED_LIMIT), "Set e.g. `seed: 42`."),
     Rule("data_seed", whole(0, SEED_LIMIT, none_ok=True), "Drop the key to use `seed`, or set e.g. 42."),
-    Rule("save_steps", real(0, low_open=True), "Set the optimizer steps between checkpoints, e.g. `save_steps: 500` "
-         "(below 1: a fraction of the run), or `save_strategy: \"no\"`.", used=_strategy_is_steps("save_strategy")),
-    Rule("logging_steps", real(0, low_open=True), "Set e.g. `logging_steps: 10` (below 1: a fraction of the run).",
-         used=_strategy_is_steps("logging_strategy")),
-    Rule("eval_steps", real(0, low_open=True, none_ok=True), "Set e.g. `eval_steps: 50`, or drop the key to "
-         "evaluate every `logging_steps`.", used=_strategy_is_steps("eval_strategy")),
+    Rule(
+        "save_steps",
+        real(0, low_open=True),
+        "Set the optimizer steps between checkpoints, e.g. `save_steps: 500` "
+        '(below 1: a fraction of the run), or `save_strategy: "no"`.',
+        used=_strategy_is_steps("save_strategy"),
+    ),
+    Rule(
+        "logging_steps",
+        real(0, low_open=True),
+        "Set e.g. `logging_steps: 10` (below 1: a fraction of the run).",
+        used=_strategy_is_steps("logging_strategy"),
+    ),
+    Rule(
+        "eval_steps",
+        real(0, low_open=True, none_ok=True),
+        "Set e.g. `eval_steps: 50`, or drop the key to evaluate every `logging_steps`.",
+        used=_strategy_is_steps("eval_strategy"),
+    ),
     Rule("dataloader_num_workers", whole(0), "Set 0 to load data in the main process."),
     Rule("dataset_num_proc", whole(1, none_ok=True), "Drop the key, or set the processes that prepare the data."),
     Rule("task_eval_samples", whole(0), "Set 0 to skip the before/after task metrics, or e.g. 40."),
     Rule("beta", real(0, low_open=True), "Set e.g. `beta: 0.1` (larger: stay closer to the reference model)."),
     Rule("label_smoothing", real(0, 0.5), "Set 0 for plain DPO, or e.g. 0.1 for noisy preference labels."),
     Rule("precompute_ref_batch_size", whole(1, none_ok=True), "Drop the key to use the eval batch size."),
-    Rule("ref_model_sync_steps", whole(1), "Set e.g. `ref_model_sync_steps: 512`.",
-         used=lambda values: bool(values.get("sync_ref_model"))),
-    Rule("ref_model_mixup_alpha", real(0, 1), "Set e.g. `ref_model_mixup_alpha: 0.6`.",
-         used=lambda values: bool(values.get("sync_ref_model"))),
-    Rule("hra_r", whole(1), "Set e.g. `hra_r: 8` (even: the adapter starts as the identity).",
-         used=_adapter_is("hra")),
-    Rule("hra_lambda", real(0), "Set 0 to turn the regulariser off, or e.g. `hra_lambda: 1.0e-4`.",
-         used=_adapter_is("hra")),
-    Rule("oft_block_size", whole(1), "Set e.g. `oft_block_size: 32`; it must divide the adapted layers' widths.",
-         used=_adapter_is("oft")),
+    Rule(
+        "ref_model_sync_steps",
+        whole(1),
+        "Set e.g. `ref_model_sync_steps: 512`.",
+        used=lambda values: bool(values.get("sync_ref_model")),
+    ),
+    Rule(
+        "ref_model_mixup_alpha",
+        real(0, 1),
+        "Set e.g. `ref_model_mixup_alpha: 0.6`.",
+        used=lambda values: bool(values.get("sync_ref_model")),
+    ),
+    Rule("hra_r", whole(1), "Set e.g. `hra_r: 8` (even: the adapter starts as the identity).", used=_adapter_is("hra")),
+    Rule(
+        "hra_lambda",
+        real(0),
+        "Set 0 to turn the regulariser off, or e.g. `hra_lambda: 1.0e-4`.",
+        used=_adapter_is("hra"),
+    ),
+    Rule(
+        "oft_block_size",
+        whole(1),
+        "Set e.g. `oft_block_size: 32`; it must divide the adapted layers' widths.",
+        used=_adapter_is("oft"),
+    ),
     Rule("boft_block_size", whole(1), "Set e.g. `boft_block_size: 4`.", used=_adapter_is("boft")),
     Rule("boft_n_butterfly_factor", whole(1), "Set e.g. `boft_n_butterfly_factor: 1`.", used=_adapter_is("boft")),
-    Rule("road_group_size", whole(2, even=True), "Set e.g. `road_group_size: 64`; it must divide the adapted "
-         "layers' widths.", used=_adapter_is("road")),
+    Rule(
+        "road_group_size",
+        whole(2, even=True),
+        "Set e.g. `road_group_size: 64`; it must divide the adapted layers' widths.",
+        used=_adapter_is("road"),
+    ),
     Rule("lora_r", whole(1), "Set e.g. `lora_r: 16`.", used=_adapter_is("lora")),
-    Rule("lora_alpha", real(0, low_open=True), "Set e.g. `lora_alpha: 32` (often twice `lora_r`).",
-         used=_adapter_is("lora")),
-    Rule("lora_dropout", real(0, 1, high_open=True), "Set 0 for none, or e.g. `lora_dropout: 0.05`.",
-         used=_adapter_is("lora")),
+    Rule(
+        "lora_alpha",
+        real(0, low_open=True),
+        "Set e.g. `lora_alpha: 32` (often twice `lora_r`).",
+        used=_adapter_is("lora"),
+    ),
+    Rule(
+        "lora_dropout",
+        real(0, 1, high_open=True),
+        "Set 0 for none, or e.g. `lora_dropout: 0.05`.",
+        used=_adapter_is("lora"),
+    ),
 )
 
 
@@ -191,24 +257,35 @@ def check_chat_template_path(value: str | None) -> None:
     path = Path(value).expanduser()
     if value.endswith(TEMPLATE_SUFFIXES):
         if not path.is_file():
-            raise RecipeError(f"`chat_template_path` {value!r} is not a file: the chat template does not exist there. "
-                              "Give the path of an existing .jinja file, or drop the key to use the model's own.")
+            raise RecipeError(
+                f"`chat_template_path` {value!r} is not a file: the chat template does not exist there. "
+                "Give the path of an existing .jinja file, or drop the key to use the model's own."
+            )
         return
     if path.is_dir():
         if not (path / "tokenizer_config.json").is_file():
-            raise RecipeError(f"`chat_template_path` {value!r} is a folder without tokenizer_config.json. Give a "
-                              ".jinja template file or a tokenizer folder whose template to use.")
+            raise RecipeError(
+                f"`chat_template_path` {value!r} is a folder without tokenizer_config.json. Give a "
+                ".jinja template file or a tokenizer folder whose template to use."
+            )
         return
     if path.exists():
-        raise RecipeError(f"`chat_template_path` {value!r} is a file but not a chat template: name the file "
-                          f"{'/'.join(TEMPLATE_SUFFIXES)}, or give a tokenizer folder.")
+        raise RecipeError(
+            f"`chat_template_path` {value!r} is a file but not a chat template: name the file "
+            f"{'/'.join(TEMPLATE_SUFFIXES)}, or give a tokenizer folder."
+        )
     if _looks_local(value):
-        raise RecipeError(f"`chat_template_path` {value!r} does not exist. Give an existing .jinja template file or "
-                          "tokenizer folder, or drop the key to use the model's own template.")
-    if huggingface_hub.constants.HF_HUB_OFFLINE and \
-            not isinstance(huggingface_hub.try_to_load_from_cache(value, "tokenizer_config.json"), str):
-        raise RecipeError(f"`chat_template_path` {value!r} is neither a local file or folder nor a Hub repo in the "
-                          "cache, and the Hub is offline (HF_HUB_OFFLINE=1). Give a local .jinja file or folder.")
+        raise RecipeError(
+            f"`chat_template_path` {value!r} does not exist. Give an existing .jinja template file or "
+            "tokenizer folder, or drop the key to use the model's own template."
+        )
+    if huggingface_hub.constants.HF_HUB_OFFLINE and not isinstance(
+        huggingface_hub.try_to_load_from_cache(value, "tokenizer_config.json"), str
+    ):
+        raise RecipeError(
+            f"`chat_template_path` {value!r} is neither a local file or folder nor a Hub repo in the "
+            "cache, and the Hub is offline (HF_HUB_OFFLINE=1). Give a local .jinja file or folder."
+        )
 
 
 def check_deepspeed_config(value) -> None:
@@ -220,16 +297,19 @@ def check_deepspeed_config(value) -> None:
         raise RecipeError(f"`deepspeed` {value!r} is a folder; give the path of a DeepSpeed JSON config file.")
     if not path.is_file():
         if str(value).endswith(".json") or _looks_local(str(value)):
-            raise RecipeError(f"The DeepSpeed config file {value!r} (`deepspeed`) does not exist. Give an existing "
-                              "JSON file, or drop the key to train without DeepSpeed.")
+            raise RecipeError(
+                f"The DeepSpeed config file {value!r} (`deepspeed`) does not exist. Give an existing "
+                "JSON file, or drop the key to train without DeepSpeed."
+            )
         return  # transformers also reads a base64-encoded config, and refuses anything else by itself
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RecipeError(f"The DeepSpeed config file {value!r} (`deepspeed`) is not valid JSON: {error}.") from None
     if not isinstance(config, dict):
-        raise RecipeError(f"The DeepSpeed config file {value!r} (`deepspeed`) must hold a JSON object, not a "
-                          f"{type(config).__name__}.")
+        raise RecipeError(
+            f"The DeepSpeed config file {value!r} (`deepspeed`) must hold a JSON object, not a {type(config).__name__}."
+        )
 
 
 def check_report_to(report_to) -> None:
@@ -243,11 +323,15 @@ def check_report_to(report_to) -> None:
         if name in ("none", "all"):
             continue
         if name not in INTEGRATION_TO_CALLBACK:
-            raise RecipeError(f"`report_to` {name!r} is not a logging integration transformers knows: use none, all "
-                              f"or some of {', '.join(sorted(INTEGRATION_TO_CALLBACK))}.")
+            raise RecipeError(
+                f"`report_to` {name!r} is not a logging integration transformers knows: use none, all "
+                f"or some of {', '.join(sorted(INTEGRATION_TO_CALLBACK))}."
+            )
         if name not in available:
-            raise RecipeError(f"`report_to` {name!r} needs its package, which is not installed here (`pip install "
-                              f"{name.replace('_', '-')}`), or choose `report_to: none`.")
+            raise RecipeError(
+                f"`report_to` {name!r} needs its package, which is not installed here (`pip install "
+                f"{name.replace('_', '-')}`), or choose `report_to: none`."
+            )
 
 
 def check_trackio(training_args) -> None:
@@ -268,14 +352,19 @@ def check_trackio(training_args) -> None:
     if not huggingface_hub.constants.HF_HUB_OFFLINE:
         return
     space_id = getattr(training_args, "trackio_space_id", None)
-    remote = [("`trackio_space_id`", space_id), ("TRACKIO_SPACE_ID (environment)", os.environ.get("TRACKIO_SPACE_ID")),
-              ("`trackio_bucket_id`", getattr(training_args, "trackio_bucket_id", None))]
+    remote = [
+        ("`trackio_space_id`", space_id),
+        ("TRACKIO_SPACE_ID (environment)", os.environ.get("TRACKIO_SPACE_ID")),
+        ("`trackio_bucket_id`", getattr(training_args, "trackio_bucket_id", None)),
+    ]
     for key, value in remote:
         if value:
-            raise RecipeError(f"{key} is {value!r}, but the Hub is offline (HF_HUB_OFFLINE=1) and trackio would reach "
-                              "it for a Space or Bucket once training starts. Drop it (and unset TRACKIO_SPACE_ID) to "
-                              "log to the local trackio store ($TRACKIO_DIR, by default $HF_HOME/trackio), or go "
-                              "online.")
+            raise RecipeError(
+                f"{key} is {value!r}, but the Hub is offline (HF_HUB_OFFLINE=1) and trackio would reach "
+                "it for a Space or Bucket once training starts. Drop it (and unset TRACKIO_SPACE_ID) to "
+                "log to the local trackio store ($TRACKIO_DIR, by default $HF_HOME/trackio), or go "
+                "online."
+            )
 
 
 def check_attention(attn_implementation: str | None) -> None:
@@ -286,8 +375,10 @@ def check_attention(attn_implementation: str | None) -> None:
         return
     known = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
     if attn_implementation not in known:
-        raise RecipeError(f"`attn_implementation` {attn_implementation!r} is not one transformers knows: use one of "
-                          f"{', '.join(known)}, or drop the key for the model's default.")
+        raise RecipeError(
+            f"`attn_implementation` {attn_implementation!r} is not one transformers knows: use one of "
+            f"{', '.join(known)}, or drop the key for the model's default."
+        )
 
 
 def check_training_arguments(data_args, training_args, model_args, adapter_args, retention_args) -> None:

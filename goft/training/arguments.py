@@ -19,24 +19,30 @@ class DataArguments(ScriptArguments):
 
     dataset_mixture: dict | None = field(
         default=None,
-        metadata={"help": "Instead of `dataset_name` (YAML recipe): several datasets mixed into one, as in "
-                  "alignment-handbook. `datasets`: a list of {id (local file or folder, or Hub id), config, split "
-                  "(default train), columns (keep only these), weight (share of its rows taken, in (0, 1]; default "
-                  "1)}; `seed` (default: the run's) picks the rows and shuffles them; `test_split_size` (default: "
-                  "`dataset_test_size`) is held out of the mixed rows."},
+        metadata={
+            "help": "Instead of `dataset_name` (YAML recipe): several datasets mixed into one, as in "
+            "alignment-handbook. `datasets`: a list of {id (local file or folder, or Hub id), config, split "
+            "(default train), columns (keep only these), weight (share of its rows taken, in (0, 1]; default "
+            "1)}; `seed` (default: the run's) picks the rows and shuffles them; `test_split_size` (default: "
+            "`dataset_test_size`) is held out of the mixed rows."
+        },
     )
     datasets: list[dict] | None = field(
         default=None,
-        metadata={"help": "Instead of `dataset_name` (YAML recipe): TRL's list of datasets mixed into one, with TRL's "
-                  "meaning: {path (`json` with local `data_files`, a local folder, or a Hub id), name, data_dir, "
-                  "data_files, split (default train), columns, fraction}; the fractions (all or none) are normalised "
-                  "and each dataset gives its first rows, as many as fit without taking a row twice. The held-out "
-                  "split is then drawn with the run's `seed`."},
+        metadata={
+            "help": "Instead of `dataset_name` (YAML recipe): TRL's list of datasets mixed into one, with TRL's "
+            "meaning: {path (`json` with local `data_files`, a local folder, or a Hub id), name, data_dir, "
+            "data_files, split (default train), columns, fraction}; the fractions (all or none) are normalised "
+            "and each dataset gives its first rows, as many as fit without taking a row twice. The held-out "
+            "split is then drawn with the run's `seed`."
+        },
     )
     test_split_size: float | None = field(
         default=None,
-        metadata={"help": "With `datasets`: the share of the mixed rows held out as the test split (default: "
-                  "`dataset_test_size`)."},
+        metadata={
+            "help": "With `datasets`: the share of the mixed rows held out as the test split (default: "
+            "`dataset_test_size`)."
+        },
     )
     streaming: bool = field(
         default=False,
@@ -55,25 +61,32 @@ class DataArguments(ScriptArguments):
     )
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Start afresh in an `output_dir` that holds a finished run or checkpoints; the previous run "
-                  "is moved aside into `overwritten-<time>/` there and deleted once the new run has finished."},
+        metadata={
+            "help": "Start afresh in an `output_dir` that holds a finished run or checkpoints; the previous run "
+            "is moved aside into `overwritten-<time>/` there and deleted once the new run has finished."
+        },
     )
     resume_with_changes: bool = field(
         default=False,
-        metadata={"help": "Resume a checkpoint although the recipe or data changed since it was written: the new "
-                  "values apply from the resumed step (learning rate and optimizer settings included) and the model "
-                  "card lists each change. Without it, such a resume is refused with the differences."},
+        metadata={
+            "help": "Resume a checkpoint although the recipe or data changed since it was written: the new "
+            "values apply from the resumed step (learning rate and optimizer settings included) and the model "
+            "card lists each change. Without it, such a resume is refused with the differences."
+        },
     )
 
 
 @dataclass
 class ModelArguments(ModelConfig):
-    """TRL's `ModelConfig` plus GGUF files; `model_name_or_path` may also name an embedded model or an adapter folder."""
+    """TRL's `ModelConfig` plus GGUF files; `model_name_or_path` may also name an embedded model or an adapter
+    folder."""
 
     bnb_4bit_compute_dtype: str | None = field(
         default=None,
-        metadata={"help": "Compute dtype of 4-bit layers; default: `dtype` (float32 when that is auto or unset). "
-                  "`bnb_4bit_quant_storage` defaults to it, so that DeepSpeed ZeRO-3 can shard the 4-bit weights."},
+        metadata={
+            "help": "Compute dtype of 4-bit layers; default: `dtype` (float32 when that is auto or unset). "
+            "`bnb_4bit_quant_storage` defaults to it, so that DeepSpeed ZeRO-3 can shard the 4-bit weights."
+        },
     )
     gguf_file: str | None = field(
         default=None,
@@ -102,8 +115,10 @@ class AdapterArguments:
     sorsa_r: int = field(default=128, metadata={"help": "SORSA: how many top singular triplets are trained."})
     sorsa_gamma: float = field(
         default=4e-4,
-        metadata={"help": "SORSA: gamma of the orthonormality regulariser, applied after gradient clipping with "
-                  "its gradient scaled by gamma / learning rate. 0 turns it off."},
+        metadata={
+            "help": "SORSA: gamma of the orthonormality regulariser, applied after gradient clipping with "
+            "its gradient scaled by gamma / learning rate. 0 turns it off."
+        },
     )
     hra_r: int = field(default=8, metadata={"help": "HRA: number of Householder reflections (even: identity init)."})
     hra_apply_gs: bool = field(
@@ -115,8 +130,9 @@ class AdapterArguments:
     oft_block_size: int = field(default=32, metadata={"help": "OFT: size of the orthogonal diagonal blocks."})
     oft_use_cayley_neumann: bool = field(
         default=True,
-        metadata={"help": "OFT: approximate the Cayley transform by a Neumann series (faster, not exactly "
-                  "orthogonal)."},
+        metadata={
+            "help": "OFT: approximate the Cayley transform by a Neumann series (faster, not exactly orthogonal)."
+        },
     )
     boft_block_size: int = field(default=4, metadata={"help": "BOFT: size of the butterfly blocks."})
     boft_n_butterfly_factor: int = field(default=1, metadata={"help": "BOFT: number of butterfly factors."})
@@ -143,62 +159,80 @@ class RetentionArguments:
 
     retention_eval: bool = field(
         default=False,
-        metadata={"help": "Ask the retention questions before and after training and report the share of those the "
-                  "base answers correctly that the model still answers correctly (main process; not under "
-                  "DeepSpeed)."},
+        metadata={
+            "help": "Ask the retention questions before and after training and report the share of those the "
+            "base answers correctly that the model still answers correctly (main process; not under "
+            "DeepSpeed)."
+        },
     )
     retention_questions: str | None = field(
         default=None,
-        metadata={"help": "With `retention_eval`: JSONL of general-knowledge questions (id, topic, question, "
-                  "answers); default: the set that ships with goft."},
+        metadata={
+            "help": "With `retention_eval`: JSONL of general-knowledge questions (id, topic, question, "
+            "answers); default: the set that ships with goft."
+        },
     )
     forgetting_budget: float | None = field(
         default=None,
-        metadata={"help": "Largest allowed forgetting, as the mean KL(base || tuned) per token on a small general-text "
-                  "set, measured every `measure_steps`. A run that would exceed it stops, and the result "
-                  "is the adapter of the last measurement within the budget."},
+        metadata={
+            "help": "Largest allowed forgetting, as the mean KL(base || tuned) per token on a small general-text "
+            "set, measured every `measure_steps`. A run that would exceed it stops, and the result "
+            "is the adapter of the last measurement within the budget."
+        },
     )
     task_target_nll: float | None = field(
         default=None,
-        metadata={"help": "SFT: stop training once the answers' NLL per token is at most this, measured every "
-                  "`measure_steps` on a fixed sample of 32 training conversations (the held-out split stays "
-                  "untouched): no training past the task target."},
+        metadata={
+            "help": "SFT: stop training once the answers' NLL per token is at most this, measured every "
+            "`measure_steps` on a fixed sample of 32 training conversations (the held-out split stays "
+            "untouched): no training past the task target."
+        },
     )
     measure_steps: int = field(
-        default=5, metadata={"help": "Optimizer steps between two measurements of `forgetting_budget` and "
-                             "`task_target_nll`."}
+        default=5,
+        metadata={"help": "Optimizer steps between two measurements of `forgetting_budget` and `task_target_nll`."},
     )
     forgetting_texts: int = field(
         default=8, metadata={"help": "Paragraphs of the general text the forgetting budget is measured on."}
     )
     general_text: str | None = field(
         default=None,
-        metadata={"help": "With `forgetting_budget`: JSONL of general text ({\"text\": ...} a line); default: the "
-                  "set that ships with goft (never trained on)."},
+        metadata={
+            "help": 'With `forgetting_budget`: JSONL of general text ({"text": ...} a line); default: the '
+            "set that ships with goft (never trained on)."
+        },
     )
     replay_share: float = field(
         default=0.0,
-        metadata={"help": "SFT: share of the training rows that replay the base model's own answers to everyday "
-                  "requests (`replay_prompts`), generated at the start of the run: the adapter learns the task while "
-                  "keeping the model's behaviour elsewhere. 0 turns replay off."},
+        metadata={
+            "help": "SFT: share of the training rows that replay the base model's own answers to everyday "
+            "requests (`replay_prompts`), generated at the start of the run: the adapter learns the task while "
+            "keeping the model's behaviour elsewhere. 0 turns replay off."
+        },
     )
     replay_prompts: str | None = field(
         default=None,
-        metadata={"help": "With `replay_share` or `anchor_weight`: JSONL of requests ({\"prompt\": ...} a line); default: the "
-                  "sets that ship with goft, 96 everyday requests and 120 short factual questions (none of them a "
-                  "retention question or about a retention question's fact)."},
+        metadata={
+            "help": 'With `replay_share` or `anchor_weight`: JSONL of requests ({"prompt": ...} a line); default: the '
+            "sets that ship with goft, 96 everyday requests and 120 short factual questions (none of them a "
+            "retention question or about a retention question's fact)."
+        },
     )
     anchor_weight: float = field(
         default=0.0,
-        metadata={"help": "Weight of the anchor term: KL(base || tuned) per token on the base model's own answers to "
-                  "the replay prompts, one batch of `anchor_batch_size` per step, added to the loss (one process; "
-                  "not under DeepSpeed or FSDP). 0 turns it off."},
+        metadata={
+            "help": "Weight of the anchor term: KL(base || tuned) per token on the base model's own answers to "
+            "the replay prompts, one batch of `anchor_batch_size` per step, added to the loss (one process; "
+            "not under DeepSpeed or FSDP). 0 turns it off."
+        },
     )
     anchor_batch_size: int = field(
         default=4, metadata={"help": "With `anchor_weight`: anchor conversations per training step."}
     )
     replay_answer_tokens: int = field(
         default=128,
-        metadata={"help": "With `replay_share` or `anchor_weight`: the longest base answer used, in tokens; longer answers are "
-                  "left out (a cut answer would teach the model to stop mid-sentence)."},
+        metadata={
+            "help": "With `replay_share` or `anchor_weight`: the longest base answer used, in tokens; longer answers "
+            "are left out (a cut answer would teach the model to stop mid-sentence)."
+        },
     )

@@ -15,6 +15,8 @@ from pathlib import Path
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .errors import RecipeError
+from .outputs import refuse_finished_output
+from .processes import is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +34,21 @@ def resume_checkpoint(output_dir: str, resume_from_checkpoint, overwrite: bool) 
 
     An explicit `resume_from_checkpoint` folder is used as given; otherwise the newest complete checkpoint in
     `output_dir`."""
-    folder = Path(output_dir)
     explicit = isinstance(resume_from_checkpoint, str) and resume_from_checkpoint not in ("", "True", "true")
     if overwrite and explicit:
-        raise RecipeError(f"`overwrite_output_dir: true` starts afresh, and `resume_from_checkpoint` "
-                          f"{resume_from_checkpoint!r} asks to continue: give one of them.")
+        raise RecipeError(
+            f"`overwrite_output_dir: true` starts afresh, and `resume_from_checkpoint` "
+            f"{resume_from_checkpoint!r} asks to continue: give one of them."
+        )
     if overwrite:
         return None
-    if (folder / FINISHED_MARKER).is_file():
-        raise RecipeError(f"{output_dir!r} holds a finished run ({FINISHED_MARKER} is there). Choose another "
-                          "`output_dir`, or pass `--overwrite_output_dir true` to train afresh in it (the finished "
-                          "run is moved aside until the new one has finished).")
+    refuse_finished_output(
+        output_dir,
+        FINISHED_MARKER,
+        "a finished run",
+        overwrite=False,
+        overwrite_does="train afresh in it (the finished run is moved aside until the new one has finished)",
+    )
     if explicit:
         return _explicit_checkpoint(resume_from_checkpoint)
     return last_complete_checkpoint(output_dir)
@@ -84,12 +90,18 @@ def _explicit_checkpoint(path: str) -> str:
     if not os.path.isdir(path):
         raise RecipeError(f"`resume_from_checkpoint` {path!r} is not a folder.")
     if not os.path.isfile(os.path.join(path, TRAINER_STATE_FILE)):
-        raise RecipeError(f"`resume_from_checkpoint` {path!r} is not a training checkpoint: it has no "
-                          f"{TRAINER_STATE_FILE}. Give a `checkpoint-N` folder a run saved, or leave the key out to "
-                          "resume automatically from `output_dir`.")
+        raise RecipeError(
+            f"`resume_from_checkpoint` {path!r} is not a training checkpoint: it has no "
+            f"{TRAINER_STATE_FILE}. Give a `checkpoint-N` folder a run saved, or leave the key out to "
+            "resume automatically from `output_dir`."
+        )
     if not is_complete(Path(path)):
-        logger.warning("`resume_from_checkpoint` %s has no %s: it may have been written by another tool or left "
-                       "half-written by a killed run. Resuming from it as asked.", path, COMPLETE_MARKER)
+        logger.warning(
+            "`resume_from_checkpoint` %s has no %s: it may have been written by another tool or left "
+            "half-written by a killed run. Resuming from it as asked.",
+            path,
+            COMPLETE_MARKER,
+        )
     return path
 
 
@@ -117,11 +129,6 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return os.path.join(output_dir, complete[-1].name) if complete else None
 
 
-def is_main_process() -> bool:
-    """Whether this is the launch's main process, before any accelerator exists (RANK is set by the launchers)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def set_aside(checkpoint: Path) -> Path | None:
     """Rename an incomplete checkpoint to `incomplete-checkpoint-N` (a free name), which no resume or rotation
     matches; its files stay for whoever wants to inspect them. None when another process moved it first (a launcher
@@ -135,9 +142,13 @@ def set_aside(checkpoint: Path) -> Path | None:
         checkpoint.rename(target)
     except FileNotFoundError:
         return None
-    logger.warning("%s has no %s: the run was stopped while writing it. Moved it aside to %s (not deleted); if it "
-                   "is a complete checkpoint from another tool, pass it as `resume_from_checkpoint`.",
-                   checkpoint, COMPLETE_MARKER, target.name)
+    logger.warning(
+        "%s has no %s: the run was stopped while writing it. Moved it aside to %s (not deleted); if it "
+        "is a complete checkpoint from another tool, pass it as `resume_from_checkpoint`.",
+        checkpoint,
+        COMPLETE_MARKER,
+        target.name,
+    )
     return target
 
 

@@ -1,19 +1,19 @@
 """Parsing a recipe (defaults < YAML `--config` < CLI flags, unknown keys refused) and running it."""
 
 import difflib
-import os
 import re
 import sys
 
-import torch
 import yaml
 from trl import TrlParser
 
 from .argument_checks import check_deepspeed_config
 from .arguments import AdapterArguments, DataArguments, ModelArguments, RetentionArguments
+from .cpu_fsdp import honour_fsdp_on_cpu
 from .errors import RecipeError
 from .hub import redact, scrub
-from .recipe_file import check_recipe_values, load_recipe_file
+from .processes import has_accelerator, leave_process_group, use_all_cpu_cores
+from .recipe_file import check_recipe_values, load_recipe_file, recipe_config_path
 from .recipe_help import FullHelpAction, short_help
 from .run_spec import plain_value
 
@@ -21,21 +21,6 @@ SECRET_FLAGS = ("--hub_token",)
 # argparse reads `-1e-3` as a flag (its own pattern knows only `-1` and `-.5`); these are values
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|infinity|nan)$", re.IGNORECASE)
 ARGUMENT_PREFIX = re.compile(r"^argument (-{1,2}[\w-]+)(/-{1,2}[\w-]+)*: ")
-
-
-def has_accelerator() -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    xpu = getattr(torch, "xpu", None)
-    return torch.cuda.is_available() or bool(mps and mps.is_available()) or bool(xpu and xpu.is_available())
-
-
-def use_all_cpu_cores() -> None:
-    """`accelerate launch` pins CPU-only processes to one thread each (OMP_NUM_THREADS=1); share the cores instead."""
-    if has_accelerator() or torch.get_num_threads() > 1:
-        return
-    per_process = (os.cpu_count() or 1) // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
-    if per_process > 1:
-        torch.set_num_threads(per_process)
 
 
 class RecipeParser(TrlParser):
@@ -68,8 +53,7 @@ def follow_house_rules(parser) -> None:
 
 def make_recipe_parser(training_config_class) -> TrlParser:
     """A `TrlParser` over goft's dataclasses and TRL's `training_config_class` (SFTConfig, DPOConfig)."""
-    parser = RecipeParser((DataArguments, training_config_class, ModelArguments, AdapterArguments,
-                           RetentionArguments))
+    parser = RecipeParser((DataArguments, training_config_class, ModelArguments, AdapterArguments, RetentionArguments))
     follow_house_rules(parser)
     if not has_accelerator():
         # TRL's configs default to bf16 and refuse to build without a GPU; on a CPU-only machine, train in fp32.
@@ -91,8 +75,10 @@ def check_known_keys(parser: TrlParser, argv: list[str]) -> None:
         described.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
     where = f"in {config_path} or on the command line" if config_path else "on the command line"
     listed = "`--help` lists the common ones, `--help_all` every one" if "help_all" in known else "`--help` lists them"
-    raise RecipeError(f"Unknown recipe key(s) {where}: {', '.join(described)}. The keys are the fields of TRL's "
-                      f"trainer config and ModelConfig and goft's own ({listed}).")
+    raise RecipeError(
+        f"Unknown recipe key(s) {where}: {', '.join(described)}. The keys are the fields of TRL's "
+        f"trainer config and ModelConfig and goft's own ({listed})."
+    )
 
 
 def _named_keys(argv: list[str]) -> tuple[list[str], str | None]:
@@ -143,15 +129,6 @@ def parse_recipe(parser: TrlParser, argv: list[str] | None = None):
     return (*parsed, effective_recipe(argv, parsed))
 
 
-def recipe_config_path(argv: list[str]) -> str | None:
-    """The path after `--config`, or None without one."""
-    if "--config" not in argv:
-        return None
-    if argv.index("--config") + 1 >= len(argv):
-        raise RecipeError("`--config` needs the path of a YAML recipe.")
-    return argv[argv.index("--config") + 1]
-
-
 def _given_value(argv: list[str], recipe: dict, key: str):
     """The value `key` was given: its last flag on the command line, else the recipe file's, else None."""
     value = recipe.get(key)
@@ -169,17 +146,17 @@ def refuse_secret_flags(argv: list[str]) -> None:
     for token in argv:
         flag = token.split("=", 1)[0]
         if flag in SECRET_FLAGS:
-            raise RecipeError(f"Do not pass `{flag}` on the command line: launchers print the command line when a "
-                              "run fails, and other users can read it in the process list. Set HF_TOKEN, run "
-                              "`hf auth login`, or put `hub_token` in the YAML recipe (it is kept out of logs, "
-                              "checkpoints and model cards).")
+            raise RecipeError(
+                f"Do not pass `{flag}` on the command line: launchers print the command line when a "
+                "run fails, and other users can read it in the process list. Set HF_TOKEN, run "
+                "`hf auth login`, or put `hub_token` in the YAML recipe (it is kept out of logs, "
+                "checkpoints and model cards)."
+            )
 
 
 def run_recipe(make_parser, main, argv: list[str] | None = None) -> None:
     """Parse and run; a `RecipeError` becomes one clear line on stderr and exit status 2."""
     use_all_cpu_cores()
-    from .cpu_fsdp import honour_fsdp_on_cpu  # imports cli: not at module level
-
     honour_fsdp_on_cpu()
     finished = False
     try:
@@ -191,13 +168,3 @@ def run_recipe(make_parser, main, argv: list[str] | None = None) -> None:
         sys.exit(2)
     finally:
         leave_process_group(together=finished)
-
-
-def leave_process_group(together: bool = True) -> None:
-    """Tear the process group down before exit: left to interpreter shutdown, gloo's threads can abort a finished
-    multi-process run ("terminate called without an active exception"). `together`: every process got here (a
-    finished run), so they first wait for each other and none closes its connections while another still writes."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        if together:
-            torch.distributed.barrier()
-        torch.distributed.destroy_process_group()

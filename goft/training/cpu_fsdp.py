@@ -10,7 +10,7 @@ import torch
 from accelerate.state import AcceleratorState, PartialState
 from accelerate.utils import DistributedType
 
-from .cli import has_accelerator
+from .processes import has_accelerator
 
 logger = logging.getLogger(__name__)
 # accelerate reads these (from the launcher's config) to load weights on rank 0 and broadcast them; both need an

@@ -1,12 +1,9 @@
 """Recipe datasets: local JSON/JSONL files or folders, or Hub ids, or a mixture of them (`mixtures`); checked for
 their encoding, JSON, columns and the shape of every record (before any model is loaded); split if needed."""
 
-import codecs
-import json
 import math
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 from datasets import DatasetDict, load_dataset
@@ -15,14 +12,12 @@ from huggingface_hub import constants
 
 from . import mixtures, trl_datasets
 from .errors import RecipeError
-from .records import STAGE_COLUMNS, RecordCheck, check_rows, json_type
+from .json_files import JSON_SUFFIXES, json_records, local_json_files
+from .records import STAGE_COLUMNS, RecordCheck, check_rows
+from .stages import DPO_COLUMNS, SFT_COLUMNS
 
-SFT_COLUMNS = ("messages",)
-DPO_COLUMNS = ("prompt", "chosen", "rejected")
-JSON_SUFFIXES = (".json", ".jsonl")
 DATA_SUFFIXES = (*JSON_SUFFIXES, ".parquet", ".csv", ".tsv", ".txt", ".arrow")
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")  # `name` or `owner/name`
-JSON_SPACE = " \t\r\n"
 
 
 def record_stage(required_columns: tuple[str, ...]) -> str | None:
@@ -42,96 +37,6 @@ def looks_local(name: str) -> bool:
     return name.lower().endswith(DATA_SUFFIXES) or ".." in name or not HUB_ID.fullmatch(name)
 
 
-def _local_json_files(path: Path) -> list[str]:
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in JSON_SUFFIXES)
-    if not files:
-        raise RecipeError(f"The dataset folder {str(path)!r} holds no .json or .jsonl files.")
-    for file in files:
-        if file.suffix not in JSON_SUFFIXES:
-            raise RecipeError(f"The dataset file {str(file)!r} is not .json or .jsonl.")
-        if file.stat().st_size == 0:
-            raise RecipeError(f"The dataset file {str(file)!r} is empty.")
-    return [str(f) for f in files]
-
-
-def _decode(file: str, data: bytes, line: int, offset: int) -> str:
-    """`data`, which starts on line `line` at byte `offset` of `file`, as UTF-8; else where it is not."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line += data.count(b"\n", 0, error.start)
-        raise RecipeError(f"The dataset file {file!r} is not UTF-8: the byte 0x{data[error.start]:02x} at line {line} "
-                          f"(byte offset {offset + error.start} in the file) cannot be decoded. Re-encode the file "
-                          "as UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE > NEW_FILE` if it is Latin-1.") from None
-
-
-def _parse(file: str, text: str, first_line: int):
-    """One JSON document (a JSONL line, or a whole .json file) that starts on line `first_line`."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        kind = "JSONL (one JSON object per line)" if file.endswith(".jsonl") else "JSON"
-        raise RecipeError(f"The dataset file {file!r} is not valid {kind}: {error.msg} (line "
-                          f"{first_line + error.lineno - 1}, column {error.colno}).") from None
-
-
-def _bom_length(data: bytes) -> int:
-    """A leading UTF-8 byte order mark is skipped, as the JSON loader skips it."""
-    return len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-
-
-def _jsonl_records(file: str) -> Iterator[tuple[str, object]]:
-    """Each record of a JSONL file, named by its line; blank lines are skipped."""
-    offset = 0
-    with open(file, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            skip = _bom_length(raw) if number == 1 else 0
-            text = _decode(file, raw[skip:], number, offset + skip).rstrip("\r\n")
-            offset += len(raw)
-            if text.strip():
-                yield f"The dataset file {file!r}, line {number}", _parse(file, text, number)
-
-
-def _array_item_lines(text: str) -> Iterator[int]:
-    """The line each item of a JSON array starts on (`text` is known to be a valid JSON array)."""
-    decoder = json.JSONDecoder()
-    position = text.index("[") + 1
-    line = text.count("\n", 0, position) + 1
-    while True:
-        start = position
-        while text[start] in JSON_SPACE or text[start] == ",":
-            start += 1
-        if text[start] == "]":
-            return
-        line += text.count("\n", position, start)
-        yield line
-        _, position = decoder.raw_decode(text, start)
-        line += text.count("\n", start, position)
-
-
-def _json_array_records(file: str) -> Iterator[tuple[str, object]]:
-    """Each record of a .json file, which must hold one array of records, named by its number and line."""
-    data = Path(file).read_bytes()
-    skip = _bom_length(data)
-    text = _decode(file, data[skip:], 1, skip)
-    document = _parse(file, text, 1)
-    if not isinstance(document, list):
-        raise RecipeError(f"The dataset file {file!r} holds {json_type(document)}, not an array of records: write "
-                          "it as [{...}, {...}], or as .jsonl with one record per line.")
-    for number, (line, record) in enumerate(zip(_array_item_lines(text), document), start=1):
-        yield f"The dataset file {file!r}, record {number} (line {line})", record
-
-
-def _json_records(file: str) -> Iterator[tuple[str, object]]:
-    """Each record of a local file, named by where it is; bad encoding, bad JSON and non-objects are refused."""
-    records = _jsonl_records(file) if file.endswith(".jsonl") else _json_array_records(file)
-    for where, record in records:
-        if not isinstance(record, dict):
-            raise RecipeError(f"{where}: the record is {json_type(record)}, not a JSON object; each record is an "
-                              "object whose keys are the dataset's columns.")
-        yield where, record
-
-
 def _check_local_records(files: list[str], required_columns: tuple[str, ...]) -> int:
     """Read every record of the files (encoding, JSON, objects) and, for a stage's columns, check each record's
     shape; returns how many records there are."""
@@ -139,7 +44,7 @@ def _check_local_records(files: list[str], required_columns: tuple[str, ...]) ->
     check = RecordCheck(stage, required_columns) if stage else None
     count = 0
     for file in files:
-        for where, record in _json_records(file):
+        for where, record in json_records(file):
             count += 1
             if check:
                 check.add(record, where)
@@ -155,8 +60,9 @@ def _check_split_rows(dataset: DatasetDict, name: str, splits: tuple[str, ...], 
         return
     for split in (s for s in splits if s in dataset):
         columns = [c for c in STAGE_COLUMNS[stage] if c in dataset[split].column_names]
-        check_rows(dataset[split].select_columns(columns), stage, required_columns,
-                   f"The dataset {name!r}, split {split!r}")
+        check_rows(
+            dataset[split].select_columns(columns), stage, required_columns, f"The dataset {name!r}, split {split!r}"
+        )
 
 
 def _largest_test_size(rows: int) -> float | None:
@@ -165,20 +71,24 @@ def _largest_test_size(rows: int) -> float | None:
     return fits[-1] if fits else None
 
 
-def _check_split_sizes(name: str, rows: int, test_size: float, train_split: str, test_split: str,
-                      local: bool) -> None:
+def _check_split_sizes(name: str, rows: int, test_size: float, train_split: str, test_split: str, local: bool) -> None:
     """A test split carved out of `rows` rows must leave at least one to train on."""
     held_out = math.ceil(test_size * rows)  # as datasets' train_test_split counts
     if held_out < rows:
         return
     largest = _largest_test_size(rows)
-    fix = f"use a `dataset_test_size` of at most {largest}, or add rows" if largest else \
-        "add rows (holding out a test split needs at least 2)"
+    fix = (
+        f"use a `dataset_test_size` of at most {largest}, or add rows"
+        if largest
+        else "add rows (holding out a test split needs at least 2)"
+    )
     if not local:
         fix += f", or use a dataset that has a {test_split!r} split"
-    raise RecipeError(f"The dataset {name!r} has {rows} row{'s' if rows != 1 else ''} in split {train_split!r}, too "
-                      f"few to hold out a test split: `dataset_test_size` {test_size} holds out {held_out} and leaves "
-                      f"none to train on. To fix it, {fix}.")
+    raise RecipeError(
+        f"The dataset {name!r} has {rows} row{'s' if rows != 1 else ''} in split {train_split!r}, too "
+        f"few to hold out a test split: `dataset_test_size` {test_size} holds out {held_out} and leaves "
+        f"none to train on. To fix it, {fix}."
+    )
 
 
 def _loaded(name: str, load) -> DatasetDict:
@@ -188,41 +98,58 @@ def _loaded(name: str, load) -> DatasetDict:
         return load()
     except (DatasetGenerationError, FileNotFoundError, ConnectionError, ValueError) as error:
         cause = error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
-        offline = " The Hub is offline (HF_HUB_OFFLINE=1): give a local file or a dataset in the cache." \
-            if constants.HF_HUB_OFFLINE and isinstance(error, ConnectionError) else ""
+        offline = (
+            " The Hub is offline (HF_HUB_OFFLINE=1): give a local file or a dataset in the cache."
+            if constants.HF_HUB_OFFLINE and isinstance(error, ConnectionError)
+            else ""
+        )
         raise RecipeError(f"Cannot load the dataset {name!r}: {type(cause).__name__}: {cause}.{offline}") from None
 
 
-def _load_checked(name: str, config: str | None, split: str, required_columns: tuple[str, ...],
-                  files: list[str] | None = None, hub_options: dict | None = None):
+def _load_checked(
+    name: str,
+    config: str | None,
+    split: str,
+    required_columns: tuple[str, ...],
+    files: list[str] | None = None,
+    hub_options: dict | None = None,
+):
     """(dataset, whether it is local): a local file or folder (or the local `files` given), read and checked record by
     record and loaded as `split`, or a Hub dataset (`config`, and `hub_options` for `load_dataset`); it must have
     `split`, with `required_columns`."""
     local = Path(os.path.expanduser(name))
     is_local = files is not None or local.exists()
     if is_local:
-        files = [checked for file in files for checked in _local_json_files(Path(file))] if files is not None \
-            else _local_json_files(local)
+        files = (
+            [checked for file in files for checked in local_json_files(Path(file))]
+            if files is not None
+            else local_json_files(local)
+        )
         if _check_local_records(files, required_columns) == 0:
             raise RecipeError(f"The dataset {name!r} holds no records (only blank lines or an empty array).")
         dataset = _loaded(name, lambda: load_dataset("json", data_files={split: files}))
     elif looks_local(name):
-        raise RecipeError(f"The dataset {name!r} does not exist: there is no such file or folder "
-                          f"({os.path.abspath(local)}). Give a local .json/.jsonl file or folder, or a Hub dataset id "
-                          "(`owner/name`).")
+        raise RecipeError(
+            f"The dataset {name!r} does not exist: there is no such file or folder "
+            f"({os.path.abspath(local)}). Give a local .json/.jsonl file or folder, or a Hub dataset id "
+            "(`owner/name`)."
+        )
     else:
         dataset = _loaded(name, lambda: load_dataset(name, name=config, **(hub_options or {})))
     if split not in dataset:
         raise RecipeError(f"The dataset {name!r} has no split {split!r}; it has {sorted(dataset)}.")
     missing = [c for c in required_columns if c not in dataset[split].column_names]
     if missing:
-        raise RecipeError(f"The dataset {name!r} lacks the column(s) {missing} this stage needs "
-                          f"({', '.join(required_columns)}); its columns are {dataset[split].column_names}.")
+        raise RecipeError(
+            f"The dataset {name!r} lacks the column(s) {missing} this stage needs "
+            f"({', '.join(required_columns)}); its columns are {dataset[split].column_names}."
+        )
     return dataset, is_local
 
 
-def _checked_rows(dataset: DatasetDict, name: str, splits: tuple[str, ...], required_columns: tuple[str, ...],
-                  is_local: bool) -> None:
+def _checked_rows(
+    dataset: DatasetDict, name: str, splits: tuple[str, ...], required_columns: tuple[str, ...], is_local: bool
+) -> None:
     """The given splits (those there are) have rows; a Hub dataset's rows are checked for the stage (local records
     were checked as they were read)."""
     for split in splits:
@@ -235,11 +162,15 @@ def _checked_rows(dataset: DatasetDict, name: str, splits: tuple[str, ...], requ
 def _member_rows(member: mixtures.Member, required_columns: tuple[str, ...]):
     """The rows of a mixture member's split, checked like a `dataset_name`'s (a TRL member's local files as datasets
     would read them)."""
-    hub_options = {key: value for key, value in (("data_dir", member.data_dir), ("data_files", member.data_files))
-                   if value is not None}
+    hub_options = {
+        key: value
+        for key, value in (("data_dir", member.data_dir), ("data_files", member.data_files))
+        if value is not None
+    }
     hub_options = {key: list(value) if isinstance(value, tuple) else value for key, value in hub_options.items()}
-    dataset, is_local = _load_checked(member.id, member.config, member.split, required_columns,
-                                      trl_datasets.local_files(member), hub_options)
+    dataset, is_local = _load_checked(
+        member.id, member.config, member.split, required_columns, trl_datasets.local_files(member), hub_options
+    )
     _checked_rows(dataset, member.id, (member.split,), required_columns, is_local)
     return dataset[member.split]
 
@@ -248,11 +179,16 @@ def recipe_mixture(data_args, run_seed: int = 0, required_columns: tuple[str, ..
     """The mixture the recipe's data arguments write, checked: `dataset_mixture`, or TRL's `datasets` (with its
     `streaming` and `test_split_size`); None when they write none."""
     if data_args.dataset_mixture is not None:
-        return mixtures.read_mixture(data_args.dataset_mixture, run_seed, data_args.dataset_test_size,
-                                     required_columns)
+        return mixtures.read_mixture(data_args.dataset_mixture, run_seed, data_args.dataset_test_size, required_columns)
     if data_args.datasets is not None:
-        return trl_datasets.read_datasets(data_args.datasets, data_args.streaming, data_args.test_split_size,
-                                          run_seed, data_args.dataset_test_size, required_columns)
+        return trl_datasets.read_datasets(
+            data_args.datasets,
+            data_args.streaming,
+            data_args.test_split_size,
+            run_seed,
+            data_args.dataset_test_size,
+            required_columns,
+        )
     return None
 
 
@@ -274,25 +210,36 @@ SOURCES = "`dataset_name` (one dataset), `dataset_mixture` (alignment-handbook's
 def _check_one_source(data_args) -> None:
     """Exactly one of `dataset_name`, `dataset_mixture` and `datasets`; TRL's `test_split_size` and `streaming` only
     with `datasets`, `dataset_config` only with `dataset_name`."""
-    given = [f"`{key}`" for key, value in (("dataset_name", data_args.dataset_name),
-                                           ("dataset_mixture", data_args.dataset_mixture),
-                                           ("datasets", data_args.datasets)) if value not in (None, "")]
+    given = [
+        f"`{key}`"
+        for key, value in (
+            ("dataset_name", data_args.dataset_name),
+            ("dataset_mixture", data_args.dataset_mixture),
+            ("datasets", data_args.datasets),
+        )
+        if value not in (None, "")
+    ]
     if len(given) > 1:
         both = f"Both {given[0]} and {given[1]}" if len(given) == 2 else f"{', '.join(given[:-1])} and {given[-1]}"
         raise RecipeError(f"{both} are given; give exactly one of {SOURCES}.")
     if not given:
-        raise RecipeError(f"The data is missing: give exactly one of {SOURCES}. `dataset_name` is a local "
-                          ".json/.jsonl file or folder, or a Hub dataset id; the other two mix several (see "
-                          "--help_all).")
+        raise RecipeError(
+            f"The data is missing: give exactly one of {SOURCES}. `dataset_name` is a local "
+            ".json/.jsonl file or folder, or a Hub dataset id; the other two mix several (see "
+            "--help_all)."
+        )
     if data_args.datasets is None and (data_args.test_split_size is not None or data_args.streaming):
         key = "test_split_size" if data_args.test_split_size is not None else "streaming"
-        raise RecipeError(f"`{key}` goes with TRL's `datasets` list; with {given[0]}, the held-out share is "
-                          + ("`dataset_mixture.test_split_size`." if given[0] == "`dataset_mixture`"
-                             else "`dataset_test_size`."))
+        raise RecipeError(
+            f"`{key}` goes with TRL's `datasets` list; with {given[0]}, the held-out share is "
+            + ("`dataset_mixture.test_split_size`." if given[0] == "`dataset_mixture`" else "`dataset_test_size`.")
+        )
     if data_args.dataset_config and data_args.dataset_name in (None, ""):
         own = "`config`" if data_args.dataset_mixture is not None else "`name`"
-        raise RecipeError(f"`dataset_config` applies to `dataset_name`; with {given[0]}, give each dataset of the "
-                          f"mixture its own {own}.")
+        raise RecipeError(
+            f"`dataset_config` applies to `dataset_name`; with {given[0]}, give each dataset of the "
+            f"mixture its own {own}."
+        )
 
 
 def load_recipe_dataset(data_args, required_columns: tuple[str, ...], seed: int) -> DatasetDict:
@@ -302,8 +249,12 @@ def load_recipe_dataset(data_args, required_columns: tuple[str, ...], seed: int)
     _check_one_source(data_args)
     mixture = recipe_mixture(data_args, seed, tuple(required_columns))
     if mixture is not None:
-        return mixtures.build_mixture(mixture, lambda member: _member_rows(member, tuple(required_columns)),
-                                      data_args.dataset_train_split, data_args.dataset_test_split)
+        return mixtures.build_mixture(
+            mixture,
+            lambda member: _member_rows(member, tuple(required_columns)),
+            data_args.dataset_train_split,
+            data_args.dataset_test_split,
+        )
     name = data_args.dataset_name
     train_split, test_split = data_args.dataset_train_split, data_args.dataset_test_split
     dataset, is_local = _load_checked(name, data_args.dataset_config, train_split, required_columns)
@@ -311,8 +262,9 @@ def load_recipe_dataset(data_args, required_columns: tuple[str, ...], seed: int)
     if test_split not in dataset:
         if not 0 < data_args.dataset_test_size < 1:
             raise RecipeError(f"`dataset_test_size` must be in (0, 1), got {data_args.dataset_test_size}.")
-        _check_split_sizes(name, len(dataset[train_split]), data_args.dataset_test_size, train_split, test_split,
-                          is_local)
+        _check_split_sizes(
+            name, len(dataset[train_split]), data_args.dataset_test_size, train_split, test_split, is_local
+        )
         held_out = dataset[train_split].train_test_split(test_size=data_args.dataset_test_size, seed=seed)
         dataset = DatasetDict({train_split: held_out["train"], test_split: held_out["test"]})
     return dataset

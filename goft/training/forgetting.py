@@ -36,7 +36,8 @@ BUDGET_MAX_LENGTH = 128  # tokens per general-text paragraph in the budget's mea
 
 def under_deepspeed_or_fsdp(training_args) -> bool:
     return bool(getattr(training_args, "deepspeed", None)) or any(
-        os.environ.get(f"ACCELERATE_USE_{kind}", "").lower() in ("1", "true") for kind in ("DEEPSPEED", "FSDP"))
+        os.environ.get(f"ACCELERATE_USE_{kind}", "").lower() in ("1", "true") for kind in ("DEEPSPEED", "FSDP")
+    )
 
 
 def check_retention_arguments(args, training_args, stage: str) -> None:
@@ -44,8 +45,10 @@ def check_retention_arguments(args, training_args, stage: str) -> None:
     if args.retention_eval:
         load_questions(args.retention_questions or assets.RETENTION_QUESTIONS)
     if args.measure_steps < 1 or args.forgetting_texts < 1:
-        raise RecipeError("`measure_steps` and `forgetting_texts` must be at least 1, got "
-                          f"{args.measure_steps} and {args.forgetting_texts}.")
+        raise RecipeError(
+            "`measure_steps` and `forgetting_texts` must be at least 1, got "
+            f"{args.measure_steps} and {args.forgetting_texts}."
+        )
     if args.task_target_nll is not None:
         if stage != "sft":
             raise RecipeError("`task_target_nll` is an SFT key (the held-out answers' NLL); DPO has no such target.")
@@ -56,14 +59,19 @@ def check_retention_arguments(args, training_args, stage: str) -> None:
             raise RecipeError(f"`forgetting_budget` must be a positive KL per token, got {args.forgetting_budget}.")
         load_general_text(args.general_text or assets.GENERAL_TEXT)
     check_replay_arguments(args, stage)
-    if (args.forgetting_budget is not None or args.task_target_nll is not None) and \
-            under_deepspeed_or_fsdp(training_args):
-        raise RecipeError("`forgetting_budget` and `task_target_nll` are not supported under DeepSpeed or FSDP (the "
-                          "adapter would have to be gathered for each measurement); use one process or DDP.")
+    if (args.forgetting_budget is not None or args.task_target_nll is not None) and under_deepspeed_or_fsdp(
+        training_args
+    ):
+        raise RecipeError(
+            "`forgetting_budget` and `task_target_nll` are not supported under DeepSpeed or FSDP (the "
+            "adapter would have to be gathered for each measurement); use one process or DDP."
+        )
     if (args.replay_share or args.anchor_weight) and under_deepspeed_or_fsdp(training_args):
-        raise RecipeError("`replay_share` and `anchor_weight` are not supported under DeepSpeed or FSDP (the base "
-                          "answers the replay prompts before training, unsharded); use one process (or DDP for "
-                          "replay), or turn them off with `--anchor_weight 0 --replay_share 0`.")
+        raise RecipeError(
+            "`replay_share` and `anchor_weight` are not supported under DeepSpeed or FSDP (the base "
+            "answers the replay prompts before training, unsharded); use one process (or DDP for "
+            "replay), or turn them off with `--anchor_weight 0 --replay_share 0`."
+        )
 
 
 def _peft_model(trainer):
@@ -94,15 +102,23 @@ class RetentionCheck:
             with adapter_off(model):
                 self.known = known_questions(model, tokenizer, self.questions)
         if when == "before" and self.prior_retention is not None:
-            return {"retention": self.prior_retention, "known_to_base": len(self.known), "lost": [],
-                    "from_previous_run": True}
+            return {
+                "retention": self.prior_retention,
+                "known_to_base": len(self.known),
+                "lost": [],
+                "from_previous_run": True,
+            }
         return knowledge_retention(model, tokenizer, self.known)
 
     def record(self, retention: float, lost: list[str]) -> dict:
         """What goft_run.json keeps: the questions the base knows (a run continuing this adapter need not ask the
         base again), the retention and the ids of the questions lost."""
-        return {"questions_sha256": self.digest, "known_ids": [q.id for q in self.known], "retention": retention,
-                "lost_ids": list(lost)}
+        return {
+            "questions_sha256": self.digest,
+            "known_ids": [q.id for q in self.known],
+            "retention": retention,
+            "lost_ids": list(lost),
+        }
 
 
 def _trainable_state(model) -> dict[str, torch.Tensor]:
@@ -122,8 +138,9 @@ class ForgettingBudget(TrainerCallback):
         self.history: list[tuple[int, float]] = []
 
     def measure(self, model) -> float:
-        shift = general_text_shift(model, self.tokenizer, self.texts, max_length=BUDGET_MAX_LENGTH,
-                                   base_cache=self.base_logits)
+        shift = general_text_shift(
+            model, self.tokenizer, self.texts, max_length=BUDGET_MAX_LENGTH, base_cache=self.base_logits
+        )
         return shift["kl_base_tuned"]
 
     def _check(self, model, step: int) -> float:
@@ -136,9 +153,11 @@ class ForgettingBudget(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         kl = self._check(model, state.global_step)
         if kl > self.budget:
-            raise RecipeError(f"The model already forgets more than `forgetting_budget` before this run trains: KL "
-                              f"{kl:.4g} > {self.budget:g} per token at step {state.global_step} (the adapter it "
-                              "starts from). Raise the budget, or start from a less-trained adapter.")
+            raise RecipeError(
+                f"The model already forgets more than `forgetting_budget` before this run trains: KL "
+                f"{kl:.4g} > {self.budget:g} per token at step {state.global_step} (the adapter it "
+                "starts from). Raise the budget, or start from a less-trained adapter."
+            )
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every or state.global_step == (self.history[-1][0] if self.history else -1):
@@ -157,15 +176,24 @@ class ForgettingBudget(TrainerCallback):
             for name, parameter in model.named_parameters():
                 if name in self.kept_state:
                     parameter.copy_(self.kept_state[name])
-        logger.warning("Forgetting reached KL %.4g > budget %g at step %d: training stopped, and the result is the "
-                       "adapter of step %d (KL %.4g).", self.exceeded[1], self.budget, self.exceeded[0],
-                       self.kept_step, self.kept_kl)
+        logger.warning(
+            "Forgetting reached KL %.4g > budget %g at step %d: training stopped, and the result is the "
+            "adapter of step %d (KL %.4g).",
+            self.exceeded[1],
+            self.budget,
+            self.exceeded[0],
+            self.kept_step,
+            self.kept_kl,
+        )
 
     def metrics(self) -> dict:
         """What the summary and the model card report."""
-        found = {"forgetting/budget_kl": self.budget, "forgetting/kept_step": self.kept_step,
-                 "forgetting/kept_kl": self.kept_kl,
-                 "forgetting/measured_steps": " ".join(f"{s}:{kl:.3g}" for s, kl in self.history)}
+        found = {
+            "forgetting/budget_kl": self.budget,
+            "forgetting/kept_step": self.kept_step,
+            "forgetting/kept_kl": self.kept_kl,
+            "forgetting/measured_steps": " ".join(f"{s}:{kl:.3g}" for s, kl in self.history),
+        }
         if self.exceeded is not None:
             found.update({"forgetting/stopped_at_step": self.exceeded[0], "forgetting/stopped_kl": self.exceeded[1]})
         return found
@@ -211,6 +239,6 @@ def make_callbacks(args, tokenizer, train_dataset, max_length: int) -> list[Trai
         rows = train_dataset.select(range(min(TARGET_ROWS, len(train_dataset))))
         callbacks.append(TaskTarget(rows, args.task_target_nll, args.measure_steps, tokenizer, max_length))
     if args.forgetting_budget is not None:
-        texts = load_general_text(args.general_text or assets.GENERAL_TEXT)[:args.forgetting_texts]
+        texts = load_general_text(args.general_text or assets.GENERAL_TEXT)[: args.forgetting_texts]
         callbacks.append(ForgettingBudget(texts, args.forgetting_budget, args.measure_steps, tokenizer))
     return callbacks

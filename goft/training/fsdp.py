@@ -58,8 +58,11 @@ def save_whole_adapters(model, output_dir: str) -> None:
         state = get_peft_model_state_dict(model, state_dict=whole, adapter_name=adapter_name)
         folder = output_dir if adapter_name == "default" else os.path.join(output_dir, adapter_name)
         os.makedirs(folder, exist_ok=True)
-        save_file({key.replace(FSDP1_PREFIX, ""): t.contiguous() for key, t in state.items()},
-                  os.path.join(folder, SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(
+            {key.replace(FSDP1_PREFIX, ""): t.contiguous() for key, t in state.items()},
+            os.path.join(folder, SAFETENSORS_WEIGHTS_NAME),
+            metadata={"format": "pt"},
+        )
         saved_config = copy.copy(config)
         saved_config.inference_mode = True
         saved_config.save_pretrained(folder)
@@ -68,8 +71,11 @@ def save_whole_adapters(model, output_dir: str) -> None:
 def load_whole_adapter(model, folder: str, adapter_name: str) -> None:
     """Copy a saved adapter (`save_whole_adapters`) into the whole tensors of adapter `adapter_name`."""
     saved = load_peft_weights(folder)
-    by_key = {re.sub(rf"\.{re.escape(adapter_name)}(?=\.|$)", "", name.replace(FSDP1_PREFIX, "")): t
-              for name, t in _whole_tensors(model).items() if f".{adapter_name}" in name}
+    by_key = {
+        re.sub(rf"\.{re.escape(adapter_name)}(?=\.|$)", "", name.replace(FSDP1_PREFIX, "")): t
+        for name, t in _whole_tensors(model).items()
+        if f".{adapter_name}" in name
+    }
     missing = sorted(set(saved) - set(by_key))
     if missing:
         raise RecipeError(f"The checkpoint {folder} holds adapter tensors this model lacks: {missing[:3]}.")

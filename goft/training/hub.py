@@ -13,8 +13,18 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from .errors import RecipeError
 
-PUSHED_FILES = ["adapter_config.json", "adapter_model.safetensors", "README.md", "tokenizer*", "special_tokens_map.json",
-                "vocab.json", "merges.txt", "chat_template.jinja", "added_tokens.json", "generation_config.json"]
+PUSHED_FILES = [
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "README.md",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "added_tokens.json",
+    "generation_config.json",
+]
 SECRET_KEY = re.compile(r"token|secret|password|api_key", re.IGNORECASE)
 TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
 REDACTED = "<redacted>"
@@ -29,8 +39,11 @@ def take_hub_token(training_args) -> str | None:
 
 
 def _known_secrets() -> list[str]:
-    return [secret for secret in (os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN"), get_token())
-            if secret]
+    return [
+        secret
+        for secret in (os.environ.get("HF_TOKEN"), os.environ.get("HUGGING_FACE_HUB_TOKEN"), get_token())
+        if secret
+    ]
 
 
 def scrub(text: str, *secrets: str | None) -> str:
@@ -48,23 +61,31 @@ def check_push_settings(training_args, token: str | None) -> None:
     if not training_args.hub_model_id:
         raise RecipeError("`push_to_hub: true` needs `hub_model_id` (owner/name of the adapter repo to create).")
     if not token:
-        raise RecipeError("`push_to_hub: true` but no Hub token was found: run `hf auth login`, set HF_TOKEN, or "
-                          "put `hub_token` in the YAML recipe.")
+        raise RecipeError(
+            "`push_to_hub: true` but no Hub token was found: run `hf auth login`, set HF_TOKEN, or "
+            "put `hub_token` in the YAML recipe."
+        )
     if constants.HF_HUB_OFFLINE:
-        raise RecipeError("`push_to_hub: true` but the Hub is offline (HF_HUB_OFFLINE=1), so nothing could be "
-                          "pushed at the end. Unset HF_HUB_OFFLINE, or drop `push_to_hub` and upload later.")
+        raise RecipeError(
+            "`push_to_hub: true` but the Hub is offline (HF_HUB_OFFLINE=1), so nothing could be "
+            "pushed at the end. Unset HF_HUB_OFFLINE, or drop `push_to_hub` and upload later."
+        )
     try:
         identity = HfApi(token=token).whoami()
     except HfHubHTTPError as error:
         status = getattr(error.response, "status_code", None)
         if status == 401:
-            raise RecipeError(f"The Hub at {constants.ENDPOINT} rejected the token (401 Unauthorized). Create a "
-                              "token with write access, then `hf auth login` or set HF_TOKEN.") from None
+            raise RecipeError(
+                f"The Hub at {constants.ENDPOINT} rejected the token (401 Unauthorized). Create a "
+                "token with write access, then `hf auth login` or set HF_TOKEN."
+            ) from None
         raise RecipeError(f"Checking the Hub token failed: {scrub(str(error), token)}") from None
     except Exception as error:  # connection refused, DNS, TLS: nothing that training would fix
-        raise RecipeError(f"`push_to_hub: true` but the Hub at {constants.ENDPOINT} cannot be reached to check the "
-                          f"token ({type(error).__name__}: {scrub(str(error), token)}). Fix the connection, or drop "
-                          "`push_to_hub` and upload later.") from None
+        raise RecipeError(
+            f"`push_to_hub: true` but the Hub at {constants.ENDPOINT} cannot be reached to check the "
+            f"token ({type(error).__name__}: {scrub(str(error), token)}). Fix the connection, or drop "
+            "`push_to_hub` and upload later."
+        ) from None
     role = ((identity.get("auth") or {}).get("accessToken") or {}).get("role")
     if role == "read":
         raise RecipeError("`push_to_hub: true` but the Hub token is read-only; create one with write access.")
@@ -75,13 +96,20 @@ def push_run(folder: str, training_args, token: str, commit_message: str) -> str
     api = HfApi(token=token)
     try:
         repo = api.create_repo(training_args.hub_model_id, private=training_args.hub_private_repo, exist_ok=True)
-        api.upload_folder(repo_id=repo.repo_id, folder_path=folder, allow_patterns=PUSHED_FILES,
-                          commit_message=commit_message, revision=training_args.hub_revision)
+        api.upload_folder(
+            repo_id=repo.repo_id,
+            folder_path=folder,
+            allow_patterns=PUSHED_FILES,
+            commit_message=commit_message,
+            revision=training_args.hub_revision,
+        )
     except Exception as error:
         repo_id = training_args.hub_model_id
-        raise RecipeError(f"The run finished and is saved in {folder!r}, but pushing it to {repo_id!r} failed "
-                          f"({type(error).__name__}: {scrub(str(error), token)}). Upload it later with "
-                          f"`hf upload {repo_id} {folder}`.") from None
+        raise RecipeError(
+            f"The run finished and is saved in {folder!r}, but pushing it to {repo_id!r} failed "
+            f"({type(error).__name__}: {scrub(str(error), token)}). Upload it later with "
+            f"`hf upload {repo_id} {folder}`."
+        ) from None
     return str(repo)
 
 

@@ -35,7 +35,7 @@ KEY = "dataset_mixture"
 MIXTURE_KEYS = ("datasets", "seed", "test_split_size")
 MEMBER_KEYS = ("id", "config", "split", "columns", "weight")
 TRL_NAMES = {"path": "id", "name": "config", "fraction": "weight"}  # TRL's DatasetConfig spells these so
-SEED_LIMIT = 2 ** 32
+SEED_LIMIT = 2**32
 WEIGHT, FRACTION = "seeded weight", "first rows by normalised fraction"  # how members' rows are selected
 EXAMPLE = "`dataset_mixture: {datasets: [{id: data/a.jsonl, weight: 0.5}, {id: data/b.jsonl}]}`"
 
@@ -63,8 +63,13 @@ class Member:
     def record(self) -> dict:
         """The member as goft_run.json records it: a local id as an absolute path, every key spelled out."""
         local = os.path.expanduser(self.id)
-        return {"id": os.path.abspath(local) if os.path.exists(local) else self.id, "config": self.config,
-                "split": self.split, "columns": list(self.columns) if self.columns else None, "weight": self.weight}
+        return {
+            "id": os.path.abspath(local) if os.path.exists(local) else self.id,
+            "config": self.config,
+            "split": self.split,
+            "columns": list(self.columns) if self.columns else None,
+            "weight": self.weight,
+        }
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,11 @@ class Mixture:
 
     def record(self) -> dict:
         """The mixture with every default filled in, from which the same splits can be rebuilt elsewhere."""
-        return {"datasets": [member.record() for member in self.members], "seed": self.seed,
-                "test_split_size": self.test_split_size}
+        return {
+            "datasets": [member.record() for member in self.members],
+            "seed": self.seed,
+            "test_split_size": self.test_split_size,
+        }
 
 
 def _is_number(value) -> bool:
@@ -107,16 +115,40 @@ def _refuse_unknown(keys, known: tuple[str, ...], where: str, other_names: dict 
     raise RecipeError(f"{where} has the unknown key {key!r}{hint}; its keys are {', '.join(known)}.")
 
 
+def held_out_share(given, key: str, default: float) -> float:
+    """The share of the mixed rows held out as the test split: `given` (the value of `key`), else `default` (the
+    run's `dataset_test_size`); a number in (0, 1)."""
+    value = default if given is None else given
+    if not _is_number(value) or not 0 < value < 1:
+        named = key if given is not None else "dataset_test_size"
+        raise RecipeError(
+            f"`{named}` is {value!r}, but it must be a number in (0, 1): the share of the mixed rows held out as the "
+            "test split (a share, not a count of rows)."
+        )
+    return float(value)
+
+
+def member_split(value: dict, label: str) -> str:
+    """A member's `split`: the name of one split, `train` when not given."""
+    split = "train" if value.get("split") is None else value["split"]
+    if not isinstance(split, str) or not split:
+        raise RecipeError(f"{label}: `split` must be the name of a split, e.g. `split: train`, not {split!r}.")
+    return split
+
+
 def _columns(value, label: str, required_columns: tuple[str, ...]) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not (isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)):
-        raise RecipeError(f"{label}: `columns` must be a non-empty list of column names, e.g. `columns: [messages]`, "
-                          f"not {value!r}.")
+        raise RecipeError(
+            f"{label}: `columns` must be a non-empty list of column names, e.g. `columns: [messages]`, not {value!r}."
+        )
     left_out = [column for column in required_columns if column not in value]
     if left_out:
-        raise RecipeError(f"{label}: `columns` {value} leaves out the column(s) {left_out} this stage needs "
-                          f"({', '.join(required_columns)}); add them, or drop `columns` to keep every column.")
+        raise RecipeError(
+            f"{label}: `columns` {value} leaves out the column(s) {left_out} this stage needs "
+            f"({', '.join(required_columns)}); add them, or drop `columns` to keep every column."
+        )
     return tuple(dict.fromkeys(value))
 
 
@@ -124,35 +156,44 @@ def _weight(value, label: str) -> float:
     if value is None:
         return 1.0
     if not _is_number(value) or not 0 < value <= 1:
-        raise RecipeError(f"{label}: `weight` is {value!r}, but it must be a number in (0, 1]: the share of the "
-                          "dataset's rows taken (1 takes them all; a dataset cannot be taken more than once).")
+        raise RecipeError(
+            f"{label}: `weight` is {value!r}, but it must be a number in (0, 1]: the share of the "
+            "dataset's rows taken (1 takes them all; a dataset cannot be taken more than once)."
+        )
     return float(value)
 
 
 def _member(index: int, value, required_columns: tuple[str, ...]) -> Member:
     where = f"`{KEY}.datasets[{index}]`"
     if not isinstance(value, dict):
-        raise RecipeError(f"{where} is {value!r}, not a mapping with an `id` (and optionally config, split, columns, "
-                          "weight).")
+        raise RecipeError(
+            f"{where} is {value!r}, not a mapping with an `id` (and optionally config, split, columns, weight)."
+        )
     _refuse_unknown(value, MEMBER_KEYS, where)
     name = value.get("id")
     if not isinstance(name, str) or not name.strip():
-        raise RecipeError(f"{where} has no `id`: give the local .json/.jsonl file or folder, or the Hub dataset id, "
-                          "whose rows it takes.")
+        raise RecipeError(
+            f"{where} has no `id`: give the local .json/.jsonl file or folder, or the Hub dataset id, "
+            "whose rows it takes."
+        )
     label = f"{where} ({name!r})"
     config = value.get("config")
-    split = "train" if value.get("split") is None else value["split"]
     if config is not None and not isinstance(config, str):
         raise RecipeError(f"{label}: `config` must be the name of a Hub dataset config, not {config!r}.")
-    if not isinstance(split, str) or not split:
-        raise RecipeError(f"{label}: `split` must be the name of a split, e.g. `split: train`, not {split!r}.")
-    return Member(index=index, id=name, config=config, split=split,
-                  columns=_columns(value.get("columns"), label, required_columns),
-                  weight=_weight(value.get("weight"), label))
+    split = member_split(value, label)
+    return Member(
+        index=index,
+        id=name,
+        config=config,
+        split=split,
+        columns=_columns(value.get("columns"), label, required_columns),
+        weight=_weight(value.get("weight"), label),
+    )
 
 
-def read_mixture(value, run_seed: int = 0, default_test_size: float = 0.1,
-                 required_columns: tuple[str, ...] = ()) -> Mixture:
+def read_mixture(
+    value, run_seed: int = 0, default_test_size: float = 0.1, required_columns: tuple[str, ...] = ()
+) -> Mixture:
     """The mixture a recipe's `dataset_mixture` describes, with `run_seed` and `default_test_size` where it sets no
     `seed` or `test_split_size`; a bad spec is refused with what is wrong and where."""
     if not isinstance(value, dict):
@@ -160,21 +201,17 @@ def read_mixture(value, run_seed: int = 0, default_test_size: float = 0.1,
     _refuse_unknown(value, MIXTURE_KEYS, f"`{KEY}`")
     datasets = value.get("datasets")
     if not isinstance(datasets, list) or not datasets:
-        raise RecipeError(f"`{KEY}.datasets` must be a non-empty list of datasets, e.g. {EXAMPLE}; got "
-                          f"{datasets!r}.")
+        raise RecipeError(f"`{KEY}.datasets` must be a non-empty list of datasets, e.g. {EXAMPLE}; got {datasets!r}.")
     seed = value.get("seed")
     seed = run_seed if seed is None else seed
     if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT):
-        raise RecipeError(f"`{KEY}.seed` is {seed!r}, but it must be a whole number in [0, {SEED_LIMIT}), or left "
-                          "out to use the run's `seed`.")
-    test_size = value.get("test_split_size")
-    key = f"{KEY}.test_split_size" if test_size is not None else "dataset_test_size"
-    test_size = default_test_size if test_size is None else test_size
-    if not _is_number(test_size) or not 0 < test_size < 1:
-        raise RecipeError(f"`{key}` is {test_size!r}, but it must be a number in (0, 1): the share of the mixed rows "
-                          "held out as the test split.")
+        raise RecipeError(
+            f"`{KEY}.seed` is {seed!r}, but it must be a whole number in [0, {SEED_LIMIT}), or left "
+            "out to use the run's `seed`."
+        )
+    test_size = held_out_share(value.get("test_split_size"), f"{KEY}.test_split_size", default_test_size)
     members = tuple(_member(index, item, tuple(required_columns)) for index, item in enumerate(datasets))
-    return Mixture(members=members, seed=seed, test_split_size=float(test_size))
+    return Mixture(members=members, seed=seed, test_split_size=test_size)
 
 
 def member_locations(value) -> dict[str, str]:
@@ -182,16 +219,21 @@ def member_locations(value) -> dict[str, str]:
     output folder overlapping a member's local data is refused."""
     datasets = value.get("datasets") if isinstance(value, dict) else None
     members = datasets if isinstance(datasets, list) else []
-    return {f"dataset of `{KEY}.datasets[{index}]`": member["id"] for index, member in enumerate(members)
-            if isinstance(member, dict) and isinstance(member.get("id"), str)}
+    return {
+        f"dataset of `{KEY}.datasets[{index}]`": member["id"]
+        for index, member in enumerate(members)
+        if isinstance(member, dict) and isinstance(member.get("id"), str)
+    }
 
 
 def _taken(rows: Dataset, member: Member, seed: int) -> Dataset:
     """`member.weight` of the rows, chosen by a shuffle with `seed`."""
     count = math.floor(member.weight * len(rows) + 1e-9)  # 0.29 * 100 is 28.999…: count it as 29
     if count == 0:
-        raise RecipeError(f"{member.label}: `weight` {member.weight} of its {len(rows)} row(s) in split "
-                          f"{member.split!r} takes none; raise the weight or add rows.")
+        raise RecipeError(
+            f"{member.label}: `weight` {member.weight} of its {len(rows)} row(s) in split "
+            f"{member.split!r} takes none; raise the weight or add rows."
+        )
     return rows if count == len(rows) else rows.shuffle(seed=seed).select(range(count))
 
 
@@ -208,8 +250,10 @@ def _first_rows_by_fraction(parts: list[Dataset], members: tuple[Member, ...]) -
     for part, share, member in zip(parts, shares, members):
         count = min(round(share * total), len(part))
         if count == 0:
-            raise RecipeError(f"{member.label}: `fraction` {member.fraction} of a mixture of {total:g} row(s) takes "
-                              "none of its rows; raise its fraction or add rows to the other datasets.")
+            raise RecipeError(
+                f"{member.label}: `fraction` {member.fraction} of a mixture of {total:g} row(s) takes "
+                "none of its rows; raise its fraction or add rows to the other datasets."
+            )
         taken.append(part.select(range(count)))
     return taken
 
@@ -219,8 +263,10 @@ def _check_same_columns(parts: list[Dataset], mixture: Mixture) -> None:
     if len(layouts) == 1:
         return
     listed = "; ".join(f"{member.label}: {part.column_names}" for member, part in zip(mixture.members, parts))
-    raise RecipeError(f"The {mixture.name} members have different columns ({listed}). Mixed rows need the same "
-                      "columns: give each member `columns: [...]` with the ones the stage trains on.")
+    raise RecipeError(
+        f"The {mixture.name} members have different columns ({listed}). Mixed rows need the same "
+        "columns: give each member `columns: [...]` with the ones the stage trains on."
+    )
 
 
 def _concatenated(parts: list[Dataset], mixture: Mixture) -> Dataset:
@@ -228,9 +274,11 @@ def _concatenated(parts: list[Dataset], mixture: Mixture) -> Dataset:
         return concatenate_datasets(parts)
     except ValueError:
         listed = "; ".join(f"{member.label}: {part.features}" for member, part in zip(mixture.members, parts))
-        raise RecipeError(f"The {mixture.name} members' columns hold values of different types, which cannot be mixed "
-                          f"({listed}). Give every member's records the same shape (the same keys in each "
-                          "message, for instance).") from None
+        raise RecipeError(
+            f"The {mixture.name} members' columns hold values of different types, which cannot be mixed "
+            f"({listed}). Give every member's records the same shape (the same keys in each "
+            "message, for instance)."
+        ) from None
 
 
 def _check_split_sizes(rows: int, mixture: Mixture) -> None:
@@ -238,13 +286,16 @@ def _check_split_sizes(rows: int, mixture: Mixture) -> None:
     held_out = math.ceil(test_size * rows)  # as datasets' train_test_split counts
     if held_out >= rows:
         shares = "the weights" if mixture.selection == WEIGHT else "the datasets"
-        raise RecipeError(f"The {mixture.name} mixture has {rows} row(s), too few to hold out a test split of "
-                          f"{test_size}: it would hold out {held_out} and leave none to train on. Lower "
-                          f"{mixture.test_key} (or `dataset_test_size`), raise {shares}, or add rows.")
+        raise RecipeError(
+            f"The {mixture.name} mixture has {rows} row(s), too few to hold out a test split of "
+            f"{test_size}: it would hold out {held_out} and leave none to train on. Lower "
+            f"{mixture.test_key} (or `dataset_test_size`), raise {shares}, or add rows."
+        )
 
 
-def build_mixture(mixture: Mixture, load_member: Callable[[Member], Dataset], train_split: str,
-                  test_split: str) -> DatasetDict:
+def build_mixture(
+    mixture: Mixture, load_member: Callable[[Member], Dataset], train_split: str, test_split: str
+) -> DatasetDict:
     """The mixed `train_split` and held-out `test_split`. `load_member(member)` gives the rows of the member's split,
     checked (a `RecipeError` it raises is named with the member); `columns` and the selection (each member's `weight`,
     or TRL's fractions) are applied here."""
@@ -257,8 +308,10 @@ def build_mixture(mixture: Mixture, load_member: Callable[[Member], Dataset], tr
         if member.columns:
             missing = [column for column in member.columns if column not in rows.column_names]
             if missing:
-                raise RecipeError(f"{member.label}: `columns` names {missing}, which the dataset does not have; its "
-                                  f"columns are {rows.column_names}.")
+                raise RecipeError(
+                    f"{member.label}: `columns` names {missing}, which the dataset does not have; its "
+                    f"columns are {rows.column_names}."
+                )
             rows = rows.select_columns(list(member.columns))
         parts.append(_taken(rows, member, mixture.seed) if mixture.selection == WEIGHT else rows)
     if mixture.selection == FRACTION:

@@ -4,6 +4,7 @@ import importlib.metadata
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..formats import markdown_table
 from . import mixtures, trl_datasets
 from .data import is_hub_dataset
 from .run_spec import plain_value
@@ -35,8 +36,7 @@ def describe_data(dataset_name: str | None, mixture: dict | mixtures.Mixture | N
 
 
 def _is_hub_member(member: mixtures.Member) -> bool:
-    return not (member.key == trl_datasets.KEY and member.id == trl_datasets.JSON_BUILDER) and \
-        is_hub_dataset(member.id)
+    return not (member.key == trl_datasets.KEY and member.id == trl_datasets.JSON_BUILDER) and is_hub_dataset(member.id)
 
 
 def _member_text(member: mixtures.Member) -> str:
@@ -54,61 +54,113 @@ def _member_text(member: mixtures.Member) -> str:
 
 
 def _metrics_table(metrics: dict) -> str:
-    rows = [f"| {key} | {value:.6g} |" if isinstance(value, float) else f"| {key} | {value} |"
-            for key, value in sorted(metrics.items())]
-    return "\n".join(["| metric | value |", "|---|---|", *rows])
+    return markdown_table(
+        ["metric", "value"],
+        [[key, f"{value:.6g}" if isinstance(value, float) else value] for key, value in sorted(metrics.items())],
+    )
 
 
-def build_model_card(*, stage: str, source, method: str, strict: bool, recipe_yaml: str, metrics: dict,
-                     dataset_name: str | None, repo_or_dir: str, dataset_mixture: dict | None = None, init_adapter: str | None = None,
-                     strictness_waived: bool = False, resume_changes=(), hyperparameters: dict | None = None,
-                     ) -> ModelCard:
+def build_model_card(
+    *,
+    stage: str,
+    source,
+    method: str,
+    strict: bool,
+    recipe_yaml: str,
+    metrics: dict,
+    dataset_name: str | None,
+    repo_or_dir: str,
+    dataset_mixture: dict | None = None,
+    init_adapter: str | None = None,
+    strictness_waived: bool = False,
+    resume_changes=(),
+    hyperparameters: dict | None = None,
+) -> ModelCard:
     """Card with metadata (base model, tags), the method, the full recipe, final metrics, usage and citation."""
     tags = ["goft", "givens", "trl", stage, "peft"]
     if strict:
         tags.append("orthogonal")
     hub_datasets, dataset_line = describe_data(dataset_name, dataset_mixture)
-    data = ModelCardData(library_name="peft", base_model=source.hub_base_model, tags=tags,
-                         datasets=hub_datasets or None)
+    data = ModelCardData(
+        library_name="peft", base_model=source.hub_base_model, tags=tags, datasets=hub_datasets or None
+    )
     base_line = f"`{source.name}`"
     if source.upstream_id and source.upstream_id != source.name:
-        base_line += (f" (the GGUF `{source.gguf_file}` of [{source.upstream_id}](https://huggingface.co/"
-                      f"{source.upstream_id}), dequantized; goft loads it by this short name)")
+        base_line += (
+            f" (the GGUF `{source.gguf_file}` of [{source.upstream_id}](https://huggingface.co/"
+            f"{source.upstream_id}), dequantized; goft loads it by this short name)"
+        )
     lines = [
-        "---", data.to_yaml(), "---", "",
-        f"# {stage.upper()} adapter trained with goft", "",
+        "---",
+        data.to_yaml(),
+        "---",
+        "",
+        f"# {stage.upper()} adapter trained with goft",
+        "",
         f"- **Base model:** {base_line}",
         f"- **Method:** {method}",
         f"- **Stage:** {stage}" + (f", continued from the adapter `{init_adapter}`" if init_adapter else ""),
         f"- **Dataset:** {dataset_line}",
     ]
     if strictness_waived:
-        lines += ["", "> **Warning:** this alignment-stage adapter is *not* exactly orthogonal. The run was allowed by "
-                      "`allow_non_orthogonal_alignment: true` (a baseline experiment)."]
+        lines += [
+            "",
+            "> **Warning:** this alignment-stage adapter is *not* exactly orthogonal. The run was allowed by "
+            "`allow_non_orthogonal_alignment: true` (a baseline experiment).",
+        ]
     lines += [
-        "", "## How to load it", "",
+        "",
+        "## How to load it",
+        "",
         "```python",
         "import goft  # registers the Givens adapter type with peft; import it before loading",
         "from peft import PeftModel",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
-        f'base = {_base_loading_code(source)}',
+        f"base = {_base_loading_code(source)}",
         f'model = PeftModel.from_pretrained(base, "{repo_or_dir}")',
         f'tokenizer = AutoTokenizer.from_pretrained("{repo_or_dir}")',
-        "```", "",
+        "```",
+        "",
         "`model.merge_and_unload()` gives a plain transformers model that no longer needs goft.",
-        "", "## Final metrics", "", _metrics_table(metrics),
+        "",
+        "## Final metrics",
+        "",
+        _metrics_table(metrics),
         *_listed_section("Training hyper-parameters", hyperparameters or {}),
         *_listed_section("Framework versions", framework_versions()),
-        "", "## Recipe", "", "The complete recipe of this run (YAML keys and command-line flags; secrets removed):",
-        "", "```yaml", recipe_yaml.rstrip(), "```", *_changes_section(resume_changes),
-        "", "## Citation", "", "```bibtex", GOFT_CITATION, "```", "",
+        "",
+        "## Recipe",
+        "",
+        "The complete recipe of this run (YAML keys and command-line flags; secrets removed):",
+        "",
+        "```yaml",
+        recipe_yaml.rstrip(),
+        "```",
+        *_changes_section(resume_changes),
+        "",
+        "## Citation",
+        "",
+        "```bibtex",
+        GOFT_CITATION,
+        "```",
+        "",
     ]
     return ModelCard("\n".join(lines))
 
 
-FRAMEWORKS = ("goft", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "tokenizers", "deepspeed",
-              "bitsandbytes")
+FRAMEWORKS = (
+    "goft",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "datasets",
+    "accelerate",
+    "tokenizers",
+    "deepspeed",
+    "bitsandbytes",
+)
 
 
 def framework_versions() -> dict:
@@ -126,12 +178,21 @@ def training_hyperparameters(args, processes: int) -> dict:
     """What TRL's cards list of a run's training: rates, batch sizes (per device and in all), schedule, length."""
     total = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
     length = {"max_steps": args.max_steps} if args.max_steps > 0 else {"num_train_epochs": args.num_train_epochs}
-    return {"learning_rate": args.learning_rate, "per_device_train_batch_size": args.per_device_train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps, "processes": processes,
-            "total_train_batch_size": total, "seed": args.seed,
-            "optimizer": plain_value(args.optim), "lr_scheduler_type": plain_value(args.lr_scheduler_type),
-            "warmup_steps": args.warmup_steps, "weight_decay": args.weight_decay, "max_grad_norm": args.max_grad_norm,
-            **length, "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"}
+    return {
+        "learning_rate": args.learning_rate,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "processes": processes,
+        "total_train_batch_size": total,
+        "seed": args.seed,
+        "optimizer": plain_value(args.optim),
+        "lr_scheduler_type": plain_value(args.lr_scheduler_type),
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "max_grad_norm": args.max_grad_norm,
+        **length,
+        "precision": "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32",
+    }
 
 
 def _listed_section(title: str, values: dict) -> list[str]:
@@ -145,14 +206,24 @@ def _changes_section(changes) -> list[str]:
     if not changes:
         return []
     rows = [f"| {c['step']} | `{c['key']}` | `{c['before']}` | `{c['after']}` |" for c in changes]
-    return ["", "## Resumed with changes", "",
-            "This run was resumed with other settings than it started with (`resume_with_changes: true`). Up to "
-            "each step below it trained with the earlier value, from that step on with the later one (the recipe "
-            "above shows the final values):", "", "| from step | key | before | after |", "|---|---|---|---|", *rows]
+    return [
+        "",
+        "## Resumed with changes",
+        "",
+        "This run was resumed with other settings than it started with (`resume_with_changes: true`). Up to "
+        "each step below it trained with the earlier value, from that step on with the later one (the recipe "
+        "above shows the final values):",
+        "",
+        "| from step | key | before | after |",
+        "|---|---|---|---|",
+        *rows,
+    ]
 
 
 def _base_loading_code(source) -> str:
     if source.upstream_id and source.upstream_id != source.name:
-        return ("goft.training.load_base_model("
-                f'"{source.name}")  # or AutoModelForCausalLM.from_pretrained("{source.upstream_id}")')
+        return (
+            "goft.training.load_base_model("
+            f'"{source.name}")  # or AutoModelForCausalLM.from_pretrained("{source.upstream_id}")'
+        )
     return f'AutoModelForCausalLM.from_pretrained("{source.name}")'

@@ -3,6 +3,8 @@
 - `check_output_location`: before anything is loaded, `output_dir` must not be a file, must be writable, and must
   neither equal nor overlap (contain or lie inside) any location the run reads: the model, the adapter it continues,
   the data, the recipe file, a chat template, the evaluation sets.
+- `refuse_finished_output`: a finished run, report or merged model in `output_dir` is never replaced unless
+  `overwrite_output_dir` says so.
 - `hold_output_lock`: one run at a time per `output_dir`, by an advisory lock on a file in it. The operating system
   releases the lock when the process ends, however it ends, so a killed run never leaves it stuck.
 - `set_aside_previous_run`: `overwrite_output_dir` moves the previous run into `overwritten-<time>/` inside
@@ -51,17 +53,44 @@ def check_output_location(output_dir, inputs: dict[str, object], key: str = "out
         raise RecipeError(f"`{key}` is required: the folder the run writes to.")
     output = _resolved(output_dir)
     if output.exists() and not output.is_dir():
-        raise RecipeError(f"`{key}` {str(output_dir)!r} is a file, not a folder. Give a folder (new or holding "
-                          "this run's earlier output).")
+        raise RecipeError(
+            f"`{key}` {str(output_dir)!r} is a file, not a folder. Give a folder (new or holding "
+            "this run's earlier output)."
+        )
     for what, path in inputs.items():
         if not path or not os.path.exists(os.path.expanduser(str(path))):
             continue
         relation = _overlap(output, _resolved(path))
         if relation:
-            raise RecipeError(f"`{key}` {str(output_dir)!r} {relation} the {what} {str(path)!r}: the run would write "
-                              f"into what it reads (and `overwrite_output_dir` would move it away). Choose a "
-                              f"separate `{key}`, e.g. runs/<name>.")
+            raise RecipeError(
+                f"`{key}` {str(output_dir)!r} {relation} the {what} {str(path)!r}: the run would write "
+                f"into what it reads (and `overwrite_output_dir` would move it away). Choose a "
+                f"separate `{key}`, e.g. runs/<name>."
+            )
     _check_writable(output, output_dir, key)
+
+
+def refuse_finished_output(
+    output_dir, finished_by: str | None, what: str, overwrite: bool, overwrite_does: str = "replace it"
+) -> None:
+    """The guard that keeps finished work: an `output_dir` holding `what` (the file `finished_by` that the finished
+    work writes; None: any visible file) is refused unless `overwrite`. It reads only; `overwrite_does` says what the
+    flag would do."""
+    folder = _resolved(output_dir)
+    if folder.exists() and not folder.is_dir():
+        raise RecipeError(f"`output_dir` {str(output_dir)!r} is a file, not a folder.")
+    if overwrite or not folder.is_dir():
+        return
+    if finished_by is None:
+        found = any(not path.name.startswith(".") for path in folder.iterdir())
+    else:
+        found = (folder / finished_by).is_file()
+    if found:
+        evidence = f" ({finished_by} is there)" if finished_by else ""
+        raise RecipeError(
+            f"{str(output_dir)!r} already holds {what}{evidence}. Choose another `output_dir`, or pass "
+            f"`--overwrite_output_dir true` to {overwrite_does}."
+        )
 
 
 def _check_writable(output: Path, given, key: str) -> None:
@@ -72,8 +101,10 @@ def _check_writable(output: Path, given, key: str) -> None:
     if not existing.is_dir():
         raise RecipeError(f"`{key}` {str(given)!r} cannot be created: {str(existing)!r} is a file.")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise RecipeError(f"`{key}` {str(given)!r} cannot be written: no write permission on {str(existing)!r}. "
-                          "Choose a folder you can write to.")
+        raise RecipeError(
+            f"`{key}` {str(given)!r} cannot be written: no write permission on {str(existing)!r}. "
+            "Choose a folder you can write to."
+        )
 
 
 def hold_output_lock(output_dir, what: str = "run") -> None:
@@ -88,7 +119,7 @@ def hold_output_lock(output_dir, what: str = "run") -> None:
         logger.warning("Cannot lock %s on this platform: do not start two runs into it at once.", folder)
         return
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_FILE, "a+")
+    handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115  (held open, and so locked, for the process's life)
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
@@ -97,14 +128,18 @@ def hold_output_lock(output_dir, what: str = "run") -> None:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise RecipeError(f"Another {what} is writing into {str(output_dir)!r} ({holder}). Wait for it to end, or "
-                          "choose another `output_dir`; two runs in one folder would delete each other's "
-                          "checkpoints.") from None
+        raise RecipeError(
+            f"Another {what} is writing into {str(output_dir)!r} ({holder}). Wait for it to end, or "
+            "choose another `output_dir`; two runs in one folder would delete each other's "
+            "checkpoints."
+        ) from None
     handle.seek(0)
     handle.truncate()
     started = datetime.datetime.now().isoformat(timespec="seconds")
-    handle.write(f"process {os.getpid()} on {os.uname().nodename if hasattr(os, 'uname') else 'this machine'}, "
-                 f"started {started}\n")
+    handle.write(
+        f"process {os.getpid()} on {os.uname().nodename if hasattr(os, 'uname') else 'this machine'}, "
+        f"started {started}\n"
+    )
     handle.flush()
     _held_locks[str(folder)] = handle
 
@@ -127,9 +162,12 @@ def set_aside_previous_run(output_dir) -> Path | None:
     target.mkdir()
     for path in moved:
         path.rename(target / path.name)
-    logger.warning("overwrite_output_dir: the previous run in %s was moved to %s. It is deleted when the new run "
-                   "finishes; until then (a crash, an interrupt) it stays there. Copy it elsewhere to keep it.",
-                   folder, target)
+    logger.warning(
+        "overwrite_output_dir: the previous run in %s was moved to %s. It is deleted when the new run "
+        "finishes; until then (a crash, an interrupt) it stays there. Copy it elsewhere to keep it.",
+        folder,
+        target,
+    )
     return target
 
 

@@ -23,11 +23,11 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
-from transformers.pytorch_utils import Conv1D
 
-from .cli import has_accelerator
+from ..layer import is_linear, layer_features
 from .errors import RecipeError
-from .models import ModelSource, load_adapter_config
+from .models import ModelSource
+from .processes import has_accelerator
 
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 GENERATION_MARKER = "{% generation %}"
@@ -40,24 +40,31 @@ def check_precision(training_args, model_args=None) -> None:
     wants_bf16 = wants_bf16 or getattr(model_args, "dtype", None) == "bfloat16"
     if torch.cuda.is_available():
         if wants_bf16 and not torch.cuda.is_bf16_supported():
-            raise RecipeError(f"bf16 was requested, but this GPU ({torch.cuda.get_device_name()}) does not support "
-                              "bfloat16. Use `fp16: true` (and `dtype: float16`) instead, or train in fp32.")
+            raise RecipeError(
+                f"bf16 was requested, but this GPU ({torch.cuda.get_device_name()}) does not support "
+                "bfloat16. Use `fp16: true` (and `dtype: float16`) instead, or train in fp32."
+            )
         return
     if wants_fp16 and not has_accelerator():
-        raise RecipeError("fp16 mixed precision was requested, but this machine has no GPU; CPUs do not train in "
-                          "float16. Drop `fp16` (train in fp32) or use `bf16: true`.")
+        raise RecipeError(
+            "fp16 mixed precision was requested, but this machine has no GPU; CPUs do not train in "
+            "float16. Drop `fp16` (train in fp32) or use `bf16: true`."
+        )
 
 
 def load_model_config(source: ModelSource, revision: str = "main", trust_remote_code: bool = False):
     """The base model's config (from its folder, the Hub cache or its GGUF header); custom code only when trusted."""
     try:
-        return AutoConfig.from_pretrained(source.path, gguf_file=source.gguf_file, revision=revision,
-                                          trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(
+            source.path, gguf_file=source.gguf_file, revision=revision, trust_remote_code=trust_remote_code
+        )
     except ValueError as error:
         if "trust_remote_code" in str(error):
-            raise RecipeError(f"The model {source.name!r} ships its own Python code (`auto_map` in its config.json), "
-                              "and goft runs such code only when the recipe sets `trust_remote_code: true`. Read "
-                              "that code first, then set the key.") from None
+            raise RecipeError(
+                f"The model {source.name!r} ships its own Python code (`auto_map` in its config.json), "
+                "and goft runs such code only when the recipe sets `trust_remote_code: true`. Read "
+                "that code first, then set the key."
+            ) from None
         raise RecipeError(f"Cannot read the configuration of the model {source.name!r}: {error}") from None
     except OSError as error:
         raise RecipeError(f"Cannot read the configuration of the model {source.name!r}: {error}") from None
@@ -73,8 +80,10 @@ def build_skeleton(config, source: ModelSource, trust_remote_code: bool = False)
         try:
             model_class = AutoModelForCausalLM._model_mapping[type(config)]
         except KeyError:
-            raise RecipeError(f"The model {source.name!r} (model_type {config.model_type!r}) is not a causal "
-                              "language model that transformers knows.") from None
+            raise RecipeError(
+                f"The model {source.name!r} (model_type {config.model_type!r}) is not a causal "
+                "language model that transformers knows."
+            ) from None
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return model_class(config)
@@ -103,16 +112,15 @@ def describe_linear_layers(model: nn.Module, limit: int = 24) -> str:
     for name, module in model.named_modules():
         if name in excluded:
             continue
-        if isinstance(module, nn.Linear):
-            in_features, out_features = module.in_features, module.out_features
-        elif isinstance(module, Conv1D):
-            in_features, out_features = module.weight.shape[0], module.nf
-        else:
+        if not is_linear(module):
             continue
+        in_features, out_features = layer_features(module)
         key = (name.rsplit(".", 1)[-1], in_features, out_features)
         groups[key] = groups.get(key, 0) + 1
-    parts = [f"{leaf} {n_in}→{n_out}" + (f" (×{count})" if count > 1 else "")
-             for (leaf, n_in, n_out), count in groups.items()]
+    parts = [
+        f"{leaf} {n_in}→{n_out}" + (f" (×{count})" if count > 1 else "")
+        for (leaf, n_in, n_out), count in groups.items()
+    ]
     if len(parts) > limit:
         parts = parts[:limit] + [f"… {len(parts) - limit} more"]
     return ", ".join(parts) or "none"
@@ -129,38 +137,52 @@ def check_fresh_adapter(skeleton: nn.Module, adapter_config: PeftConfig, model_n
     and every targeted layer suits the method."""
     layers = describe_linear_layers(skeleton)
     targets = adapter_config.target_modules  # None: peft's usual set for the model type, never these layers
-    refused = [(name, kind) for name, kind in _embedding_modules(skeleton).items()
-               if targets is not None and (kind == "output layer" or method != "lora")
-               and check_target_module_exists(adapter_config, name)]
+    refused = [
+        (name, kind)
+        for name, kind in _embedding_modules(skeleton).items()
+        if targets is not None
+        and (kind == "output layer" or method != "lora")
+        and check_target_module_exists(adapter_config, name)
+    ]
     if refused:
         name, kind = refused[0]
         key = "`adapter_target_modules`" + (" (or `lora_target_modules`)" if method == "lora" else "")
         shown = sorted(targets) if isinstance(targets, (set, list)) else targets
-        why = ("its weight gives the log-probabilities directly, so an adapter there would never train"
-               if kind == "output layer" else f"the `{method}` adapter adapts linear layers only (LoRA can adapt "
-               "embeddings)")
-        raise RecipeError(f"{key} {shown!r} select {name!r}, the model's {kind}: {why}. Leave it out; the layers "
-                          f"an adapter can target (in→out features) are: {layers}.")
+        why = (
+            "its weight gives the log-probabilities directly, so an adapter there would never train"
+            if kind == "output layer"
+            else f"the `{method}` adapter adapts linear layers only (LoRA can adapt embeddings)"
+        )
+        raise RecipeError(
+            f"{key} {shown!r} select {name!r}, the model's {kind}: {why}. Leave it out; the layers "
+            f"an adapter can target (in→out features) are: {layers}."
+        )
     try:
         _inject(skeleton, adapter_config)
     except NoMatchingPeftModuleError:
-        raise RecipeError(f"`adapter_target_modules` {adapter_config.target_modules!r} match no layer of "
-                          f"{model_name!r}. Its linear layers (in→out features) are: {layers}. Name some of "
-                          "these, give a regex, or use `all-linear`.") from None
+        raise RecipeError(
+            f"`adapter_target_modules` {adapter_config.target_modules!r} match no layer of "
+            f"{model_name!r}. Its linear layers (in→out features) are: {layers}. Name some of "
+            "these, give a regex, or use `all-linear`."
+        ) from None
     except (ValueError, TypeError) as error:
-        raise RecipeError(f"The `{method}` adapter cannot be applied to {model_name!r}: {error} Its linear layers "
-                          f"(in→out features) are: {layers}. Narrow `adapter_target_modules` or change the "
-                          "method's settings.") from None
+        raise RecipeError(
+            f"The `{method}` adapter cannot be applied to {model_name!r}: {error} Its linear layers "
+            f"(in→out features) are: {layers}. Narrow `adapter_target_modules` or change the "
+            "method's settings."
+        ) from None
 
 
 def _saved_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
     """The shape of every tensor in a safetensors file; a truncated or damaged file is an error naming it."""
     try:
         with safe_open(str(weights), framework="pt") as handle:
-            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+            return {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as error:
-        raise RecipeError(f"{weights} is not a readable safetensors file ({error}): it is truncated or damaged, "
-                          "for example by a copy that did not finish. Copy or save the adapter again.") from None
+        raise RecipeError(
+            f"{weights} is not a readable safetensors file ({error}): it is truncated or damaged, "
+            "for example by a copy that did not finish. Copy or save the adapter again."
+        ) from None
 
 
 def check_weights_complete(weights: Path) -> None:
@@ -174,48 +196,62 @@ def check_weights_complete(weights: Path) -> None:
         header = None
     ends = [entry["data_offsets"][1] for key, entry in (header or {}).items() if key != "__metadata__"]
     if header is None or 8 + header_size + max(ends, default=0) > size:
-        raise RecipeError(f"{weights} is truncated or damaged: its header announces more data than the file's "
-                          f"{size} bytes hold. Copy or save the adapter again.")
+        raise RecipeError(
+            f"{weights} is truncated or damaged: its header announces more data than the file's "
+            f"{size} bytes hold. Copy or save the adapter again."
+        )
 
 
-def check_adapter_folder(skeleton: nn.Module, adapter_path: str, model_name: str) -> None:
-    """A saved adapter fits this base: safetensors weights, its target layers present, every tensor's shape equal."""
+def check_adapter_folder(skeleton: nn.Module, adapter: ModelSource, model_name: str) -> None:
+    """A saved adapter (`resolve_adapter_source`) fits this base: safetensors weights, its target layers present,
+    every tensor's shape equal."""
+    adapter_path, config = adapter.adapter_path, adapter.adapter_config
     folder = Path(adapter_path)
     weights = folder / ADAPTER_WEIGHTS_FILE
     if not weights.is_file():
         others = sorted(p.name for p in folder.glob("adapter_model.*"))
         found = f"; it holds {others}" if others else ""
-        raise RecipeError(f"The adapter folder {adapter_path!r} has no {ADAPTER_WEIGHTS_FILE}{found}. goft loads "
-                          "adapters only from safetensors (pickled .bin files can run code when loaded): re-save it "
-                          "with `save_pretrained(..., safe_serialization=True)`.")
+        raise RecipeError(
+            f"The adapter folder {adapter_path!r} has no {ADAPTER_WEIGHTS_FILE}{found}. goft loads "
+            "adapters only from safetensors (pickled .bin files can run code when loaded): re-save it "
+            "with `save_pretrained(..., safe_serialization=True)`."
+        )
     check_weights_complete(weights)
-    config = load_adapter_config(adapter_path)
     model_type = getattr(getattr(skeleton, "config", None), "model_type", "?")
     try:
         model = _inject(skeleton, config)
     except NoMatchingPeftModuleError:
-        raise RecipeError(f"The adapter in {adapter_path!r} does not fit the base {model_name!r} ({model_type}): "
-                          f"it adapts layers named {config.target_modules!r}, which this model does not have. Its "
-                          f"linear layers are: {describe_linear_layers(skeleton)}. Load the adapter onto the base "
-                          "it was trained on.") from None
+        raise RecipeError(
+            f"The adapter in {adapter_path!r} does not fit the base {model_name!r} ({model_type}): "
+            f"it adapts layers named {config.target_modules!r}, which this model does not have. Its "
+            f"linear layers are: {describe_linear_layers(skeleton)}. Load the adapter onto the base "
+            "it was trained on."
+        ) from None
     expected = {key: tuple(value.shape) for key, value in get_peft_model_state_dict(model).items()}
     saved = _saved_shapes(weights)
     mismatched = [(key, saved[key], expected[key]) for key in saved if key in expected and saved[key] != expected[key]]
     if mismatched or not set(saved) & set(expected):
-        shown = "; ".join(f"{key}: {list(got)} in the adapter, {list(want)} for this base"
-                          for key, got, want in mismatched[:3]) or f"none of its {len(saved)} tensors has a place"
+        shown = (
+            "; ".join(
+                f"{key}: {list(got)} in the adapter, {list(want)} for this base" for key, got, want in mismatched[:3]
+            )
+            or f"none of its {len(saved)} tensors has a place"
+        )
         more = f" (and {len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
-        raise RecipeError(f"The adapter in {adapter_path!r} does not fit the base {model_name!r} ({model_type}): "
-                          f"{shown}{more}. The base has a different width or architecture than the one the adapter "
-                          "was trained on; load it onto that base.")
+        raise RecipeError(
+            f"The adapter in {adapter_path!r} does not fit the base {model_name!r} ({model_type}): "
+            f"{shown}{more}. The base has a different width or architecture than the one the adapter "
+            "was trained on; load it onto that base."
+        )
 
 
-def check_adapters_fit(source: ModelSource, adapter_paths, revision: str = "main",
-                       trust_remote_code: bool = False) -> None:
+def check_adapters_fit(
+    base: ModelSource, adapters: list[ModelSource], revision: str = "main", trust_remote_code: bool = False
+) -> None:
     """`check_adapter_folder` for each adapter against one base, whose config is read once."""
-    config = load_model_config(source, revision, trust_remote_code)
-    for path in adapter_paths:
-        check_adapter_folder(build_skeleton(config, source, trust_remote_code), str(path), source.name)
+    config = load_model_config(base, revision, trust_remote_code)
+    for adapter in adapters:
+        check_adapter_folder(build_skeleton(config, base, trust_remote_code), adapter, base.name)
 
 
 def is_conversational(dataset, columns: tuple[str, ...]) -> bool:
@@ -223,8 +259,9 @@ def is_conversational(dataset, columns: tuple[str, ...]) -> bool:
     if len(dataset) == 0:
         return False
     row = dataset[0]
-    return any(isinstance(row.get(column), list) and row[column] and isinstance(row[column][0], dict)
-               for column in columns)
+    return any(
+        isinstance(row.get(column), list) and row[column] and isinstance(row[column][0], dict) for column in columns
+    )
 
 
 def chat_template_file_text(path: str | None) -> str | None:
@@ -235,30 +272,39 @@ def chat_template_file_text(path: str | None) -> str | None:
     try:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise RecipeError(f"`chat_template_path` {path!r} is not UTF-8 text (byte {error.start}). Re-encode it as "
-                          "UTF-8.") from None
+        raise RecipeError(
+            f"`chat_template_path` {path!r} is not UTF-8 text (byte {error.start}). Re-encode it as UTF-8."
+        ) from None
 
 
-def check_chat_template(tokenizer, model_name: str, conversational: bool, assistant_only_loss: bool,
-                        template_file: str | None = None) -> None:
+def check_chat_template(
+    tokenizer, model_name: str, conversational: bool, assistant_only_loss: bool, template_file: str | None = None
+) -> None:
     """Conversational data needs a chat template that renders a plain conversation; assistant-only loss needs one
     with generation markers. `template_file`: the path of a template file that replaces the tokenizer's."""
     template = chat_template_file_text(template_file) if template_file else tokenizer.chat_template
     owner = f"`chat_template_path` {template_file!r}" if template_file else f"The tokenizer of {model_name!r}"
     if conversational and not template:
-        raise RecipeError(f"{owner} has no chat template, and this dataset is conversational (lists of role/content "
-                          "messages). Use a chat/instruct model, or give a template with `chat_template_path` (SFT).")
+        raise RecipeError(
+            f"{owner} has no chat template, and this dataset is conversational (lists of role/content "
+            "messages). Use a chat/instruct model, or give a template with `chat_template_path` (SFT)."
+        )
     if conversational:
         _check_template_renders(tokenizer, template, owner)
     if assistant_only_loss and (not isinstance(template, str) or GENERATION_MARKER not in template):
-        raise RecipeError(f"`assistant_only_loss: true` needs a chat template with `{GENERATION_MARKER}` markers "
-                          f"around the assistant's text, and the template of {owner[0].lower() + owner[1:]} has none "
-                          "(goft adds them for SmolLM2 only). Give such a template with `chat_template_path`, or "
-                          "drop `assistant_only_loss`.")
+        raise RecipeError(
+            f"`assistant_only_loss: true` needs a chat template with `{GENERATION_MARKER}` markers "
+            f"around the assistant's text, and the template of {owner[0].lower() + owner[1:]} has none "
+            "(goft adds them for SmolLM2 only). Give such a template with `chat_template_path`, or "
+            "drop `assistant_only_loss`."
+        )
 
 
-SAMPLE_CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello?"},
-                       {"role": "assistant", "content": "Hello."}]
+SAMPLE_CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hello?"},
+    {"role": "assistant", "content": "Hello."},
+]
 
 
 def _check_template_renders(tokenizer, template: str, owner: str) -> None:
@@ -271,5 +317,7 @@ def _check_template_renders(tokenizer, template: str, owner: str) -> None:
             return
         except Exception as error:  # jinja's TemplateError, or the template's own raise_exception
             failures.append(f"{type(error).__name__}: {error}")
-    raise RecipeError(f"The chat template of {owner[0].lower() + owner[1:]} fails on a plain user/assistant "
-                      f"conversation ({failures[0]}). Fix the template (`chat_template_path`) or use the model's own.")
+    raise RecipeError(
+        f"The chat template of {owner[0].lower() + owner[1:]} fails on a plain user/assistant "
+        f"conversation ({failures[0]}). Fix the template (`chat_template_path`) or use the model's own."
+    )

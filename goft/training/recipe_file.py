@@ -38,8 +38,10 @@ class UniqueKeyLoader(yaml.SafeLoader):
                 continue  # the base constructor refuses it with YAML's own message
             line = key_node.start_mark.line + 1
             if key in first_lines:
-                raise RecipeError(f"The key {key!r} is given twice in the recipe file {self.name!r}: on line "
-                                  f"{first_lines[key]} and on line {line}. Keep one of the two lines.")
+                raise RecipeError(
+                    f"The key {key!r} is given twice in the recipe file {self.name!r}: on line "
+                    f"{first_lines[key]} and on line {line}. Keep one of the two lines."
+                )
             first_lines[key] = line
         return super().construct_mapping(node, deep=deep)
 
@@ -55,14 +57,18 @@ def load_recipe_file(path: str) -> dict:
     except PermissionError:
         raise RecipeError(f"The recipe file {path!r} cannot be read: no read permission.") from None
     except UnicodeDecodeError as error:
-        raise RecipeError(f"The recipe file {path!r} is not UTF-8 text: byte {error.object[error.start]:#04x} at "
-                          f"offset {error.start} cannot be decoded. Re-encode it as UTF-8.") from None
+        raise RecipeError(
+            f"The recipe file {path!r} is not UTF-8 text: byte {error.object[error.start]:#04x} at "
+            f"offset {error.start} cannot be decoded. Re-encode it as UTF-8."
+        ) from None
     except yaml.YAMLError as error:
         raise RecipeError(f"The recipe file {path!r} is not valid YAML: {error}") from None
     if not isinstance(recipe, dict):
         found = "nothing" if recipe is None else f"a {type(recipe).__name__}"
-        raise RecipeError(f"The recipe file {path!r} must hold a mapping of recipe keys to values (lines like "
-                          f"`learning_rate: 1.0e-4`), but it holds {found}.")
+        raise RecipeError(
+            f"The recipe file {path!r} must hold a mapping of recipe keys to values (lines like "
+            f"`learning_rate: 1.0e-4`), but it holds {found}."
+        )
     return recipe
 
 
@@ -158,8 +164,9 @@ def describe_value(value) -> str:
         return "null"
     if isinstance(value, bool):
         return f"{str(value).lower()} (true/false)"
-    kind = {int: "a whole number", float: "a number", str: "a string", list: "a list",
-            dict: "a mapping"}.get(type(value), type(value).__name__)
+    kind = {int: "a whole number", float: "a number", str: "a string", list: "a list", dict: "a mapping"}.get(
+        type(value), type(value).__name__
+    )
     return f"{value!r} ({kind})"
 
 
@@ -168,9 +175,11 @@ def _how_to_fix(key: str, value, annotation, default) -> str:
         return "A recipe trains with one value per key: give one (recipes/compare.py sweeps several)."
     if not isinstance(value, str) and accepts(annotation, "text") and not accepts(annotation, 0.5):
         if isinstance(value, bool):
-            return (f"Quote it to keep it text, e.g. `{key}: \"{'yes' if value else 'no'}\"`: YAML reads a bare "
-                    "yes/no/on/off as true/false.")
-        return f"Quote it to keep it text: `{key}: \"{value}\"`."
+            return (
+                f'Quote it to keep it text, e.g. `{key}: "{"yes" if value else "no"}"`: YAML reads a bare '
+                "yes/no/on/off as true/false."
+            )
+        return f'Quote it to keep it text: `{key}: "{value}"`.'
     if type(default) in (int, float, str, bool) and accepts(annotation, default):
         example = yaml.safe_dump({key: default}, default_flow_style=True).strip()[1:-1]
         return f"Write a value of that type, e.g. `{example}` (its default)."
@@ -187,8 +196,11 @@ def _defaults(dataclass_types) -> dict:
 
 def _choices(parser) -> dict[str, list[str]]:
     """Recipe key -> the values it may take, where the parser limits them (enums, Literals, `choices`)."""
-    return {action.dest: [str(choice) for choice in action.choices] for action in parser._actions
-            if action.choices and action.option_strings}
+    return {
+        action.dest: [str(choice) for choice in action.choices]
+        for action in parser._actions
+        if action.choices and action.option_strings
+    }
 
 
 def check_recipe_values(recipe: dict, parser, path: str) -> None:
@@ -203,10 +215,23 @@ def check_recipe_values(recipe: dict, parser, path: str) -> None:
         annotation = annotations[key]
         if not accepts(annotation, value):
             wanted = f"one of {', '.join(choices[key])}" if key in choices else describe_type(annotation)
-            raise RecipeError(f"`{key}` in the recipe file {path!r} is {describe_value(value)}, but it takes "
-                              f"{wanted}. {_how_to_fix(key, value, annotation, defaults[key])}")
+            raise RecipeError(
+                f"`{key}` in the recipe file {path!r} is {describe_value(value)}, but it takes "
+                f"{wanted}. {_how_to_fix(key, value, annotation, defaults[key])}"
+            )
         given = value if isinstance(value, list) else [value]
         wrong = [item for item in given if isinstance(item, str) and key in choices and item not in choices[key]]
         if wrong:
-            raise RecipeError(f"`{key}` in the recipe file {path!r} is {wrong[0]!r}, which is not one of its "
-                              f"choices: {', '.join(choices[key])}. Pick one of these.")
+            raise RecipeError(
+                f"`{key}` in the recipe file {path!r} is {wrong[0]!r}, which is not one of its "
+                f"choices: {', '.join(choices[key])}. Pick one of these."
+            )
+
+
+def recipe_config_path(argv: list[str]) -> str | None:
+    """The path after `--config`, or None without one."""
+    if "--config" not in argv:
+        return None
+    if argv.index("--config") + 1 >= len(argv):
+        raise RecipeError("`--config` needs the path of a YAML recipe.")
+    return argv[argv.index("--config") + 1]

@@ -18,8 +18,17 @@ from .errors import RecipeError
 
 ROLES = ("system", "user", "assistant", "tool")
 # roles of other conventions (ShareGPT, Gemini, OpenAI, Llama 3), and the role to use instead
-ROLE_HINTS = {"human": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant", "ai": "assistant",
-              "chatgpt": "assistant", "developer": "system", "function": "tool", "ipython": "tool"}
+ROLE_HINTS = {
+    "human": "user",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "ai": "assistant",
+    "chatgpt": "assistant",
+    "developer": "system",
+    "function": "tool",
+    "ipython": "tool",
+}
 PROMPT_LAST_ROLES = ("user", "tool", "assistant")  # TRL refuses a prompt that ends with a system turn
 STAGE_COLUMNS = {"sft": ("messages", "prompt", "completion"), "dpo": ("prompt", "chosen", "rejected")}
 MESSAGE_SHAPE = 'a list of {"role": ..., "content": "..."} objects'
@@ -44,8 +53,10 @@ def _role_problem(message: dict, label: str) -> str | None:
     role = message.get("role")
     if role is None:
         if "from" in message and "value" in message:
-            return (f"{label} has `from`/`value` keys (ShareGPT style), not `role`/`content`; rename them, with "
-                    "roles human → user and gpt → assistant")
+            return (
+                f"{label} has `from`/`value` keys (ShareGPT style), not `role`/`content`; rename them, with "
+                "roles human → user and gpt → assistant"
+            )
         return f"{label} has no `role`; give one of {', '.join(ROLES)}"
     if role in ROLES:
         return None
@@ -66,7 +77,7 @@ def message_problem(message, label: str) -> str | None:
     if isinstance(content, str):
         return None
     what = "no `content`" if "content" not in message else f"`content` {json_type(content)}"
-    return f"{label} ({message['role']}) has {what}; give its text as a string (\"\" for a turn without text)"
+    return f'{label} ({message["role"]}) has {what}; give its text as a string ("" for a turn without text)'
 
 
 def conversation_problem(messages, column: str) -> str | None:
@@ -93,8 +104,10 @@ def _messages_problem(messages) -> str | None:
     if problem:
         return problem
     if not any(m["role"] == "assistant" and _has_text(m["content"]) for m in messages):
-        return ("`messages` has no assistant turn with text, so there is nothing to learn; add the assistant's "
-                "reply, or drop the record")
+        return (
+            "`messages` has no assistant turn with text, so there is nothing to learn; add the assistant's "
+            "reply, or drop the record"
+        )
     return None
 
 
@@ -149,9 +162,11 @@ def _pair_problem(record: dict, prompt: str, replies: tuple[str, ...]) -> str | 
     if len(set(layouts.values())) > 1:
         texts = [c for c in columns if layouts[c] == "text"]
         talks = [c for c in columns if layouts[c] == "conversation"]
-        return (f"{_names(texts)} {'is a string' if len(texts) == 1 else 'are strings'} but {_names(talks)} "
-                f"{'is a conversation' if len(talks) == 1 else 'are conversations'}; make them all strings or all "
-                "conversations")
+        return (
+            f"{_names(texts)} {'is a string' if len(texts) == 1 else 'are strings'} but {_names(talks)} "
+            f"{'is a conversation' if len(talks) == 1 else 'are conversations'}; make them all strings or all "
+            "conversations"
+        )
     for column in columns:
         problem = _part_problem(record[column], column, reply=column != prompt)
         if problem:
@@ -178,8 +193,10 @@ def dpo_record_problem(record: dict) -> str | None:
     if problem:
         return problem
     if record["chosen"] == record["rejected"]:
-        return ("`chosen` and `rejected` are identical, so there is no preference to learn; give a worse "
-                "`rejected` reply, or drop the record")
+        return (
+            "`chosen` and `rejected` are identical, so there is no preference to learn; give a worse "
+            "`rejected` reply, or drop the record"
+        )
     return None
 
 

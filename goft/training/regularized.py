@@ -1,4 +1,5 @@
-"""Adds an adapter's regulariser (qGOFT, SORSA, HRA) to a trainer's training and logs it as its own metric.
+"""Adds regularisers (`goft.regularizers`: qGOFT, SORSA, HRA; and the anchor) to a trainer's training and logs each as
+its own metric.
 
 Two placements, one mechanism:
 
@@ -13,48 +14,15 @@ Two placements, one mechanism:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
-from peft import HRAConfig, PeftConfig
 from peft.utils.integrations import gather_params_ctx
 from transformers import TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-from ..config import GivensConfig
-from ..hra import hra_orthogonality
-from ..orthogonality import orthogonality_penalty
-from ..sorsa import SorsaConfig, sorsa_orthonormality
+from ..regularizers import Regularizer
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Regularizer:
-    """``metric``: the log key of the (unweighted) value; ``value(model)``: differentiable scalar; ``weight``: its
-    factor in the objective; ``after_clipping``: SORSA's rule instead of a loss term."""
-
-    metric: str
-    value: Callable[[torch.nn.Module], torch.Tensor]
-    weight: float = 1.0
-    after_clipping: bool = False
-
-
-def regularizers_for(adapter_config: PeftConfig, adapter_args) -> tuple[Regularizer, ...]:
-    """The regularisers a run with this adapter trains with; empty when the method has none or it is turned off."""
-    if isinstance(adapter_config, GivensConfig) and adapter_config.quasi:
-        if adapter_config.orthogonality_penalty_weight > 0:
-            # qGOFT (Eq. 6): the per-adapter weight is applied inside `orthogonality_penalty`.
-            return (Regularizer("qgoft_penalty", orthogonality_penalty),)
-    if isinstance(adapter_config, SorsaConfig) and adapter_config.gamma > 0:
-        return (Regularizer("sorsa_orthonormality", sorsa_orthonormality, adapter_config.gamma, after_clipping=True),)
-    if isinstance(adapter_config, HRAConfig) and adapter_args.hra_lambda > 0:
-        if adapter_config.apply_GS:
-            logger.info("HRA with Gram-Schmidt: its reflections are orthogonal by construction; no regulariser.")
-            return ()
-        return (Regularizer("hra_orthogonality", hra_orthogonality, adapter_args.hra_lambda),)
-    return ()
 
 
 class RegularizedLossMixin:
@@ -66,9 +34,11 @@ class RegularizedLossMixin:
         super().__init__(*args, **kwargs)
         self._regularizer_values: dict[str, list[float]] = {}
         if self.is_deepspeed_enabled and any(r.after_clipping for r in self.regularizers):
-            logger.warning("DeepSpeed clips gradients and steps inside its engine, so the regulariser(s) %s are added "
-                           "to the loss with weight gamma / lr, before clipping rather than after it.",
-                           [r.metric for r in self.regularizers if r.after_clipping])
+            logger.warning(
+                "DeepSpeed clips gradients and steps inside its engine, so the regulariser(s) %s are added "
+                "to the loss with weight gamma / lr, before clipping rather than after it.",
+                [r.metric for r in self.regularizers if r.after_clipping],
+            )
         elif any(r.after_clipping for r in self.regularizers):
             self.add_callback(_AfterClippingRegularizers(self))
 
@@ -79,8 +49,9 @@ class RegularizedLossMixin:
         self._regularizer_values.setdefault(regularizer.metric, []).append(value.detach().float().item())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                      num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
         if not model.training:
             return result
         extra = None
@@ -119,8 +90,9 @@ class RegularizedLossMixin:
         # Mirrors transformers.Trainer.training_step: it divides by the accumulation steps unless this holds.
         if getattr(self, "loss_is_scaled_for_ga", None) is not None:
             return bool(self.loss_is_scaled_for_ga)
-        return bool((self.model_accepts_loss_kwargs and num_items_in_batch is not None)
-                    or self.compute_loss_func is not None)
+        return bool(
+            (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
+        )
 
     def apply_after_clipping_regularizers(self, model, optimizer) -> None:
         """SORSA's rule (Cao 2024): grad += (weight / lr) · ∇value, per parameter group, after clipping."""
@@ -181,5 +153,8 @@ def with_regularizers(trainer_class, regularizers: tuple[Regularizer, ...]):
     """`trainer_class` extended by `RegularizedLossMixin` with these regularisers (unchanged when there are none)."""
     if not regularizers:
         return trainer_class
-    return type(f"Regularized{trainer_class.__name__}", (RegularizedLossMixin, trainer_class),
-                {"regularizers": tuple(regularizers)})
+    return type(
+        f"Regularized{trainer_class.__name__}",
+        (RegularizedLossMixin, trainer_class),
+        {"regularizers": tuple(regularizers)},
+    )

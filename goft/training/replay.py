@@ -58,21 +58,28 @@ def check_replay_arguments(args, stage: str) -> None:
     """The replay and anchor keys checked, and the prompt file read, before any model is loaded."""
     if args.replay_share:
         if stage != "sft":
-            raise RecipeError("`replay_share` is an SFT key (replay rows are conversations); DPO trains on preference "
-                              "pairs (the anchor, `anchor_weight`, works in both stages).")
+            raise RecipeError(
+                "`replay_share` is an SFT key (replay rows are conversations); DPO trains on preference "
+                "pairs (the anchor, `anchor_weight`, works in both stages)."
+            )
         if not 0 < args.replay_share <= MAX_SHARE:
-            raise RecipeError(f"`replay_share` must be in (0, {MAX_SHARE}] (the share of training rows that replay "
-                              f"the base's answers), got {args.replay_share}.")
+            raise RecipeError(
+                f"`replay_share` must be in (0, {MAX_SHARE}] (the share of training rows that replay "
+                f"the base's answers), got {args.replay_share}."
+            )
     if args.anchor_weight:
         if not 0 < args.anchor_weight < math.inf:
-            raise RecipeError(f"`anchor_weight` must be a positive number (0 turns the anchor off), got "
-                              f"{args.anchor_weight}.")
+            raise RecipeError(
+                f"`anchor_weight` must be a positive number (0 turns the anchor off), got {args.anchor_weight}."
+            )
         if args.anchor_batch_size < 1:
             raise RecipeError(f"`anchor_batch_size` must be at least 1, got {args.anchor_batch_size}.")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise RecipeError("`anchor_weight` runs in one process only (its extra forward passes bypass the "
-                              "distributed wrapper); train with one process, or turn the anchor off with "
-                               "`--anchor_weight 0`.")
+            raise RecipeError(
+                "`anchor_weight` runs in one process only (its extra forward passes bypass the "
+                "distributed wrapper); train with one process, or turn the anchor off with "
+                "`--anchor_weight 0`."
+            )
     if not (args.replay_share or args.anchor_weight):
         return
     if args.replay_answer_tokens < 1:
@@ -93,10 +100,10 @@ def _replay_key(args, prompts: list[str], base_name: str) -> str:
 def base_replay_answers(model, tokenizer, prompts: list[str], max_new_tokens: int) -> list[dict]:
     """The base model's greedy answer to each prompt, with whether it finished within `max_new_tokens`."""
     with as_base(model):
-        replies = greedy_replies(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts],
-                                 max_new_tokens)
-    return [{"prompt": p, "answer": reply.strip(), "finished": finished}
-            for p, (reply, finished) in zip(prompts, replies)]
+        replies = greedy_replies(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens)
+    return [
+        {"prompt": p, "answer": reply.strip(), "finished": finished} for p, (reply, finished) in zip(prompts, replies)
+    ]
 
 
 def _stored_answers(path: Path, key: str) -> list[dict] | None:
@@ -107,8 +114,9 @@ def _stored_answers(path: Path, key: str) -> list[dict] | None:
     return stored.get("answers") if isinstance(stored, dict) and stored.get("key") == key else None
 
 
-def replay_answers(args, model, tokenizer, output_dir, base_name: str, main_process_first,
-                   earlier_run: str | None = None) -> list[dict]:
+def replay_answers(
+    args, model, tokenizer, output_dir, base_name: str, main_process_first, earlier_run: str | None = None
+) -> list[dict]:
     """The base's answers to the replay prompts: read from `replay.json` in `output_dir` or in the folder of the
     run this one continues (`earlier_run`) when it holds these prompts' answers for this base, else generated (by
     the main process first; the others then read them)."""
@@ -133,21 +141,33 @@ def mix_replay(train_dataset, answers: list[dict], share: float) -> tuple[object
     run records about them."""
     finished = [a for a in answers if a["finished"] and a["answer"]]
     if not finished:
-        raise RecipeError("The base model finished none of its replay answers within `replay_answer_tokens`; raise "
-                          "it, or give shorter requests in `replay_prompts`.")
+        raise RecipeError(
+            "The base model finished none of its replay answers within `replay_answer_tokens`; raise "
+            "it, or give shorter requests in `replay_prompts`."
+        )
     if "messages" not in train_dataset.column_names:
         raise RecipeError("Replay needs conversational SFT data (a `messages` column).")
     count = replay_row_count(share, len(train_dataset))
     rows = [finished[i % len(finished)] for i in range(count)]
-    replay = {"messages": [[{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}]
-                           for r in rows]}
+    replay = {
+        "messages": [
+            [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}] for r in rows
+        ]
+    }
     for column in train_dataset.column_names:  # the task's other columns, empty in replay rows
         if column != "messages":
             replay[column] = [None] * count
     mixed = concatenate_datasets([train_dataset, Dataset.from_dict(replay).cast(train_dataset.features)])
-    record = {"replay/rows": count, "replay/share": count / len(mixed), "replay/distinct_prompts":
-              min(count, len(finished)), "replay/unfinished_answers_dropped": len(answers) - len(finished)}
-    logger.info("replay: %d rows of the base's own answers (%d distinct prompts) added to %d task rows",
-                count, record["replay/distinct_prompts"], len(train_dataset))
+    record = {
+        "replay/rows": count,
+        "replay/share": count / len(mixed),
+        "replay/distinct_prompts": min(count, len(finished)),
+        "replay/unfinished_answers_dropped": len(answers) - len(finished),
+    }
+    logger.info(
+        "replay: %d rows of the base's own answers (%d distinct prompts) added to %d task rows",
+        count,
+        record["replay/distinct_prompts"],
+        len(train_dataset),
+    )
     return mixed, record
-

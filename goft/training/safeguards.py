@@ -19,11 +19,12 @@ import torch
 from transformers import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from ..methods import is_exactly_orthogonal
 from ..orthogonality import orthogonality_error
-from . import adapters, checkpoints
+from . import checkpoints
 from .errors import NonFiniteLossError, RecipeError
 from .fsdp import WholeAdaptersUnderFsdp1Mixin
-from .regularized import regularizers_for, with_regularizers
+from .regularized import with_regularizers
 from .run_spec import SPEC_KEY, ResumeChangesMixin
 
 ORTHOGONALITY_TOLERANCE = 1e-5
@@ -34,8 +35,9 @@ def checked_orthogonality_error(model, consequence: str) -> float:
     ends with `consequence` (what was not written)."""
     error = orthogonality_error(model)
     if error > ORTHOGONALITY_TOLERANCE:
-        raise RecipeError(f"The strict adapter's orthogonality error is {error:.3g} > {ORTHOGONALITY_TOLERANCE}; "
-                          f"{consequence}.")
+        raise RecipeError(
+            f"The strict adapter's orthogonality error is {error:.3g} > {ORTHOGONALITY_TOLERANCE}; {consequence}."
+        )
     return error
 
 
@@ -60,17 +62,27 @@ class SafeguardsMixin:
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every process has written its part (RNG state, DeepSpeed shards)
         if self.args.should_save:
-            checkpoints.mark_complete(folder, {"global_step": self.state.global_step,
-                                               "world_size": self.accelerator.num_processes,
-                                               SPEC_KEY: self.run_spec})
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=limit, use_mtime=True,
-                               best_model_checkpoint=self.state.best_model_checkpoint)
+            checkpoints.mark_complete(
+                folder,
+                {
+                    "global_step": self.state.global_step,
+                    "world_size": self.accelerator.num_processes,
+                    SPEC_KEY: self.run_spec,
+                },
+            )
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=limit,
+                use_mtime=True,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+            )
 
     def _check_orthogonality(self, folder: str) -> None:
         """Refuse (`RecipeError`) to write `folder` when the strict adapter is no longer orthogonal."""
         try:
-            checked_orthogonality_error(self.accelerator.unwrap_model(self.model),
-                                        f"{folder} was not written, and the run stopped")
+            checked_orthogonality_error(
+                self.accelerator.unwrap_model(self.model), f"{folder} was not written, and the run stopped"
+            )
         except RecipeError as error:
             raise self._stopping(error) from None
 
@@ -98,24 +110,32 @@ class SafeguardsMixin:
         processes = "processes" if len(bad) > 1 else "process"
         where = f" on {processes} {', '.join(map(str, bad))} of {len(losses)}" if len(losses) > 1 else ""
         last = checkpoints.last_complete_checkpoint(self.args.output_dir)
-        resume = (f"The last complete checkpoint is {last}; rerunning the same command resumes from it."
-                  if last else "No checkpoint was saved yet; rerunning the same command starts afresh.")
-        return (f"The training loss is {losses[bad[0]]} at global step {step} of {self.state.max_steps}{where} "
-                f"(counted from 1; {step - 1} optimizer steps had completed) — the run was stopped before this step "
-                f"changed the adapter. {resume} Likely causes: a learning rate too high for this method (lower "
-                f"`learning_rate`, add warmup or `max_grad_norm`), fp16 overflow (train in bf16 or fp32), or bad data "
-                f"rows (empty or extreme examples).")
+        resume = (
+            f"The last complete checkpoint is {last}; rerunning the same command resumes from it."
+            if last
+            else "No checkpoint was saved yet; rerunning the same command starts afresh."
+        )
+        return (
+            f"The training loss is {losses[bad[0]]} at global step {step} of {self.state.max_steps}{where} "
+            f"(counted from 1; {step - 1} optimizer steps had completed) — the run was stopped before this step "
+            f"changed the adapter. {resume} Likely causes: a learning rate too high for this method (lower "
+            f"`learning_rate`, add warmup or `max_grad_norm`), fp16 overflow (train in bf16 or fp32), or bad data "
+            f"rows (empty or extreme examples)."
+        )
 
 
-def recipe_trainer_class(trainer_class, adapter_config, adapter_args, extra_regularizers=(), run_spec=None,
-                         resume_changes=()):
-    """The class a recipe trains with: TRL's `trainer_class` with goft's mixins, the method's regulariser (when it
-    has one) and any `extra_regularizers` (the anchor), the recipe values changed at a resume put into the restored
-    optimizer (`resume_changes`) and, outermost, the safeguards, which then see the loss with every regulariser term
-    in it and record `run_spec` in every checkpoint."""
-    regularized = with_regularizers(trainer_class,
-                                    regularizers_for(adapter_config, adapter_args) + tuple(extra_regularizers))
-    return type(f"Safeguarded{regularized.__name__}",
-                (SafeguardsMixin, WholeAdaptersUnderFsdp1Mixin, ResumeChangesMixin, regularized),
-                {"strict_orthogonal": adapters.is_exactly_orthogonal(adapter_config), "run_spec": run_spec,
-                 "resume_changes": tuple(resume_changes)})
+def recipe_trainer_class(trainer_class, adapter_config, regularizers=(), run_spec=None, resume_changes=()):
+    """The class a recipe trains with: TRL's `trainer_class` with goft's mixins, the `regularizers` (the method's,
+    `goft.regularizers.regularizers_for`, and the anchor), the recipe values changed at a resume put into the
+    restored optimizer (`resume_changes`) and, outermost, the safeguards, which then see the loss with every
+    regulariser term in it and record `run_spec` in every checkpoint."""
+    regularized = with_regularizers(trainer_class, tuple(regularizers))
+    return type(
+        f"Safeguarded{regularized.__name__}",
+        (SafeguardsMixin, WholeAdaptersUnderFsdp1Mixin, ResumeChangesMixin, regularized),
+        {
+            "strict_orthogonal": is_exactly_orthogonal(adapter_config),
+            "run_spec": run_spec,
+            "resume_changes": tuple(resume_changes),
+        },
+    )

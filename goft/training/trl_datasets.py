@@ -28,13 +28,13 @@ from datasets.data_files import DataFilesDict, get_data_patterns
 from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
 from .errors import RecipeError
-from .mixtures import FRACTION, Member, Mixture, _columns, _is_number, _refuse_unknown
+from .json_files import JSON_SUFFIXES
+from .mixtures import FRACTION, Member, Mixture, _columns, _is_number, _refuse_unknown, held_out_share, member_split
 
 KEY = "datasets"
 MEMBER_KEYS = ("path", "name", "data_dir", "data_files", "split", "columns", "fraction")
 GOFT_NAMES = {"id": "path", "config": "name", "weight": "fraction"}  # alignment-handbook's spelling of these
 JSON_BUILDER = "json"
-JSON_SUFFIXES = (".json", ".jsonl")
 GLOB_CHARACTERS = "*?["
 EXAMPLE = "`datasets: [{path: json, data_files: data/a.jsonl, fraction: 0.7}, {path: data/b, fraction: 0.3}]`"
 
@@ -61,60 +61,74 @@ def _data_files(value, label: str):
         return {split: _file_list(files) for split, files in value.items()}
     files = _file_list(value)
     if files is None:
-        raise RecipeError(f"{label}: `data_files` must be a file, a list of files or a mapping of split names to "
-                          f"files, e.g. `data_files: data/a.jsonl`; not {value!r}.")
+        raise RecipeError(
+            f"{label}: `data_files` must be a file, a list of files or a mapping of split names to "
+            f"files, e.g. `data_files: data/a.jsonl`; not {value!r}."
+        )
     return files
 
 
 def _fraction(value, label: str) -> float | None:
     if value is not None and not (_is_number(value) and value > 0):
-        raise RecipeError(f"{label}: `fraction` is {value!r}, but it must be a number above 0: the dataset's share of "
-                          "the mixture, normalised with the others' (leave the dataset out rather than give it 0).")
+        raise RecipeError(
+            f"{label}: `fraction` is {value!r}, but it must be a number above 0: the dataset's share of "
+            "the mixture, normalised with the others' (leave the dataset out rather than give it 0)."
+        )
     return None if value is None else float(value)
 
 
 def _member(index: int, value, required_columns: tuple[str, ...]) -> Member:
     where = f"`{KEY}[{index}]`"
     if not isinstance(value, dict):
-        raise RecipeError(f"{where} is {value!r}, not a mapping with a `path` (and optionally name, data_dir, "
-                          "data_files, split, columns, fraction).")
+        raise RecipeError(
+            f"{where} is {value!r}, not a mapping with a `path` (and optionally name, data_dir, "
+            "data_files, split, columns, fraction)."
+        )
     _refuse_unknown(value, MEMBER_KEYS, where, GOFT_NAMES)
     path = value.get("path")
     if not isinstance(path, str) or not path.strip():
-        raise RecipeError(f"{where} has no `path`: give `json` (with local `data_files`), a local folder, or a Hub "
-                          "dataset id.")
+        raise RecipeError(
+            f"{where} has no `path`: give `json` (with local `data_files`), a local folder, or a Hub dataset id."
+        )
     label = f"{where} ({path!r})"
-    split = "train" if value.get("split") is None else value["split"]
-    if not isinstance(split, str) or not split:
-        raise RecipeError(f"{label}: `split` must be the name of a split, e.g. `split: train`, not {split!r}.")
-    return Member(index=index, id=path, key=KEY, split=split,
-                  config=_optional_text(value.get("name"), label, "name", "the name of a Hub dataset config"),
-                  data_dir=_optional_text(value.get("data_dir"), label, "data_dir", "a folder name"),
-                  data_files=_data_files(value.get("data_files"), label),
-                  columns=_columns(value.get("columns"), label, required_columns),
-                  fraction=_fraction(value.get("fraction"), label))
+    split = member_split(value, label)
+    return Member(
+        index=index,
+        id=path,
+        key=KEY,
+        split=split,
+        config=_optional_text(value.get("name"), label, "name", "the name of a Hub dataset config"),
+        data_dir=_optional_text(value.get("data_dir"), label, "data_dir", "a folder name"),
+        data_files=_data_files(value.get("data_files"), label),
+        columns=_columns(value.get("columns"), label, required_columns),
+        fraction=_fraction(value.get("fraction"), label),
+    )
 
 
-def read_datasets(value, streaming=False, test_split_size=None, run_seed: int = 0, default_test_size: float = 0.1,
-                  required_columns: tuple[str, ...] = ()) -> Mixture:
+def read_datasets(
+    value,
+    streaming=False,
+    test_split_size=None,
+    run_seed: int = 0,
+    default_test_size: float = 0.1,
+    required_columns: tuple[str, ...] = (),
+) -> Mixture:
     """The mixture a recipe's TRL-style `datasets`, `streaming` and `test_split_size` describe; held out with
     `run_seed`, `default_test_size` where `test_split_size` is not given. A bad spec is refused with where it is."""
     if streaming:
-        raise RecipeError("`streaming: true` is not supported: goft reads and checks every record of every dataset "
-                          "before training, which a stream does not allow. Drop `streaming`.")
+        raise RecipeError(
+            "`streaming: true` is not supported: goft reads and checks every record of every dataset "
+            "before training, which a stream does not allow. Drop `streaming`."
+        )
     if not isinstance(value, list) or not value:
         raise RecipeError(f"`{KEY}` must be a non-empty list of datasets, e.g. {EXAMPLE}; got {value!r}.")
-    key = "test_split_size" if test_split_size is not None else "dataset_test_size"
-    test_size = default_test_size if test_split_size is None else test_split_size
-    if not _is_number(test_size) or not 0 < test_size < 1:
-        raise RecipeError(f"`{key}` is {test_size!r}, but it must be a number in (0, 1): the share of the mixed rows "
-                          "held out as the test split (goft takes no count of rows).")
+    test_size = held_out_share(test_split_size, "test_split_size", default_test_size)
     members = tuple(_member(index, item, tuple(required_columns)) for index, item in enumerate(value))
     given = [member.fraction is not None for member in members]
     if any(given) and not all(given):
         missing = ", ".join(f"`{KEY}[{m.index}]`" for m in members if m.fraction is None)
         raise RecipeError(f"`fraction` must be set for every dataset of `{KEY}` or for none ({missing} has none).")
-    return Mixture(members=members, seed=run_seed, test_split_size=float(test_size), selection=FRACTION)
+    return Mixture(members=members, seed=run_seed, test_split_size=test_size, selection=FRACTION)
 
 
 def _absolute(member: Member):
@@ -122,8 +136,9 @@ def _absolute(member: Member):
     if member.id != JSON_BUILDER or member.data_files is None:
         return member.data_files if not isinstance(member.data_files, tuple) else list(member.data_files)
     if isinstance(member.data_files, dict):
-        return {split: [os.path.abspath(os.path.expanduser(f)) for f in files]
-                for split, files in member.data_files.items()}
+        return {
+            split: [os.path.abspath(os.path.expanduser(f)) for f in files] for split, files in member.data_files.items()
+        }
     return [os.path.abspath(os.path.expanduser(f)) for f in member.data_files]
 
 
@@ -133,10 +148,17 @@ def recipe_keys(mixture: Mixture) -> dict:
     members = []
     for member in mixture.members:
         local = os.path.expanduser(member.id)
-        members.append({"path": os.path.abspath(local) if os.path.exists(local) else member.id,
-                        "name": member.config, "data_dir": member.data_dir, "data_files": _absolute(member),
-                        "split": member.split, "columns": list(member.columns) if member.columns else None,
-                        "fraction": member.fraction})
+        members.append(
+            {
+                "path": os.path.abspath(local) if os.path.exists(local) else member.id,
+                "name": member.config,
+                "data_dir": member.data_dir,
+                "data_files": _absolute(member),
+                "split": member.split,
+                "columns": list(member.columns) if member.columns else None,
+                "fraction": member.fraction,
+            }
+        )
     return {KEY: members, "test_split_size": mixture.test_split_size}
 
 
@@ -151,8 +173,13 @@ def member_locations(value) -> dict[str, str]:
         if member["path"] != JSON_BUILDER:
             found[what] = member["path"]
         files = member.get("data_files")
-        files = [f for v in files.values() for f in (v if isinstance(v, list) else [v])] \
-            if isinstance(files, dict) else files if isinstance(files, list) else [files]
+        files = (
+            [f for v in files.values() for f in (v if isinstance(v, list) else [v])]
+            if isinstance(files, dict)
+            else files
+            if isinstance(files, list)
+            else [files]
+        )
         for number, file in enumerate(f for f in files if isinstance(f, str)):
             found[f"{what}, data file {number}"] = file
     return found
@@ -161,23 +188,28 @@ def member_locations(value) -> dict[str, str]:
 def _checked_json_files(files, where: str) -> list[str]:
     for file in files:
         if not file.lower().endswith(JSON_SUFFIXES):
-            raise RecipeError(f"{where} holds {file!r}, which is not .json or .jsonl: goft reads local data as JSON "
-                              "or JSONL only.")
+            raise RecipeError(
+                f"{where} holds {file!r}, which is not .json or .jsonl: goft reads local data as JSON or JSONL only."
+            )
     return list(files)
 
 
 def _json_data_files(member: Member) -> list[str]:
     if member.data_files is None or member.data_dir is not None:
-        raise RecipeError("`path: json` reads the local files of `data_files` (and no `data_dir`): e.g. "
-                          "`data_files: data/a.jsonl`, or `data_files: [data/a.jsonl, data/b.jsonl]`.")
+        raise RecipeError(
+            "`path: json` reads the local files of `data_files` (and no `data_dir`): e.g. "
+            "`data_files: data/a.jsonl`, or `data_files: [data/a.jsonl, data/b.jsonl]`."
+        )
     files = member.data_files
     if isinstance(files, dict):
         if member.split not in files:
             raise RecipeError(f"`data_files` has no split {member.split!r}; it has {sorted(files)}.")
         files = files[member.split]
     elif member.split != "train":
-        raise RecipeError(f"datasets reads a list of `data_files` as the split 'train', not {member.split!r}: drop "
-                          "`split`, or give `data_files` as {split: files}.")
+        raise RecipeError(
+            f"datasets reads a list of `data_files` as the split 'train', not {member.split!r}: drop "
+            "`split`, or give `data_files` as {split: files}."
+        )
     for file in files:
         if any(character in file for character in GLOB_CHARACTERS):
             raise RecipeError(f"`data_files` {file!r} is a pattern; goft takes the files by name: list them.")
@@ -189,8 +221,10 @@ def _json_data_files(member: Member) -> list[str]:
 def _folder_files(member: Member, folder: str) -> list[str]:
     """The files datasets reads as the member's split of a local folder (it sorts them into splits by name)."""
     if member.data_files is not None:
-        raise RecipeError("with a local folder as `path`, give no `data_files`; to name the files, write `path: json` "
-                          "and `data_files: [...]`.")
+        raise RecipeError(
+            "with a local folder as `path`, give no `data_files`; to name the files, write `path: json` "
+            "and `data_files: [...]`."
+        )
     base = os.path.join(folder, member.data_dir) if member.data_dir else folder
     if not os.path.isdir(base):
         raise RecipeError(f"`data_dir` {member.data_dir!r} is no folder in {folder!r}.")
@@ -199,8 +233,10 @@ def _folder_files(member: Member, folder: str) -> list[str]:
     except FileNotFoundError:
         raise RecipeError(f"The folder {base!r} holds no data files.") from None
     if member.split not in splits:
-        raise RecipeError(f"datasets reads the folder {base!r} as the split(s) {sorted(map(str, splits))} (by its "
-                          f"file names), not {member.split!r}.")
+        raise RecipeError(
+            f"datasets reads the folder {base!r} as the split(s) {sorted(map(str, splits))} (by its "
+            f"file names), not {member.split!r}."
+        )
     return _checked_json_files(splits[member.split], f"The folder {base!r}")
 
 
@@ -215,9 +251,12 @@ def local_files(member: Member) -> list[str] | None:
     if os.path.isdir(local):
         return _folder_files(member, local)
     if os.path.exists(local):
-        raise RecipeError(f"datasets (and so TRL) reads `path` as a folder or a Hub dataset id, not a file: write "
-                          f"`path: json` and `data_files: {member.id}`.")
+        raise RecipeError(
+            f"datasets (and so TRL) reads `path` as a folder or a Hub dataset id, not a file: write "
+            f"`path: json` and `data_files: {member.id}`."
+        )
     if member.id in _PACKAGED_DATASETS_MODULES:
-        raise RecipeError(f"`path: {member.id}` reads {member.id} files; goft reads local data as JSON or JSONL only "
-                          "(`path: json`).")
+        raise RecipeError(
+            f"`path: {member.id}` reads {member.id} files; goft reads local data as JSON or JSONL only (`path: json`)."
+        )
     return None

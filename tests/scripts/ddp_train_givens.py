@@ -9,31 +9,23 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from peft import get_peft_model
-from transformers import LlamaConfig, LlamaForCausalLM
 
 import goft
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for the tests' support package
+from tests.support.models import tiny_model  # noqa: E402
+from tests.support.training import train_steps  # noqa: E402
 
 
 def main(out_dir: Path) -> None:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())  # on CPU: gloo across the launched processes
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=97, hidden_size=72, intermediate_size=100, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64,
-    )
-    model = get_peft_model(LlamaForCausalLM(config), goft.GivensConfig())
+    model = get_peft_model(tiny_model("llama", seed=0).train(), goft.GivensConfig())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
     model, optimizer = accelerator.prepare(model, optimizer)
     # each rank trains on its own shard of the data: DDP must average the angle gradients
     ids = torch.randint(0, 97, (8, 16), generator=torch.Generator().manual_seed(7))
     shard = ids[accelerator.process_index :: accelerator.num_processes]
-    losses = []
-    for _ in range(5):
-        loss = model(input_ids=shard, labels=shard).loss
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = train_steps(model, 5, ids=shard, optimizer=optimizer, backward=accelerator.backward)
     unwrapped = accelerator.unwrap_model(model)
     angles = {n: p.detach().clone() for n, p in unwrapped.named_parameters() if p.requires_grad}
     torch.save(

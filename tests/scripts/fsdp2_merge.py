@@ -14,12 +14,14 @@ from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
 import goft
-from goft.training.cli import leave_process_group
+from goft.training.processes import leave_process_group
 
 dist.init_process_group("gloo")
 torch.manual_seed(0)
-model = get_peft_model(AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32),
-                       goft.GivensConfig(init_weights=False, target_modules="all-linear"))
+model = get_peft_model(
+    AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32),
+    goft.GivensConfig(init_weights=False, target_modules="all-linear"),
+)
 for layer in model.get_base_model().model.layers:
     fully_shard(layer)
 fully_shard(model)
@@ -34,6 +36,10 @@ with torch.no_grad():
     restored = model(ids).logits
 assert isinstance(weight, DTensor)  # still sharded after the merge
 if dist.get_rank() == 0:
-    print("RESULT", (merged - adapted).abs().max().item(), (restored - adapted).abs().max().item(),
-          adapted.abs().max().item())
+    print(
+        "RESULT",
+        (merged - adapted).abs().max().item(),
+        (restored - adapted).abs().max().item(),
+        adapted.abs().max().item(),
+    )
 leave_process_group()

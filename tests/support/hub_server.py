@@ -110,7 +110,7 @@ class LocalHub:
         with self._lock:
             return {path: p.read_bytes() for path, p in self._walk(repo_id).items()}
 
-    def __enter__(self) -> "LocalHub":
+    def __enter__(self) -> LocalHub:
         handler = type("Handler", (_Handler,), {"hub": self})  # the handler class reaches us via `self.hub`
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)  # port 0: the OS picks a free port
         self._server.daemon_threads = True
@@ -341,7 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body() if self.command in ("POST", "PUT") else b""
         headers: dict[str, str] = {}
         try:
-            for method, pattern, name in _ROUTES:
+            for method, pattern, name in _ROUTES:  # noqa: B007  (`name` is the route found, used below)
                 match = re.fullmatch(pattern, url.path)
                 if match and method == self.command:
                     break

@@ -19,7 +19,7 @@ WORKER = r"""
 import json, os, runpy, sys, traceback
 
 import datasets, peft, torch, transformers, trl  # noqa: F401  (imported once; every forked run inherits them)
-import goft.evaluation.compare, goft.export, goft.training.recipe  # noqa: F401
+import goft.evaluation.compare, goft.training.merging, goft.training.recipe  # noqa: F401
 
 def run(request):
     code = 1
@@ -72,8 +72,14 @@ class ForkedRuns:
 
     def __enter__(self) -> ForkedRuns:
         self.scratch.mkdir(parents=True, exist_ok=True)
-        self.worker = subprocess.Popen([sys.executable, "-c", WORKER], cwd=self.cwd, env=self.env, text=True,
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.worker = subprocess.Popen(
+            [sys.executable, "-c", WORKER],
+            cwd=self.cwd,
+            env=self.env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -84,8 +90,14 @@ class ForkedRuns:
         """Run `script` with `args` (as `python script args...`) in a forked process; `env`: its environment."""
         self.count += 1
         out, err = self.scratch / f"{self.count}.out", self.scratch / f"{self.count}.err"
-        request = {"script": str(script), "args": [str(a) for a in args], "env": env or self.env,
-                   "cwd": str(self.cwd), "stdout": str(out), "stderr": str(err)}
+        request = {
+            "script": str(script),
+            "args": [str(a) for a in args],
+            "env": env or self.env,
+            "cwd": str(self.cwd),
+            "stdout": str(out),
+            "stderr": str(err),
+        }
         self.worker.stdin.write(json.dumps(request) + "\n")
         self.worker.stdin.flush()
         reply = self.worker.stdout.readline()
