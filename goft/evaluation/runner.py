@@ -276,9 +276,10 @@ class Evaluator:
         self.source, self.sets, self.reference = source, sets, reference
         self.model = load_causal_lm(source, dtype=dtype)
 
-    def evaluate(self, adapter: ModelSource, test_dataset=None) -> dict:
+    def evaluate(self, adapter_path, test_dataset=None) -> dict:
+        adapter = dataclasses.replace(self.source, adapter_path=os.path.expanduser(str(adapter_path)))
         tokenizer = load_tokenizer(adapter)  # the adapter's own tokenizer when it saved one
-        return evaluate_adapter(self.model, tokenizer, adapter.adapter_path, self.reference, self.sets, test_dataset)
+        return evaluate_adapter(self.model, tokenizer, adapter_path, self.reference, self.sets, test_dataset)
 
 
 def evaluate_adapters(
@@ -298,4 +299,4 @@ def evaluate_adapters(
     plan = plan_evaluation(list(adapter_paths), base_model_name, sets)
     before_loading()  # every check has passed (e.g. the caller locks its output folder now)
     evaluator = Evaluator(plan.source, sets, plan.reference, dtype)
-    return [evaluator.evaluate(path, test) for path, test in zip(plan.adapters, plan.test_splits)]
+    return [evaluator.evaluate(adapter.adapter_path, test) for adapter, test in zip(plan.adapters, plan.test_splits)]
