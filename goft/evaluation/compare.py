@@ -28,7 +28,7 @@ from ..formats import write_json
 from ..training.checkpoints import FINISHED_MARKER, read_run_record
 from ..training.data import mixture_locations
 from ..training.errors import RecipeError
-from ..training.models import resolve_model_source
+from ..training.models import ADAPTER_WEIGHTS_FILE, resolve_model_source
 from ..training.outputs import check_output_location, hold_output_lock, refuse_finished_output
 from ..training.recipe_file import check_recipe_values, load_recipe_file
 from ..training.replay import REPLAY_FILE
@@ -396,7 +396,7 @@ def _file_digest(path: Path) -> str:
 def evaluation_key(run: Run, sets: EvaluationSets) -> str:
     """What an evaluation depends on: the adapter's weights and the evaluation sets and settings."""
     parts = {
-        "adapter": _file_digest(run.output_dir / "adapter_model.safetensors"),
+        "adapter": _file_digest(run.output_dir / ADAPTER_WEIGHTS_FILE),
         "answer_tokens": [knowledge.ANSWER_TOKENS, drift.ANSWER_TOKENS],
         "general_text": _file_digest(sets.general_text),
         "questions": _file_digest(sets.retention_questions),

@@ -12,10 +12,11 @@ from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from .errors import RecipeError
+from .models import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
 
 PUSHED_FILES = [
-    "adapter_config.json",
-    "adapter_model.safetensors",
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
     "README.md",
     "tokenizer*",
     "special_tokens_map.json",

@@ -26,10 +26,9 @@ from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from ..layer import is_linear, layer_features
 from .errors import RecipeError
-from .models import ModelSource
+from .models import ADAPTER_WEIGHTS_FILE, ModelSource
 from .processes import has_accelerator
 
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 GENERATION_MARKER = "{% generation %}"
 
 

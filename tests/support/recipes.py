@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from goft.evaluation.compare import as_flags
+from goft.training.checkpoints import FINISHED_MARKER
 
 from .ports import free_port
 
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 CPU_2PROC = REPO / "accelerate_configs" / "cpu_2proc.yaml"
 FAULTS = REPO / "tests" / "fault_injection"
 SCRIPTS = REPO / "tests" / "scripts"
-RESULT_FILE = "goft_run.json"
+RESULT_FILE = FINISHED_MARKER
 # What a short test run of a recipe sets unless it says otherwise (`run_flags`)
 SHORT_RUN = dict(per_device_train_batch_size=4, learning_rate="2e-2", logging_steps=1, max_length=64, report_to="none")
 
