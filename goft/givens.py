@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .rotation_backend import fused_rotation_for
+
 BLOCK_CHOICES = (16, 32, 64, 128)  # candidate widths of the diagonal blocks; powers of two
 
 
@@ -205,7 +207,7 @@ def _one_and_zero(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         return torch.tensor([1.0, 0.0], dtype=dtype, device=device)
 
 
-def _path_values(blocks: torch.Tensor, d: int, block: int | None = None) -> list[torch.Tensor | None]:
+def path_values(blocks: torch.Tensor, d: int, block: int | None = None) -> list[torch.Tensor | None]:
     """The entries along every path of ``(low_full, low_tail, top)``: ``(*batch, W, W, n_stages)`` each, or None."""
     flat = torch.cat((blocks.reshape(-1), _one_and_zero(blocks.dtype, blocks.device)))
     return [
@@ -219,14 +221,15 @@ def build_factors(blocks: torch.Tensor, d: int, inverse: bool = False, block: in
     if inverse:
         # R⁻¹ = P_1⁻¹ ⋯ P_L⁻¹ is the transpose of the forward-order product of the transposed inverse blocks
         return _transposed(build_factors(invert_blocks(blocks).transpose(-1, -2), d, block=block))
-    return Factors(*(None if values is None else values.prod(-1) for values in _path_values(blocks, d, block)))
+    return Factors(*(None if values is None else values.prod(-1) for values in path_values(blocks, d, block)))
 
 
-def _blocks_grad(blocks: torch.Tensor, d: int, path_values, factor_grads) -> torch.Tensor:
-    """``∂L/∂blocks`` from the gradients of ``(low_full, low_tail, top)``: an entry of a factor is a product along
-    its path, so it passes its gradient to each entry on the path times the product of the path's other entries."""
+def blocks_grad(blocks: torch.Tensor, d: int, entries, factor_grads, block: int | None = None) -> torch.Tensor:
+    """``∂L/∂blocks`` from the gradients of ``(low_full, low_tail, top)`` (``entries`` from ``path_values`` with the
+    same ``block``): an entry of a factor is a product along its path, so it passes its gradient to each entry on the
+    path times the product of the path's other entries."""
     grad_flat = blocks.new_zeros(blocks.numel() + 2)
-    for index, values, grad in zip(_factor_indices(d, layout(d).block, blocks.device), path_values, factor_grads):
+    for index, values, grad in zip(_factor_indices(d, layout(d, block).block, blocks.device), entries, factor_grads):
         if index is None:
             continue
         before = torch.cumprod(values, -1)  # products of the entries up to each stage, and after it
@@ -328,7 +331,7 @@ class _RotateRows(torch.autograd.Function):
         work = compute_dtype(x2d.dtype)
         lay = layout(x2d.shape[-1])
         work_blocks = blocks.to(work)
-        values = _path_values(work_blocks, lay.d)
+        values = path_values(work_blocks, lay.d)
         f = Factors(*(None if v is None else v.prod(-1) for v in values))
         g = grad_out.to(work)  # gradient at the (scaled) output
         g_rotated = g if scale is None else g * scale.to(work)  # gradient at x R
@@ -342,7 +345,7 @@ class _RotateRows(torch.autograd.Function):
                 grad_scale = _scale_grad(x, grams, f, lay, g).to(scale.dtype)
                 grams = _scale_columns(grams, scale.to(work), lay)
             if need_blocks:
-                grad_blocks = _blocks_grad(work_blocks, lay.d, values, grams).to(blocks.dtype)
+                grad_blocks = blocks_grad(work_blocks, lay.d, values, grams).to(blocks.dtype)
         grad_x = None
         if need_x:
             if f.top is not None:
@@ -410,8 +413,15 @@ def rotate_rows(x: torch.Tensor, blocks: torch.Tensor, scale: torch.Tensor | Non
         raise ValueError(f"Expected blocks of shape ({d - 1}, 2, 2) for width {d}, got {tuple(blocks.shape)}.")
     if scale is not None and scale.shape != (d,):
         raise ValueError(f"Expected a scale of shape ({d},) for width {d}, got {tuple(scale.shape)}.")
-    out = _RotateRows.apply(x.reshape(-1, d), blocks, scale)
+    x2d = x.reshape(-1, d)
+    fused = fused_rotation_for(x2d)  # the Triton kernels on CUDA tensors (rotation_backend), else PyTorch
+    out = fused(x2d, blocks, scale) if fused is not None else _RotateRows.apply(x2d, blocks, scale)
     return out.reshape(x.shape)
+
+
+def rotate_rows_torch(x2d: torch.Tensor, blocks: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """The PyTorch path of ``rotate_rows`` for rows ``(T, d)``, whatever the device: the kernels' reference."""
+    return _RotateRows.apply(x2d, blocks, scale)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -220,6 +220,7 @@ def test_unsupported_module_type_is_refused():
         get_peft_model(model, GivensConfig(target_modules=["proj"]))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_forward_backward_and_merge():
     model = adapted("linear", 520, 64, "strict").cuda()
