@@ -3,6 +3,10 @@
     python -m benchmarks.layer_benchmark                 # CPU: fp32, d = 1024 and 4096, sweep 256 … 8192
     python -m benchmarks.layer_benchmark --device cuda   # GPU: bf16, d = 1024, 4096 and 8192
 
+On a GPU, "GOFT strict" runs the fused Triton kernels (goft.rotation_backend) and "GOFT strict, PyTorch path" the
+same layer forced onto the PyTorch path; "GOFT strict, kernel B=…" (GPU only, not in the defaults) call the kernels
+with a fixed diagonal block width, to choose it. There the peak CUDA memory of one step is reported too.
+
 The base weight is frozen and the input requires grad, as inside a network. Every repetition times each method
 once, in turn, so that the machine's drifts hit all methods alike; the table reports medians and ratios to LoRA
 r = 16 from that one run. Saved bytes are the distinct storages autograd keeps for backward (saved-tensor hooks),
@@ -11,6 +15,7 @@ the frozen weight excluded.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -21,12 +26,15 @@ from transformers import HfArgumentParser
 from benchmarks.measure import interleaved_medians, machine, saved_bytes
 from goft import GivensConfig
 from goft.formats import markdown_table, write_json
-from goft.givens import angles_from_raw, givens_blocks, rotate_rows_reference
+from goft.givens import BLOCK_CHOICES, angles_from_raw, givens_blocks, rotate_rows_reference
+from goft.rotation_backend import use_backend
 
 FROZEN = "frozen Linear"
 STRICT = "GOFT strict"
+STRICT_TORCH = "GOFT strict, PyTorch path"
 LORA = "LoRA r=16"
 TARGETS = {(4096, 2048): 1.10, (1024, 4096): 1.25}  # strict GOFT time / LoRA time, fp32 on CPU
+CUDA_TARGETS = {(4096, 8192): 1.05}  # strict GOFT (kernels) time / LoRA time, bf16 on a GPU
 
 
 class OneLinear(nn.Module):
@@ -52,16 +60,49 @@ class PlainAutogradGivens(nn.Module):
         return self.base(rotate_rows_reference(x.float(), blocks).to(x.dtype))
 
 
-def peft_method(config_factory):
+class FixedBlockKernelGivens(nn.Module):
+    """Strict GOFT on the fused kernels with a fixed diagonal block width (the layer's own computation otherwise)."""
+
+    def __init__(self, weight: torch.Tensor, block: int):
+        super().__init__()
+        self.base, self.block = OneLinear(weight), block
+        self.angles = nn.Parameter(torch.zeros(weight.shape[1] - 1, device=weight.device))
+
+    def forward(self, x):
+        from goft.fused_rotation import fused_rotate_rows  # needs Triton
+
+        blocks = givens_blocks(angles_from_raw(self.angles.float()))  # GOFT Eq. 1
+        return self.base(fused_rotate_rows(x.reshape(-1, x.shape[-1]), blocks, None, self.block).view_as(x))
+
+
+class OnBackend(nn.Module):
+    """A model whose rotations run on one backend (``goft.rotation_backend``) whatever the environment says."""
+
+    def __init__(self, model: nn.Module, backend: str):
+        super().__init__()
+        self.model, self.backend = model, backend
+
+    def forward(self, x):
+        with use_backend(self.backend):
+            return self.model(x)
+
+
+def peft_method(config_factory, backend: str | None = None):
     def build(weight):
-        return get_peft_model(OneLinear(weight), config_factory())
+        model = get_peft_model(OneLinear(weight), config_factory())
+        return model if backend is None else OnBackend(model, backend)
 
     return build
 
 
+def strict_goft():
+    return GivensConfig(target_modules=["proj"])
+
+
 METHODS = {
     FROZEN: OneLinear,
-    STRICT: peft_method(lambda: GivensConfig(target_modules=["proj"])),
+    STRICT: peft_method(strict_goft),
+    STRICT_TORCH: peft_method(strict_goft, backend="torch"),
     "GOFT quasi": peft_method(lambda: GivensConfig(target_modules=["proj"], strict=False, quasi=True)),
     "GOFT plain autograd": PlainAutogradGivens,
     LORA: peft_method(lambda: LoraConfig(target_modules=["proj"], r=16, lora_alpha=32)),
@@ -70,6 +111,9 @@ METHODS = {
     "HRA": peft_method(lambda: HRAConfig(target_modules=["proj"])),
     "RoAd": peft_method(lambda: RoadConfig(target_modules=["proj"])),
 }
+KERNEL_BLOCK_METHODS = {f"GOFT strict, kernel B={block}": block for block in BLOCK_CHOICES}
+for _name, _block in KERNEL_BLOCK_METHODS.items():
+    METHODS[_name] = lambda weight, block=_block: FixedBlockKernelGivens(weight, block)
 SWEEP_METHODS = (FROZEN, STRICT, LORA)
 
 
@@ -110,7 +154,12 @@ class LayerBenchmarkArguments:
         unknown = [m for m in (self.methods or []) if m not in METHODS]
         if unknown:
             raise ValueError(f"Unknown methods {unknown}; choose from: {', '.join(METHODS)}.")
-        self.methods = self.methods or list(METHODS)
+        kernels_only = [m for m in (self.methods or []) if m in KERNEL_BLOCK_METHODS]
+        if kernels_only and self.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                f"{kernels_only} call the Triton kernels directly: they need --device cuda (or TRITON_INTERPRET=1)."
+            )
+        self.methods = self.methods or default_methods(self.device)
         for needed in (FROZEN, LORA):
             if needed not in self.methods:
                 self.methods.insert(0, needed)  # ratios and overheads are measured against these
@@ -118,6 +167,12 @@ class LayerBenchmarkArguments:
             raise ValueError("Sweep widths must be at least 2.")
         if min(self.repeats, self.sweep_repeats) < 1 or self.warmup < 0 or self.sweep_tokens < 1:
             raise ValueError("repeats must be >= 1, warmup >= 0 and sweep_tokens >= 1.")
+
+
+def default_methods(device: str) -> list[str]:
+    """Every method but the fixed-block kernels; on a CPU also not the forced PyTorch path (the default there)."""
+    skip = set(KERNEL_BLOCK_METHODS) | ({STRICT_TORCH} if device != "cuda" else set())
+    return [name for name in METHODS if name not in skip]
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -141,6 +196,18 @@ def training_step(model: nn.Module, x: torch.Tensor, upstream: torch.Tensor):
         model(x).backward(upstream)
 
     return step
+
+
+def peak_step_bytes(step, device: torch.device) -> int | None:
+    """On a GPU, the CUDA memory one step allocates at its peak above what was allocated before it; None on a CPU."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    step()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
 
 
 def measure_size(
@@ -171,15 +238,18 @@ def measure_size(
                 "tokens": tokens,
                 **timings[name],
                 "saved_bytes": saved,
+                "peak_step_bytes": peak_step_bytes(training_step(model, x, upstream), device),
                 "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
             }
         )
     lora, frozen = timings[LORA]["median_ms"], timings[FROZEN]["median_ms"]
     lora_saved = next(r["saved_bytes"] for r in rows if r["method"] == LORA)
+    lora_peak = next(r["peak_step_bytes"] for r in rows if r["method"] == LORA)
     for row in rows:
         row["time_vs_lora"] = row["median_ms"] / lora
         row["overhead_ms"] = row["median_ms"] - frozen
         row["saved_vs_lora"] = row["saved_bytes"] / lora_saved if lora_saved else None
+        row["peak_vs_lora"] = row["peak_step_bytes"] / lora_peak if lora_peak else None
     del models
     return rows
 
@@ -216,9 +286,10 @@ def targets(rows: list[dict], device: torch.device, dtype: torch.dtype) -> list[
     """The performance targets this run can speak to, with the measured ratio."""
     checks = []
     by = {(r["method"], r["width"], r["tokens"]): r for r in rows}
-    for (width, tokens), limit in TARGETS.items():
+    applicable = (device.type == "cpu" and dtype == torch.float32, device.type == "cuda" and dtype == torch.bfloat16)
+    for (width, tokens), limit in (TARGETS if applicable[0] else CUDA_TARGETS if applicable[1] else {}).items():
         row = by.get((STRICT, width, tokens))
-        if row is not None and device.type == "cpu" and dtype == torch.float32:
+        if row is not None:
             checks.append(
                 {
                     "target": f"time, d={width}, {tokens} tokens",
@@ -240,20 +311,27 @@ def targets(rows: list[dict], device: torch.device, dtype: torch.dtype) -> list[
     return checks
 
 
+def _ratio(value) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def report(rows: list[dict], sweep_rows: list[dict], checks: list[dict]) -> str:
     parts = []
+    with_peak = any(r["peak_step_bytes"] is not None for r in rows)
+    peak_columns = ["peak MiB", "peak × LoRA"] if with_peak else []
     for width, tokens in dict.fromkeys((r["width"], r["tokens"]) for r in rows):
         parts.append(f"\nd = {width}, {tokens} tokens (forward + backward)\n")
         parts.append(
             markdown_table(
-                ["method", "median ms", "× LoRA", "saved MiB", "saved × LoRA", "trainable params"],
+                ["method", "median ms", "× LoRA", "saved MiB", "saved × LoRA", *peak_columns, "trainable params"],
                 [
                     [
                         r["method"],
-                        f"{r['median_ms']:.1f}",
+                        f"{r['median_ms']:.2f}",
                         f"{r['time_vs_lora']:.2f}",
                         f"{r['saved_bytes'] / 2**20:.1f}",
-                        "—" if r["saved_vs_lora"] is None else f"{r['saved_vs_lora']:.2f}",
+                        _ratio(r["saved_vs_lora"]),
+                        *([f"{r['peak_step_bytes'] / 2**20:.1f}", _ratio(r["peak_vs_lora"])] if with_peak else []),
                         f"{r['trainable_parameters']:,}",
                     ]
                     for r in rows

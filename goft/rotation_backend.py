@@ -7,6 +7,8 @@
 * ``triton``: the kernels, or a clear error saying why they cannot run (CPU tensors need ``TRITON_INTERPRET=1``);
 * ``torch``: always the PyTorch path.
 
+``use_backend(choice)`` does the same for a block of code.
+
 The self-check runs once per (device, dtype), on first use: a small rotation with leaders, a tail, free blocks and a
 GOFT* scale, forward and backward, against the PyTorch path. If the kernels fail to compile or disagree, ``auto``
 warns once and keeps the PyTorch path on that device; ``triton`` raises.
@@ -14,6 +16,7 @@ warns once and keeps the PyTorch path on that device; ``triton`` raises.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import warnings
@@ -32,12 +35,31 @@ _self_checks: dict[tuple[str, torch.dtype], Optional[str]] = {}  # (device, dtyp
 _warned: set = set()
 
 
+_override: Optional[str] = None  # set by ``use_backend``; wins over the environment
+
+
 def requested_backend() -> str:
+    if _override is not None:
+        return _override
     raw = os.environ.get(KERNEL_ENV, "")
     choice = raw.strip().lower() or "auto"
     if choice not in CHOICES:
         raise ValueError(f"{KERNEL_ENV}={raw!r} is not one of {', '.join(CHOICES)}.")
     return choice
+
+
+@contextlib.contextmanager
+def use_backend(choice: str):
+    """Within the block, rotations run as ``GOFT_ROTATION_KERNEL=choice`` says, whatever the environment says (the
+    autograd graph keeps the choice: a backward outside the block runs the path its forward took)."""
+    global _override
+    if choice not in CHOICES:
+        raise ValueError(f"The rotation backend must be one of {', '.join(CHOICES)}, not {choice!r}.")
+    previous, _override = _override, choice
+    try:
+        yield
+    finally:
+        _override = previous
 
 
 def _interpreting() -> bool:

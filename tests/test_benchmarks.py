@@ -6,11 +6,13 @@ import pytest
 import torch
 import yaml
 
-from benchmarks import layer_benchmark, sft_benchmark
+from benchmarks import gpu_check, layer_benchmark, sft_benchmark
 from benchmarks.measure import interleaved_medians, peak_rss_bytes, reset_peak_rss, saved_bytes
+from goft import rotation_backend
 
 from .support.data import sft_rows, write_jsonl
 from .support.models import save_tiny_chat_model
+from .support.triton_interpreter import exact_bfloat16_dot, kernel_device
 
 
 def test_saved_bytes_counts_each_storage_once_and_skips_excluded():
@@ -57,7 +59,9 @@ def test_layer_benchmark_rows_and_json(tmp_path):
     results = layer_benchmark.main(args)
     assert json.loads((tmp_path / "layer.json").read_text())["results"] == results["results"]
     rows = {r["method"]: r for r in results["results"]}
-    assert set(rows) == set(layer_benchmark.METHODS)
+    assert set(rows) == set(layer_benchmark.default_methods("cpu"))
+    assert not set(rows) & {layer_benchmark.STRICT_TORCH, *layer_benchmark.KERNEL_BLOCK_METHODS}
+    assert all(r["peak_step_bytes"] is None and r["peak_vs_lora"] is None for r in rows.values())  # CUDA only
     params = {name: row["trainable_parameters"] for name, row in rows.items()}
     assert params["GOFT strict"] == params["GOFT plain autograd"] == d - 1
     assert params["GOFT quasi"] == 4 * (d - 1)
@@ -85,6 +89,39 @@ def test_layer_benchmark_rows_and_json(tmp_path):
 def test_layer_benchmark_refuses_bad_arguments(bad, message):
     with pytest.raises(ValueError, match=message):
         layer_benchmark.LayerBenchmarkArguments(**bad)
+
+
+def test_layer_benchmark_kernel_variants_need_a_gpu_or_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="need --device cuda"):
+        layer_benchmark.LayerBenchmarkArguments(methods=["GOFT strict, kernel B=64"])
+    assert layer_benchmark.default_methods("cuda") == [
+        m for m in layer_benchmark.METHODS if m not in layer_benchmark.KERNEL_BLOCK_METHODS
+    ]
+
+
+def test_layer_benchmark_variants_compute_the_strict_layer(monkeypatch):
+    """The forced PyTorch path and the fixed-block kernels compute what the GOFT layer computes."""
+    monkeypatch.setenv("GOFT_ROTATION_KERNEL", "triton")  # the forced variant must not follow the environment
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    device = kernel_device()
+    gen = torch.Generator().manual_seed(0)
+    weight = (torch.randn(24, 70, generator=gen) / 8).to(device)
+    x = torch.randn(9, 70, generator=gen).to(device)
+    angles = torch.randn(69, generator=gen).to(device)
+    reference = layer_benchmark.METHODS[layer_benchmark.STRICT](weight)
+    forced = layer_benchmark.METHODS[layer_benchmark.STRICT_TORCH](weight)
+    for model in (reference, forced):
+        next(p for p in model.parameters() if p.requires_grad).data.copy_(angles)
+    with rotation_backend.use_backend("torch"):
+        want = reference(x)
+    assert torch.equal(forced(x), want)
+    if device.type == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    for name, block in layer_benchmark.KERNEL_BLOCK_METHODS.items():
+        kernel = layer_benchmark.METHODS[name](weight)
+        kernel.angles.data.copy_(angles)
+        assert kernel.block == block and torch.allclose(kernel(x), want, atol=1e-5), name
 
 
 def test_sft_benchmark_summary_ratios():
@@ -195,3 +232,103 @@ def test_retention_noise_rotations_are_seeded_orthogonal_and_of_the_asked_size(t
             ]
         ),
     )
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(stages=["layer", "warp"]), "Unknown or no stages \\['warp'\\]"),
+        (dict(device="tpu"), "cuda \\(or cpu for a dry run\\)"),
+        (dict(layer_sizes=["4096"]), "DxT"),
+        (dict(sft_recipe_args=["dtype"]), "key=value"),
+        (dict(sft_config="nope.yaml"), "does not exist"),
+    ],
+)
+def test_gpu_check_refuses_bad_arguments(tmp_path, bad, message):
+    with pytest.raises(ValueError, match=message):
+        gpu_check.GPUCheckArguments(**{"device": "cpu", "output_dir": str(tmp_path), **bad})
+
+
+def test_gpu_check_needs_a_gpu_and_keeps_an_earlier_check(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        gpu_check.GPUCheckArguments(output_dir=str(tmp_path))
+    (tmp_path / gpu_check.SUMMARY_FILE).write_text("{}")
+    with pytest.raises(ValueError, match="holds an earlier check; pass --overwrite"):
+        gpu_check.GPUCheckArguments(device="cpu", output_dir=str(tmp_path))
+    gpu_check.GPUCheckArguments(device="cpu", output_dir=str(tmp_path), overwrite=True)
+
+
+def test_gpu_check_runs_every_stage_even_after_a_failure(tmp_path, monkeypatch):
+    ran = []
+
+    def runners(args, out):
+        def ok(name):
+            return lambda: (
+                ran.append(name) or {"targets": [{"target": f"{name} time", "ratio": 0.9, "limit": 1.0, "met": True}]}
+            )
+
+        def broken():
+            ran.append("tests")
+            raise RuntimeError("pytest -m cuda exited 1")
+
+        return {"self_check": ok("self_check"), "tests": broken, "layer": ok("layer")}
+
+    monkeypatch.setattr(gpu_check, "stage_runners", runners)
+    args = gpu_check.GPUCheckArguments(device="cpu", output_dir=str(tmp_path), stages=["self_check", "tests", "layer"])
+    summary = gpu_check.main(args)
+    assert ran == ["self_check", "tests", "layer"]
+    stages = summary["stages"]
+    assert stages["self_check"]["ok"] and stages["layer"]["ok"] and not stages["tests"]["ok"]
+    assert stages["tests"]["error"] == "RuntimeError: pytest -m cuda exited 1"
+    assert json.loads((tmp_path / gpu_check.SUMMARY_FILE).read_text())["stages"]["tests"]["ok"] is False
+    table = gpu_check.summary_table(stages)
+    assert "| tests | FAILED |" in table and "|  | layer time | 0.900 (≤ 1.00) | yes |" in table
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_on_cpu(tmp_path, monkeypatch):
+    """Every stage of the GPU check on small shapes, the kernels through Triton's interpreter: one JSON per stage."""
+    exact_bfloat16_dot(monkeypatch)
+    monkeypatch.setattr(rotation_backend, "_self_checks", {})
+    model = save_tiny_chat_model(tmp_path / "model")
+    data = write_jsonl(sft_rows(48), tmp_path / "sft.jsonl")
+    config = tmp_path / "sft.yaml"
+    config.write_text(
+        yaml.safe_dump({"model_name_or_path": str(model), "dataset_name": str(data), "adapter": "givens", "seed": 0})
+    )
+    out = tmp_path / "check"
+    args = gpu_check.GPUCheckArguments(
+        device="cpu",
+        output_dir=str(out),
+        layer_sizes=["64x32"],
+        block_sweep_size="64x16",
+        layer_repeats=1,
+        sft_config=str(config),
+        sft_batch_size=2,
+        sft_max_length=32,
+        sft_warmup_steps=1,
+        sft_steps=1,
+        sft_recipe_args=["dtype=float32"],
+        sft_4bit_recipe_args=["dtype=float32", "load_in_4bit=true"],
+    )
+    summary = gpu_check.main(args)
+    failed = {name: stage["error"] for name, stage in summary["stages"].items() if not stage["ok"]}
+    assert failed == {} and list(summary["stages"]) == list(gpu_check.STAGES)
+    assert {p.name for p in out.iterdir()} >= {
+        "gpu_check.json",
+        "self_check.json",
+        "cuda_tests.xml",
+        "layer.json",
+        "kernel_blocks.json",
+        "sft.json",
+        "sft_4bit.json",
+    }
+    layer = json.loads((out / "layer.json").read_text())
+    assert {r["method"] for r in layer["results"]} == set(gpu_check.LAYER_METHODS) and layer["dtype"] == "bfloat16"
+    blocks = json.loads((out / "kernel_blocks.json").read_text())
+    assert {r["method"] for r in blocks["results"]} >= set(layer_benchmark.KERNEL_BLOCK_METHODS)
+    assert "passed" in summary["stages"]["tests"]["result"]["pytest"]
+    sft_4bit = json.loads((out / "sft_4bit.json").read_text())
+    assert sft_4bit["recipe_args"] == ["dtype=float32", "load_in_4bit=true"]
+    assert {r["method"] for r in sft_4bit["results"]} == {"givens", "lora"}

@@ -194,3 +194,27 @@ def test_bf16_adapter_weights_still_give_an_exact_rotation(tiny_llama):
     out = layer.rotate_inputs(x, "default")
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float().norm(dim=-1), x.float().norm(dim=-1), rtol=1e-2, atol=0)
+
+
+@pytest.mark.slow
+def test_the_embedded_gguf_model_loads_quantized(tmp_path):
+    """transformers refuses to quantize while it dequantizes GGUF; the recipe dequantizes to a temporary copy first,
+    and the 4-bit weights are then the GGUF model's own weights up to NF4's error."""
+    import bitsandbytes.functional as bnb_functional
+
+    from goft.training.arguments import ModelArguments
+    from goft.training.models import load_causal_lm, quantization_config, resolve_model_source
+
+    source = resolve_model_source("smollm2-135m-instruct")
+    assert source.gguf_file
+    args = ModelArguments(model_name_or_path=source.name, load_in_4bit=True, dtype="float32")
+    quantized = load_causal_lm(source, dtype="float32", quantization_config=quantization_config(args))
+    plain = load_causal_lm(source, dtype="float32")
+    assert quantized.name_or_path == "smollm2-135m-instruct"
+    for name in ("q_proj", "o_proj"):
+        layer = getattr(quantized.model.layers[3].self_attn, name)
+        assert quantization_kind(layer) == "4bit"
+        weight = bnb_functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+        want = getattr(plain.model.layers[3].self_attn, name).weight
+        assert weight.shape == want.shape
+        assert (weight - want).norm() <= 0.15 * want.norm(), name  # NF4's error, not other weights

@@ -211,6 +211,23 @@ def test_the_switch_forces_either_path(monkeypatch, auto_on_this_device, kernel_
     assert kernel_calls == [(40, 37)]
 
 
+def test_use_backend_overrides_the_switch_for_a_block(monkeypatch, auto_on_this_device, kernel_calls):
+    x, blocks, _, _ = case(37)
+    monkeypatch.setenv(rotation_backend.KERNEL_ENV, "triton")
+    with rotation_backend.use_backend("torch"):
+        with rotation_backend.use_backend("torch"):
+            rotate_rows(x, blocks)
+        rotate_rows(x, blocks)
+    assert kernel_calls == []
+    rotate_rows(x, blocks)
+    assert kernel_calls == [(40, 37)]
+    with (
+        pytest.raises(ValueError, match="one of auto, triton, torch, not 'pytorch'"),
+        rotation_backend.use_backend("pytorch"),
+    ):
+        pass
+
+
 def test_a_bad_switch_value_is_refused(monkeypatch):
     monkeypatch.setenv(rotation_backend.KERNEL_ENV, "cuda")
     with pytest.raises(ValueError, match="GOFT_ROTATION_KERNEL='cuda' is not one of auto, triton, torch"):

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -241,6 +242,18 @@ def _forget_gguf_quantization(model) -> None:
     model.__dict__.pop("quantization_method", None)
 
 
+def _quantized_from_gguf(source: ModelSource, kwargs: dict):
+    """A GGUF model loaded 4-/8-bit: transformers cannot quantize while it dequantizes a GGUF file, so the GGUF is
+    dequantized first into a temporary safetensors copy (deleted afterwards), which is then loaded quantized."""
+    plain_kwargs = {key: value for key, value in kwargs.items() if key != "quantization_config"}
+    plain = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, **plain_kwargs)
+    _forget_gguf_quantization(plain)
+    with tempfile.TemporaryDirectory(prefix="goft-dequantized-") as folder:
+        plain.save_pretrained(folder)
+        del plain
+        return AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+
+
 def load_causal_lm(
     source: ModelSource,
     *,
@@ -256,11 +269,14 @@ def load_causal_lm(
         kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-    if source.gguf_file:
-        kwargs["gguf_file"] = source.gguf_file
-    model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
-    if source.gguf_file and quantization_config is None:
-        _forget_gguf_quantization(model)
+    if source.gguf_file and quantization_config is not None:
+        model = _quantized_from_gguf(source, kwargs)
+    else:
+        if source.gguf_file:
+            kwargs["gguf_file"] = source.gguf_file
+        model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
+        if source.gguf_file:
+            _forget_gguf_quantization(model)
     # Adapters record this as `base_model_name_or_path`: the short name, not a machine-specific folder.
     model.config._name_or_path = source.name
     model.name_or_path = source.name
