@@ -86,6 +86,19 @@ def _refuse_forced(x2d: torch.Tensor) -> Optional[str]:
     return None
 
 
+def check_requested_backend(cuda_available: bool) -> None:
+    """Refuse, before any work, a bad ``GOFT_ROTATION_KERNEL`` or forced kernels this machine cannot run."""
+    if requested_backend() != "triton":
+        return
+    if not cuda_available and not _interpreting():
+        raise ValueError(
+            f"{KERNEL_ENV}=triton, but the kernels need a CUDA device and this machine has none (TRITON_INTERPRET=1 "
+            f"runs them on CPU tensors, slowly). Set {KERNEL_ENV}=auto or torch."
+        )
+    if importlib.util.find_spec("triton") is None:
+        raise ValueError(f"{KERNEL_ENV}=triton, but Triton is not installed (pip install triton).")
+
+
 def fused_rotation_for(x2d: torch.Tensor) -> Optional[Callable]:
     """``fused_rotate_rows`` if the kernels should rotate ``x2d`` (``(T, d)``), else None (the PyTorch path)."""
     choice = requested_backend()

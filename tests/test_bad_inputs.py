@@ -316,6 +316,18 @@ CASES = {
         "sft", with_flags(model="plain_template", assistant_only_loss=True), ("{% generation %}",)
     ),
     "fp16-without-gpu": Case("sft", with_flags(fp16=True), ("fp16", "no GPU")),
+    "unknown-rotation-switch": Case(
+        "sft",
+        with_flags(),
+        ("GOFT_ROTATION_KERNEL='cuda' is not one of auto, triton, torch",),
+        env=lambda a: {"GOFT_ROTATION_KERNEL": "cuda"},
+    ),
+    "forced-kernels-without-gpu": Case(
+        "sft",
+        with_flags(),
+        ("GOFT_ROTATION_KERNEL=triton, but the kernels need a CUDA device",),
+        env=lambda a: {"GOFT_ROTATION_KERNEL": "triton", "TRITON_INTERPRET": "0"},
+    ),
     "4bit-without-working-bitsandbytes": Case(
         "sft",
         with_flags(load_in_4bit=True),
@@ -735,7 +747,7 @@ def forked(tmp_path_factory):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_refused_before_any_work(assets, forked, tmp_path, name):
-    if name == "fp16-without-gpu" and torch.cuda.is_available():
+    if name in ("fp16-without-gpu", "forced-kernels-without-gpu") and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     case = CASES[name]
     output_dir = case.output(assets) if case.output else tmp_path / "out"

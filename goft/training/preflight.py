@@ -24,6 +24,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
+from .. import rotation_backend
 from ..layer import is_linear, layer_features
 from .errors import RecipeError
 from .models import ADAPTER_WEIGHTS_FILE, ModelSource
@@ -49,6 +50,14 @@ def check_precision(training_args, model_args=None) -> None:
             "fp16 mixed precision was requested, but this machine has no GPU; CPUs do not train in "
             "float16. Drop `fp16` (train in fp32) or use `bf16: true`."
         )
+
+
+def check_rotation_backend() -> None:
+    """``GOFT_ROTATION_KERNEL`` is a known value, and forced kernels can run here."""
+    try:
+        rotation_backend.check_requested_backend(torch.cuda.is_available())
+    except ValueError as error:
+        raise RecipeError(str(error)) from None
 
 
 def load_model_config(source: ModelSource, revision: str = "main", trust_remote_code: bool = False):

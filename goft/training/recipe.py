@@ -405,6 +405,7 @@ def prepare_run(
     forgetting.check_retention_arguments(retention_args, training_args, stage.name)
     quantization_config(model_args)  # refuses 4-/8-bit without a working bitsandbytes, before anything loads
     preflight.check_precision(training_args, model_args)
+    preflight.check_rotation_backend()
     check_model_available(source)
     outputs.check_output_location(
         training_args.output_dir, _read_locations(data_args, training_args, retention_args, source)
