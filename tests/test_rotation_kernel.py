@@ -312,7 +312,7 @@ def test_self_checks_run_once_per_device_and_dtype(monkeypatch, auto_on_this_dev
         warnings.simplefilter("error")
         for dtype in (torch.float32, torch.bfloat16, torch.float32, torch.bfloat16):
             rotate_rows(x.to(dtype), blocks)
-    assert runs == [(DEVICE, torch.float32), (DEVICE, torch.bfloat16)]
+    assert runs == [(x.device, torch.float32), (x.device, torch.bfloat16)]  # cuda:0 on a GPU
 
 
 def test_a_self_check_under_inference_mode_still_differentiates(auto_on_this_device, kernel_calls):
@@ -348,3 +348,14 @@ def test_an_adapted_model_trains_the_same_on_the_kernels(monkeypatch, quasi, sca
     assert grads.keys() == want_grads.keys() and len(grads) >= 6
     for name in grads:
         assert relative_error(grads[name], want_grads[name]) <= 1e-4, name
+
+
+def test_only_the_inputs_are_saved_for_backward():
+    """Like the PyTorch path, the fused rotation keeps no intermediate: layers that share an input share it."""
+    x, blocks, scale, _ = case(150, quasi=True, scaled=True)
+    leaves = [t.clone().requires_grad_() for t in (x, blocks, scale)]
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        fused_rotate_rows(*leaves)
+    storages = {t.untyped_storage().data_ptr() for t in saved}
+    assert storages == {t.untyped_storage().data_ptr() for t in leaves}
