@@ -17,6 +17,7 @@ warns once and keeps the PyTorch path on that device; ``triton`` raises.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import warnings
@@ -62,6 +63,12 @@ def use_backend(choice: str):
         _override = previous
 
 
+@functools.cache
+def triton_installed() -> bool:
+    """Whether ``import triton`` can work (asked once: searching the path on every rotation would cost time)."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
@@ -81,7 +88,7 @@ def _refuse_forced(x2d: torch.Tensor) -> Optional[str]:
             f"the kernels need CUDA tensors (or TRITON_INTERPRET=1 for Triton's CPU interpreter); these activations "
             f"are on {x2d.device}"
         )
-    if importlib.util.find_spec("triton") is None:
+    if not triton_installed():
         return "Triton is not installed (pip install triton)"
     return None
 
@@ -95,7 +102,7 @@ def check_requested_backend(cuda_available: bool) -> None:
             f"{KERNEL_ENV}=triton, but the kernels need a CUDA device and this machine has none (TRITON_INTERPRET=1 "
             f"runs them on CPU tensors, slowly). Set {KERNEL_ENV}=auto or torch."
         )
-    if importlib.util.find_spec("triton") is None:
+    if not triton_installed():
         raise ValueError(f"{KERNEL_ENV}=triton, but Triton is not installed (pip install triton).")
 
 
@@ -110,7 +117,7 @@ def fused_rotation_for(x2d: torch.Tensor) -> Optional[Callable]:
             raise RuntimeError(f"{KERNEL_ENV}=triton, but {refusal}. Set {KERNEL_ENV}=auto or torch.")
     elif x2d.device.type not in AUTO_DEVICE_TYPES or x2d.dtype not in KERNEL_DTYPES:
         return None
-    elif importlib.util.find_spec("triton") is None:
+    elif not triton_installed():
         _warn_once("no triton", "Triton is not installed: GOFT rotates with its PyTorch path (pip install triton).")
         return None
     failure = self_check(x2d.device, x2d.dtype)

@@ -35,6 +35,7 @@ def fresh_backend(monkeypatch):
     """Each test starts with no self-check done and no warning given; the interpreter multiplies bfloat16 exactly."""
     monkeypatch.setattr(rotation_backend, "_self_checks", {})
     monkeypatch.setattr(rotation_backend, "_warned", set())
+    rotation_backend.triton_installed.cache_clear()
     monkeypatch.delenv(rotation_backend.KERNEL_ENV, raising=False)
     if interpreting():
         exact_bfloat16_dot(monkeypatch)
@@ -243,24 +244,28 @@ def test_forcing_the_kernels_says_why_they_cannot_run(monkeypatch):
     with pytest.raises(RuntimeError, match="need CUDA tensors .*TRITON_INTERPRET=1.* on cpu"):
         rotate_rows(x.cpu(), blocks.cpu())
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    real_find_spec = rotation_backend.importlib.util.find_spec
-    monkeypatch.setattr(
-        rotation_backend.importlib.util, "find_spec", lambda name: None if name == "triton" else real_find_spec(name)
-    )
+    monkeypatch.setattr(rotation_backend, "triton_installed", lambda: False)
     with pytest.raises(RuntimeError, match="Triton is not installed"):
         rotate_rows(x, blocks)
 
 
 def test_auto_without_triton_warns_once_and_uses_pytorch(monkeypatch, auto_on_this_device, kernel_calls):
-    real_find_spec = rotation_backend.importlib.util.find_spec
-    monkeypatch.setattr(
-        rotation_backend.importlib.util, "find_spec", lambda name: None if name == "triton" else real_find_spec(name)
-    )
+    monkeypatch.setattr(rotation_backend, "triton_installed", lambda: False)
     x, blocks, _, _ = case(37)
     with pytest.warns(RuntimeWarning, match="Triton is not installed") as caught:
         for _ in range(3):
             assert torch.equal(rotate_rows(x, blocks), rotate_rows_torch(x, blocks))
     assert len(caught) == 1 and kernel_calls == []
+
+
+def test_whether_triton_is_installed_is_asked_once(monkeypatch):
+    asked = []
+    real_find_spec = rotation_backend.importlib.util.find_spec
+    monkeypatch.setattr(
+        rotation_backend.importlib.util, "find_spec", lambda name: asked.append(name) or real_find_spec(name)
+    )
+    assert rotation_backend.triton_installed() and rotation_backend.triton_installed()
+    assert asked == ["triton"]
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCE), ids=str)
