@@ -15,7 +15,6 @@ the frozen weight excluded.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +26,7 @@ from benchmarks.measure import interleaved_medians, machine, saved_bytes
 from goft import GivensConfig
 from goft.formats import markdown_table, write_json
 from goft.givens import BLOCK_CHOICES, angles_from_raw, givens_blocks, rotate_rows_reference
-from goft.rotation_backend import use_backend
+from goft.rotation_backend import interpreting, use_backend
 
 FROZEN = "frozen Linear"
 STRICT = "GOFT strict"
@@ -155,7 +154,7 @@ class LayerBenchmarkArguments:
         if unknown:
             raise ValueError(f"Unknown methods {unknown}; choose from: {', '.join(METHODS)}.")
         kernels_only = [m for m in (self.methods or []) if m in KERNEL_BLOCK_METHODS]
-        if kernels_only and self.device != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        if kernels_only and self.device != "cuda" and not interpreting():
             raise ValueError(
                 f"{kernels_only} call the Triton kernels directly: they need --device cuda (or TRITON_INTERPRET=1)."
             )

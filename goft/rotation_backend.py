@@ -69,7 +69,8 @@ def triton_installed() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether Triton runs its kernels through its CPU interpreter (``TRITON_INTERPRET``)."""
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
@@ -83,7 +84,7 @@ def _refuse_forced(x2d: torch.Tensor) -> Optional[str]:
     """Why ``GOFT_ROTATION_KERNEL=triton`` cannot run these activations, or None."""
     if x2d.dtype not in KERNEL_DTYPES:
         return f"the kernels run float32, bfloat16 and float16 activations; these are {x2d.dtype}"
-    if x2d.device.type != "cuda" and not _interpreting():
+    if x2d.device.type != "cuda" and not interpreting():
         return (
             f"the kernels need CUDA tensors (or TRITON_INTERPRET=1 for Triton's CPU interpreter); these activations "
             f"are on {x2d.device}"
@@ -97,7 +98,7 @@ def check_requested_backend(cuda_available: bool) -> None:
     """Refuse, before any work, a bad ``GOFT_ROTATION_KERNEL`` or forced kernels this machine cannot run."""
     if requested_backend() != "triton":
         return
-    if not cuda_available and not _interpreting():
+    if not cuda_available and not interpreting():
         raise ValueError(
             f"{KERNEL_ENV}=triton, but the kernels need a CUDA device and this machine has none (TRITON_INTERPRET=1 "
             f"runs them on CPU tensors, slowly). Set {KERNEL_ENV}=auto or torch."
