@@ -45,16 +45,21 @@ def _packed_scale(scale: torch.Tensor | None, lay: Layout) -> torch.Tensor | Non
     return padded.view(lay.n_top, lay.block)
 
 
-def _leader_shift(x2d: torch.Tensor, f: Factors, lay: Layout) -> torch.Tensor | None:
+def _leaders(x2d: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """The block leaders of the rows, ``(T, n_blocks)`` float32 (a strided gather of 1/B of each row)."""
+    return x2d[:, :: lay.block].float()
+
+
+def _leader_shift(leaders: torch.Tensor, f: Factors) -> torch.Tensor | None:
     """``x_leaders Top − x_leaders`` (``(T, n_blocks)`` float32): how much Top moves each block's leader."""
     if f.top is None:
         return None
-    leaders = x2d[:, :: lay.block].float()
     return torch.addmm(leaders, leaders, f.top, alpha=1.0, beta=-1.0)
 
 
-def _factors(blocks: torch.Tensor, lay: Layout) -> tuple[Factors, list]:
-    entries = path_values(blocks.float(), lay.d, lay.block)
+def _factors(work_blocks: torch.Tensor, lay: Layout) -> tuple[Factors, list]:
+    """The factors from float32 ``work_blocks``, and the path entries their gradient needs."""
+    entries = path_values(work_blocks, lay.d, lay.block)
     return Factors(*(None if e is None else e.prod(-1) for e in entries)), entries
 
 
@@ -66,11 +71,12 @@ class FusedRotateRows(torch.autograd.Function):
     def forward(ctx, x2d, blocks, scale, block):
         lay = layout(x2d.shape[-1], block)
         with torch.no_grad():
-            f, _ = _factors(blocks, lay)
+            f, _ = _factors(blocks.float(), lay)
             matrices = _packed_blocks(f, lay)
             if scale is not None:
                 matrices = matrices * _packed_scale(scale, lay)[:, None, :]
-            out, _ = block_rows(x2d, matrices, _leader_shift(x2d, f, lay))
+            shift = _leader_shift(_leaders(x2d, lay), f) if f.top is not None else None
+            out, _ = block_rows(x2d, matrices, shift)
         ctx.save_for_backward(x2d, blocks, scale)
         ctx.block = lay.block
         return out
@@ -81,14 +87,14 @@ class FusedRotateRows(torch.autograd.Function):
         need_x, need_blocks, need_scale, _ = ctx.needs_input_grad
         lay = layout(x2d.shape[-1], ctx.block)
         g = grad_out.to(x2d.dtype)
-        f, entries = _factors(blocks, lay)
+        work_blocks = blocks.float()
+        f, entries = _factors(work_blocks, lay)
         packed = _packed_blocks(f, lay)
         packed_scale = _packed_scale(scale, lay)
         # the gradient at mid = x Top, block by block: (g ⊙ s)_b Low_bᵀ = g_b (diag s_b Low_bᵀ)
         backward_matrices = packed.transpose(-1, -2)
         if packed_scale is not None:
             backward_matrices = backward_matrices * packed_scale[:, :, None]
-        need_params = need_blocks or need_scale
         grad_mid, mid_leaders = block_rows(
             g,
             backward_matrices.contiguous(),
@@ -96,8 +102,9 @@ class FusedRotateRows(torch.autograd.Function):
             store_leaders=f.top is not None and (need_x or need_blocks),
         )
         grad_blocks = grad_scale = None
-        if need_params:
-            grams = block_grams(x2d, g, lay.block, _leader_shift(x2d, f, lay))  # mid_bᵀ g_b, unscaled g
+        if need_blocks or need_scale:
+            x_leaders = _leaders(x2d, lay) if f.top is not None else None
+            grams = block_grams(x2d, g, lay.block, _leader_shift(x_leaders, f))  # mid_bᵀ g_b, unscaled g
             if scale is not None:
                 # ∂L/∂s_j = Σ_t (x R)_tj g_tj = column j of Low_b ⊙ (mid_bᵀ g_b), summed over rows
                 grad_scale = (packed * grams).sum(-2).reshape(-1)[: lay.d].to(scale.dtype)
@@ -106,9 +113,9 @@ class FusedRotateRows(torch.autograd.Function):
                 factor_grads = [
                     grams[: lay.n_full] if f.low_full is not None else None,
                     grams[lay.n_full, : lay.tail, : lay.tail] if f.low_tail is not None else None,
-                    x2d[:, :: lay.block].float().t() @ mid_leaders if f.top is not None else None,
+                    x_leaders.t() @ mid_leaders if f.top is not None else None,
                 ]
-                grad_blocks = blocks_grad(blocks.float(), lay.d, entries, factor_grads, lay.block).to(blocks.dtype)
+                grad_blocks = blocks_grad(work_blocks, lay.d, entries, factor_grads, lay.block).to(blocks.dtype)
         grad_x = None
         if need_x:
             grad_x = grad_mid

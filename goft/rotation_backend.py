@@ -95,7 +95,8 @@ def _refuse_forced(x2d: torch.Tensor) -> Optional[str]:
 
 
 def check_requested_backend(cuda_available: bool) -> None:
-    """Refuse, before any work, a bad ``GOFT_ROTATION_KERNEL`` or forced kernels this machine cannot run."""
+    """Refuse, before any work, a bad ``GOFT_ROTATION_KERNEL`` or forced kernels this machine cannot run (the
+    recipes' dtypes, float32/bfloat16/float16, are all the kernels' own)."""
     if requested_backend() != "triton":
         return
     if not cuda_available and not interpreting():

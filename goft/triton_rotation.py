@@ -117,15 +117,11 @@ def _tile(block: int) -> int:
     return 64 if block <= 64 else 32
 
 
-def _check(x2d: torch.Tensor, matrices: torch.Tensor, shift: torch.Tensor | None) -> int:
+def _check_rows(x2d: torch.Tensor, n_blocks: int, shift: torch.Tensor | None) -> None:
     if x2d.dtype not in KERNEL_DTYPES:
         raise TypeError(f"The Triton rotation kernel runs float32, bfloat16 and float16, not {x2d.dtype}.")
-    n_blocks, block, _ = matrices.shape
-    if matrices.dtype != torch.float32 or not matrices.is_contiguous() or n_blocks != -(-x2d.shape[1] // block):
-        raise ValueError("The block matrices must be contiguous float32 of shape (ceil(d / B), B, B).")
     if shift is not None and (shift.dtype != torch.float32 or shift.shape != (x2d.shape[0], n_blocks)):
         raise ValueError("The leader shift must be float32 of shape (tokens, ceil(d / B)).")
-    return block
 
 
 def block_rows(
@@ -137,9 +133,11 @@ def block_rows(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``(out, leaders)``: ``out`` (dtype of ``x2d``) holds ``x_b M_b + shift_b ⊗ M_b[0]`` per block, ``leaders``
     (float32, ``(T, n_blocks)``) the first column of every block of it; each is None unless asked for."""
-    block = _check(x2d, matrices, shift)
     tokens, width = x2d.shape
-    n_blocks = matrices.shape[0]
+    n_blocks, block, _ = matrices.shape
+    if matrices.dtype != torch.float32 or not matrices.is_contiguous() or n_blocks != -(-width // block):
+        raise ValueError("The block matrices must be contiguous float32 of shape (ceil(d / B), B, B).")
+    _check_rows(x2d, n_blocks, shift)
     out = torch.empty_like(x2d, memory_format=torch.contiguous_format) if store_out else None
     leaders = x2d.new_empty(tokens, n_blocks, dtype=torch.float32) if store_leaders else None
     if tokens == 0:
@@ -182,7 +180,7 @@ def block_grams(x2d: torch.Tensor, g2d: torch.Tensor, block: int, shift: torch.T
         raise ValueError("The input and its gradient must have the same shape and dtype.")
     tokens, width = x2d.shape
     n_blocks = -(-width // block)
-    _check(x2d, x2d.new_empty(n_blocks, block, block, dtype=torch.float32), shift)
+    _check_rows(x2d, n_blocks, shift)
     if tokens == 0:
         return x2d.new_zeros(n_blocks, block, block, dtype=torch.float32)
     tile = _tile(block)

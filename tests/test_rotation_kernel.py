@@ -249,6 +249,25 @@ def test_forcing_the_kernels_says_why_they_cannot_run(monkeypatch):
         rotate_rows(x, blocks)
 
 
+def test_forced_kernels_are_checked_before_any_work(monkeypatch):
+    """What a recipe's preflight asks: every way forced kernels could not run, refused up front; auto never is."""
+    check = rotation_backend.check_requested_backend
+    for value in ("auto", "torch"):
+        monkeypatch.setenv(rotation_backend.KERNEL_ENV, value)
+        check(cuda_available=False)
+    monkeypatch.setenv(rotation_backend.KERNEL_ENV, "TRITON")
+    check(cuda_available=True)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="need a CUDA device and this machine has none"):
+        check(cuda_available=False)
+    monkeypatch.setattr(rotation_backend, "triton_installed", lambda: False)
+    with pytest.raises(ValueError, match="Triton is not installed"):
+        check(cuda_available=True)
+    monkeypatch.setenv(rotation_backend.KERNEL_ENV, "1")
+    with pytest.raises(ValueError, match="GOFT_ROTATION_KERNEL='1' is not one of"):
+        check(cuda_available=True)
+
+
 def test_auto_without_triton_warns_once_and_uses_pytorch(monkeypatch, auto_on_this_device, kernel_calls):
     monkeypatch.setattr(rotation_backend, "triton_installed", lambda: False)
     x, blocks, _, _ = case(37)
