@@ -16,6 +16,7 @@ the frozen weight excluded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from peft import BOFTConfig, HRAConfig, LoraConfig, OFTConfig, RoadConfig, get_peft_model
@@ -111,8 +112,7 @@ METHODS = {
     "RoAd": peft_method(lambda: RoadConfig(target_modules=["proj"])),
 }
 KERNEL_BLOCK_METHODS = {f"GOFT strict, kernel B={block}": block for block in BLOCK_CHOICES}
-for _name, _block in KERNEL_BLOCK_METHODS.items():
-    METHODS[_name] = lambda weight, block=_block: FixedBlockKernelGivens(weight, block)
+METHODS.update({name: partial(FixedBlockKernelGivens, block=block) for name, block in KERNEL_BLOCK_METHODS.items()})
 SWEEP_METHODS = (FROZEN, STRICT, LORA)
 
 
