@@ -32,8 +32,9 @@ from transformers import HfArgumentParser
 
 from benchmarks import layer_benchmark, sft_benchmark
 from benchmarks.measure import machine
-from goft import rotation_backend
-from goft.formats import markdown_table, write_json
+from goft.io.formats import markdown_table, write_json
+from goft.rotation import backend as rotation_backend
+from goft.rotation.givens import KERNEL_DTYPES
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 STAGES = ("self_check", "tests", "layer", "kernel_blocks", "sft", "sft_4bit")
@@ -103,7 +104,7 @@ class GPUCheckArguments:
 def run_self_check(args: GPUCheckArguments, out: Path) -> dict:
     device = torch.device(args.device)
     results = []
-    for dtype in rotation_backend.KERNEL_DTYPES:
+    for dtype in KERNEL_DTYPES:
         start = time.perf_counter()
         failure = rotation_backend.self_check(device, dtype)
         results.append(

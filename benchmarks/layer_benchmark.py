@@ -3,7 +3,7 @@
     python -m benchmarks.layer_benchmark                 # CPU: fp32, d = 1024 and 4096, sweep 256 … 8192
     python -m benchmarks.layer_benchmark --device cuda   # GPU: bf16, d = 1024, 4096 and 8192
 
-On a GPU, "GOFT strict" runs the fused Triton kernels (goft.rotation_backend) and "GOFT strict, PyTorch path" the
+On a GPU, "GOFT strict" runs the fused Triton kernels (goft.rotation.backend) and "GOFT strict, PyTorch path" the
 same layer forced onto the PyTorch path; "GOFT strict, kernel B=…" (GPU only, not in the defaults) call the kernels
 with a fixed diagonal block width, to choose it. There the peak CUDA memory of one step is reported too.
 
@@ -25,9 +25,9 @@ from transformers import HfArgumentParser
 
 from benchmarks.measure import interleaved_medians, machine, saved_bytes
 from goft import GivensConfig
-from goft.formats import markdown_table, write_json
-from goft.givens import BLOCK_CHOICES, angles_from_raw, givens_blocks, rotate_rows_reference
-from goft.rotation_backend import interpreting, use_backend
+from goft.io.formats import markdown_table, write_json
+from goft.rotation.backend import interpreting, use_backend
+from goft.rotation.givens import BLOCK_CHOICES, angles_from_raw, givens_blocks, rotate_rows_reference
 
 FROZEN = "frozen Linear"
 STRICT = "GOFT strict"
@@ -69,14 +69,14 @@ class FixedBlockKernelGivens(nn.Module):
         self.angles = nn.Parameter(torch.zeros(weight.shape[1] - 1, device=weight.device))
 
     def forward(self, x):
-        from goft.fused_rotation import fused_rotate_rows  # needs Triton
+        from goft.rotation.fused import fused_rotate_rows  # needs Triton
 
         blocks = givens_blocks(angles_from_raw(self.angles.float()))  # GOFT Eq. 1
         return self.base(fused_rotate_rows(x.reshape(-1, x.shape[-1]), blocks, None, self.block).view_as(x))
 
 
 class OnBackend(nn.Module):
-    """A model whose rotations run on one backend (``goft.rotation_backend``) whatever the environment says."""
+    """A model whose rotations run on one backend (``goft.rotation.backend``) whatever the environment says."""
 
     def __init__(self, model: nn.Module, backend: str):
         super().__init__()

@@ -24,8 +24,8 @@ from goft.evaluation.knowledge import knowledge_retention
 from goft.evaluation.model_io import merged_for_scoring
 from goft.evaluation.runner import BaseReference, EvaluationSets
 from goft.evaluation.shift import general_text_shift
-from goft.formats import markdown_table, write_json
-from goft.training.models import load_base_model, load_tokenizer, resolve_model_source
+from goft.io.formats import markdown_table, write_json
+from goft.io.model_source import load_base_model, load_tokenizer, resolve_model_source
 
 
 @dataclass

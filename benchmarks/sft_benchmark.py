@@ -26,7 +26,7 @@ import torch
 from transformers import HfArgumentParser, TrainerCallback
 
 from benchmarks.measure import machine, peak_rss_bytes, reset_peak_rss, rss_bytes
-from goft.formats import markdown_table, write_json
+from goft.io.formats import markdown_table, write_json
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 TARGET_TIME, TARGET_MEMORY = 1.10, 1.05  # strict GOFT / LoRA r = 16, on a CPU
@@ -173,10 +173,10 @@ def run_worker(args: SFTBenchmarkArguments) -> dict:
     """Train one method through the SFT recipe machinery and return its timings and memory."""
     from trl import SFTConfig, SFTTrainer
 
-    from goft.training.cli import make_recipe_parser, parse_recipe
-    from goft.training.processes import use_all_cpu_cores
+    from goft.data.stages import SFT
+    from goft.training.arguments.cli import make_recipe_parser, parse_recipe
+    from goft.training.parallel.processes import use_all_cpu_cores
     from goft.training.recipe import prepare_run
-    from goft.training.stages import SFT
 
     use_all_cpu_cores()
     with tempfile.TemporaryDirectory() as output_dir:

@@ -4,13 +4,19 @@ Importing this package registers the ``givens`` method with peft (``peft_type`` 
 ``get_peft_model(model, GivensConfig(...))`` and ``PeftModel.from_pretrained(model, path)`` work as for LoRA.
 """
 
-from .config import GivensConfig
-from .layer import GivensLayer
-from .model import GivensModel
-from .orthogonality import orthogonality_error
-from .registration import GIVENS, SORSA, register
-from .regularizers import Regularizer, hra_orthogonality, orthogonality_penalty, regularizers_for, sorsa_orthonormality
-from .sorsa import SorsaConfig, SorsaModel
+from goft.registration import GIVENS, SORSA, register
+from goft.regularizers import (
+    Regularizer,
+    hra_orthogonality,
+    orthogonality_penalty,
+    regularizers_for,
+    sorsa_orthonormality,
+)
+from goft.tuners.givens.config import GivensConfig
+from goft.tuners.givens.layer import GivensLayer
+from goft.tuners.givens.model import GivensModel
+from goft.tuners.orthogonality import orthogonality_error
+from goft.tuners.sorsa import SorsaConfig, SorsaModel
 
 register(GivensConfig, GivensModel)
 register(SorsaConfig, SorsaModel, name="sorsa")

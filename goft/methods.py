@@ -3,7 +3,7 @@ logs and model cards, and whether the method is exactly orthogonal (strict GOFT)
 
 from peft import OFTConfig, PeftConfig
 
-from .config import GivensConfig
+from goft.tuners.givens.config import GivensConfig
 
 DESCRIPTIONS = {
     "SORSA": "SORSA (trainable singular vectors and values; not orthogonal)",

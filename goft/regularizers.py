@@ -3,7 +3,7 @@
 Each is a function of the model that returns a differentiable scalar over the model's active adapters of its method
 (0 when there are none), and `regularizers_for` says which ones a run with a given adapter config trains with, as
 `Regularizer`s: the value's log name, its weight in the objective and where it enters (the loss, or SORSA's rule
-after gradient clipping; see `goft.training.regularized`, which applies them).
+after gradient clipping; see `goft.training.trainers.regularized`, which applies them).
 
 - qGOFT (Eq. 6): ``Σ_adapters λ · Σ_blocks (M00·M01 + M10·M11)²``; λ is an adapter's own setting
   (``orthogonality_penalty_weight``), so it is applied inside and the `Regularizer`'s weight is 1.
@@ -21,11 +21,11 @@ from peft import HRAConfig, PeftConfig
 from peft.tuners.hra import HRALayer
 from torch import nn
 
-from .config import GivensConfig
-from .layer import GivensLayer
-from .orthogonality import defect_norm
-from .sharded import whole
-from .sorsa import SorsaConfig, SorsaLayer
+from goft.tuners.givens.config import GivensConfig
+from goft.tuners.givens.layer import GivensLayer
+from goft.tuners.orthogonality import defect_norm
+from goft.tuners.sharded import whole
+from goft.tuners.sorsa import SorsaConfig, SorsaLayer
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from trl import DPOConfig, SFTConfig, TrlParser
 
-from goft.evaluation.compare import CompareArguments, compare
-from goft.training.cli import make_recipe_parser, run_recipe
-from goft.training.stages import STAGES
+from goft.comparison.compare import CompareArguments, compare
+from goft.data.stages import STAGES
+from goft.training.arguments.cli import make_recipe_parser, run_recipe
 
 SCRIPTS = {stage: Path(__file__).resolve().parent / f"{stage}.py" for stage in STAGES}
 

@@ -9,10 +9,10 @@ exactly orthogonal (qGOFT, GOFT*, LoRA) are refused before any model is loaded.
 
 from trl import DPOConfig, DPOTrainer
 
+from goft.data.stages import DPO
 from goft.evaluation.tasks import dpo_task_metrics
-from goft.training.cli import make_recipe_parser, run_recipe
+from goft.training.arguments.cli import make_recipe_parser, run_recipe
 from goft.training.recipe import prepare_run, print_summary
-from goft.training.stages import DPO
 
 
 def make_parser():

@@ -18,8 +18,8 @@ from trl import TrlParser
 from goft.evaluation import assets
 from goft.evaluation.report import EVALUATION_JSON, render_table, write_evaluation
 from goft.evaluation.runner import EvaluationSets, evaluate_adapters
-from goft.training.cli import run_recipe
-from goft.training.outputs import check_output_location, hold_output_lock, refuse_finished_output
+from goft.io.outputs import check_output_location, hold_output_lock, refuse_finished_output
+from goft.training.arguments.cli import run_recipe
 
 
 @dataclass

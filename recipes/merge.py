@@ -8,9 +8,9 @@ from typing import Optional
 
 from trl import TrlParser
 
-from goft.training.cli import run_recipe
-from goft.training.merging import check_merge_inputs, merge_adapter
-from goft.training.outputs import hold_output_lock
+from goft.io.outputs import hold_output_lock
+from goft.training.arguments.cli import run_recipe
+from goft.training.publish.merging import check_merge_inputs, merge_adapter
 
 
 @dataclass

@@ -8,10 +8,10 @@ the last checkpoint in `output_dir`; a finished run there is refused.
 
 from trl import SFTConfig, SFTTrainer
 
+from goft.data.stages import SFT
 from goft.evaluation.tasks import sft_task_metrics
-from goft.training.cli import make_recipe_parser, run_recipe
+from goft.training.arguments.cli import make_recipe_parser, run_recipe
 from goft.training.recipe import prepare_run, print_summary
-from goft.training.stages import SFT
 
 
 def make_parser():

@@ -33,7 +33,7 @@ def input_ids():
 @pytest.fixture
 def no_hub_datasets(monkeypatch):
     """Local data never reaches the Hub: loading a Hub dataset fails loudly unless the test stands one in."""
-    from goft.training import data as data_module
+    from goft.data import loading as data_module
 
     real = data_module.load_dataset
 

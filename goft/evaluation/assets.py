@@ -5,7 +5,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from ..training.errors import RecipeError
+from goft.errors import RecipeError
 
 _DATA = resources.files("goft.evaluation") / "data"
 

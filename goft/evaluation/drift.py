@@ -7,10 +7,17 @@ from dataclasses import dataclass
 
 import torch
 
-from ..training.errors import RecipeError
-from .assets import read_jsonl
-from .model_io import adapter_off, as_base, greedy_answers, model_device, prompt_completion_ids, scoring_mode
-from .shift import token_divergence
+from goft.errors import RecipeError
+from goft.evaluation.assets import read_jsonl
+from goft.evaluation.model_io import (
+    adapter_off,
+    as_base,
+    greedy_answers,
+    model_device,
+    prompt_completion_ids,
+    scoring_mode,
+)
+from goft.evaluation.shift import token_divergence
 
 ANSWER_TOKENS = 96  # long enough for a few sentences; a longer answer is cut at this many tokens
 

@@ -8,9 +8,9 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 
-from ..training.errors import RecipeError
-from .assets import read_jsonl
-from .model_io import greedy_answers
+from goft.errors import RecipeError
+from goft.evaluation.assets import read_jsonl
+from goft.evaluation.model_io import greedy_answers
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import contextlib
 import torch
 from torch import nn
 
-from ..training.errors import RecipeError
+from goft.errors import RecipeError
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -5,9 +5,9 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
-from ..formats import markdown_table, write_json
-from ..training.outputs import refuse_finished_output
-from .frontier import Point, common_levels, forgetting_at, pareto_frontier
+from goft.evaluation.frontier import Point, common_levels, forgetting_at, pareto_frontier
+from goft.io.formats import markdown_table, write_json
+from goft.io.outputs import refuse_finished_output
 
 TASK_LEVELS = (0.5, 0.1, 0.02)  # task levels (held-out answer NLL per token) at which methods are compared
 # the task level of a run, lower is better: (row["task"] key of the tuned model, of the base, how it reads)

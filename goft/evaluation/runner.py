@@ -13,21 +13,20 @@ from pathlib import Path
 
 from peft import PeftModel
 
-from ..methods import method_label, peft_type_name
-from ..training.arguments import DataArguments
-from ..training.checkpoints import FINISHED_MARKER, read_run_record
-from ..training.data import load_recipe_dataset
-from ..training.errors import RecipeError
-from ..training.models import ModelSource, load_adapter_config, load_causal_lm, load_tokenizer, resolve_model_source
-from ..training.preflight import check_adapters_fit
-from ..training.run_spec import rows_fingerprint
-from . import assets
-from .drift import BaseAnswers, answer_drift, base_answers, load_instructions
-from .knowledge import Question, knowledge_retention, known_questions, load_questions
-from .model_io import as_base, merged_for_scoring
-from .shift import BaseLogitsCache, general_text_shift, load_general_text
-from .tasks import task_kind, task_metrics
-from .weights import adapter_parameter_count, neuron_angle_changes, strict_orthogonality_error
+from goft.data.arguments import DataArguments
+from goft.data.loading import load_recipe_dataset, rows_fingerprint
+from goft.errors import RecipeError
+from goft.evaluation import assets
+from goft.evaluation.drift import BaseAnswers, answer_drift, base_answers, load_instructions
+from goft.evaluation.knowledge import Question, knowledge_retention, known_questions, load_questions
+from goft.evaluation.model_io import as_base, merged_for_scoring
+from goft.evaluation.shift import BaseLogitsCache, general_text_shift, load_general_text
+from goft.evaluation.tasks import task_kind, task_metrics
+from goft.evaluation.weights import adapter_parameter_count, neuron_angle_changes, strict_orthogonality_error
+from goft.io.adapter_checks import check_adapters_fit
+from goft.io.model_source import ModelSource, load_adapter_config, load_causal_lm, load_tokenizer, resolve_model_source
+from goft.io.outputs import FINISHED_MARKER, read_run_record
+from goft.methods import method_label, peft_type_name
 
 logger = logging.getLogger(__name__)
 

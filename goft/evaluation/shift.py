@@ -5,9 +5,9 @@ import math
 
 import torch
 
-from ..training.errors import RecipeError
-from .assets import read_jsonl
-from .model_io import adapter_off, model_device, scoring_mode
+from goft.errors import RecipeError
+from goft.evaluation.assets import read_jsonl
+from goft.evaluation.model_io import adapter_off, model_device, scoring_mode
 
 POSITIONS = 256  # token positions whose full-vocabulary log-probabilities are held at once
 

@@ -5,9 +5,16 @@ import math
 
 import torch
 
-from ..training.errors import RecipeError
-from ..training.stages import DPO_COLUMNS, SFT_COLUMNS
-from .model_io import adapter_off, adapter_switch, completion_logps, greedy_answers, prompt_completion_ids, scoring_mode
+from goft.data.stages import DPO_COLUMNS, SFT_COLUMNS
+from goft.errors import RecipeError
+from goft.evaluation.model_io import (
+    adapter_off,
+    adapter_switch,
+    completion_logps,
+    greedy_answers,
+    prompt_completion_ids,
+    scoring_mode,
+)
 
 EXTRA_TOKENS = 4  # generated beyond the longest reference answer of a batch, so that a longer reply is not cut to fit
 

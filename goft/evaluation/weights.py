@@ -9,10 +9,10 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from ..layer import is_linear, layer_features
-from ..methods import is_exactly_orthogonal
-from ..orthogonality import orthogonality_error
-from ..quantized import quantization_kind, read_weight
+from goft.methods import is_exactly_orthogonal
+from goft.tuners.givens.layer import is_linear, layer_features
+from goft.tuners.orthogonality import orthogonality_error
+from goft.tuners.quantized import quantization_kind, read_weight
 
 GRAM_ELEMENTS = 1 << 22  # entries of one chunk of the row-by-row cosine matrix (32 MiB in float64)
 EXACT_PAIRS = 4096  # near-parallel row pairs measured with the difference formula at a time

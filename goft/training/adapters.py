@@ -5,10 +5,10 @@ import re
 
 from peft import BOFTConfig, HRAConfig, LoraConfig, OFTConfig, PeftConfig, RoadConfig
 
-from ..config import GivensConfig
-from ..methods import describe_method, is_exactly_orthogonal
-from ..sorsa import SorsaConfig
-from .errors import RecipeError
+from goft.errors import RecipeError
+from goft.methods import describe_method, is_exactly_orthogonal
+from goft.tuners.givens.config import GivensConfig
+from goft.tuners.sorsa import SorsaConfig
 
 logger = logging.getLogger(__name__)
 

@@ -9,29 +9,12 @@ from accelerate.utils import DistributedType
 from peft import PeftConfig, PeftModel
 from transformers.trainer_utils import set_seed
 
-from ..methods import describe_method, is_exactly_orthogonal
-from ..regularizers import Regularizer, regularizers_for
-from ..sorsa import SorsaConfig
-from . import (
-    adapters,
-    anchor,
-    checkpoints,
-    forgetting,
-    fsdp,
-    hub,
-    model_card,
-    outputs,
-    preflight,
-    processes,
-    replay,
-    run_spec,
-)
-from .argument_checks import check_training_arguments
-from .chat_templates import use_training_chat_template
-from .data import load_recipe_dataset, mixture_locations, mixture_record, recipe_mixture
-from .errors import RecipeError
-from .logging_targets import log_destinations, set_log_defaults
-from .models import (
+from goft.data.chat_templates import use_training_chat_template
+from goft.data.loading import load_recipe_dataset, mixture_locations, mixture_record, recipe_mixture
+from goft.data.stages import Stage
+from goft.errors import RecipeError
+from goft.io import adapter_checks, outputs
+from goft.io.model_source import (
     ModelSource,
     check_model_available,
     load_causal_lm,
@@ -39,9 +22,19 @@ from .models import (
     quantization_config,
     resolve_model_source,
 )
-from .recipe_file import recipe_config_path
-from .safeguards import checked_orthogonality_error, recipe_trainer_class
-from .stages import Stage
+from goft.methods import describe_method, is_exactly_orthogonal
+from goft.regularizers import Regularizer, regularizers_for
+from goft.training import adapters
+from goft.training.arguments import preflight
+from goft.training.arguments.checks import check_training_arguments
+from goft.training.arguments.recipe_file import recipe_config_path
+from goft.training.parallel import fsdp, processes
+from goft.training.publish import hub, model_card
+from goft.training.publish.logging_targets import log_destinations, set_log_defaults
+from goft.training.runs import checkpoints, run_spec
+from goft.training.runs.safeguards import checked_orthogonality_error, recipe_trainer_class
+from goft.training.trainers import anchor, forgetting, replay
+from goft.tuners.sorsa import SorsaConfig
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +241,7 @@ class RecipeRun:
         """goft_run.json of the run whose adapter this run continues ({} when there is none)."""
         if not self.source.adapter_path:
             return {}
-        return checkpoints.read_run_record(self.source.adapter_path) or {}
+        return outputs.read_run_record(self.source.adapter_path) or {}
 
     def finish(self, trainer) -> dict:
         """Check orthogonality, save adapter + tokenizer + card, mark the run finished, push; returns the metrics."""
@@ -282,7 +275,7 @@ class RecipeRun:
                 hyperparameters=model_card.training_hyperparameters(args, trainer.accelerator.num_processes),
             )
             card.save(os.path.join(args.output_dir, "README.md"))
-            checkpoints.mark_finished(
+            outputs.mark_finished(
                 args.output_dir,
                 {
                     "stage": self.stage.name,
@@ -345,12 +338,12 @@ def check_model(source: ModelSource, adapter_config: PeftConfig, method: str, mo
             "Drop `load_in_4bit`/`load_in_8bit`, or choose another adapter (GOFT supports them)."
         )
     if source.adapter_path:
-        preflight.check_adapters_fit(source, [source], model_args.model_revision, trust)
+        adapter_checks.check_adapters_fit(source, [source], model_args.model_revision, trust)
         return
-    skeleton = preflight.build_skeleton(
-        preflight.load_model_config(source, model_args.model_revision, trust), source, trust
+    skeleton = adapter_checks.build_skeleton(
+        adapter_checks.load_model_config(source, model_args.model_revision, trust), source, trust
     )
-    preflight.check_fresh_adapter(skeleton, adapter_config, source.name, method)
+    adapter_checks.check_fresh_adapter(skeleton, adapter_config, source.name, method)
 
 
 def _read_locations(data_args, training_args, retention_args, source: ModelSource) -> dict:

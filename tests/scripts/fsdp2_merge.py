@@ -14,7 +14,7 @@ from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 
 import goft
-from goft.training.processes import leave_process_group
+from goft.training.parallel.processes import leave_process_group
 
 dist.init_process_group("gloo")
 torch.manual_seed(0)

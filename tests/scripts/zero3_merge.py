@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM
 from transformers.integrations import HfDeepSpeedConfig
 
 import goft
-from goft.layer import GivensLayer
-from goft.training.processes import leave_process_group
+from goft.training.parallel.processes import leave_process_group
+from goft.tuners.givens.layer import GivensLayer
 
 model_dir = sys.argv[1]
 deepspeed.init_distributed(dist_backend="gloo")

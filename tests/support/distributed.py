@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from goft.training.cli import run_recipe
+from goft.training.arguments.cli import run_recipe
 
 from .recipes import recipe_script, run_flags
 

@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from goft.evaluation.compare import as_flags
-from goft.training.checkpoints import FINISHED_MARKER
+from goft.comparison.compare import as_flags
+from goft.io.outputs import FINISHED_MARKER
 
 from .ports import free_port
 
@@ -38,7 +38,7 @@ def recipe_env() -> dict:
 
 
 def recipe_flags(**keys) -> list[str]:
-    """Recipe keys as command-line flags, in the order given: `goft.evaluation.compare.as_flags` (`--key value`; a
+    """Recipe keys as command-line flags, in the order given: `goft.comparison.compare.as_flags` (`--key value`; a
     list gives several values, a boolean `true`/`false`, anything else its `str`, so write "2e-2" to pass 2e-2)."""
     return as_flags(keys)
 
@@ -104,7 +104,7 @@ def launch_command(
 @functools.cache
 def recipe_script(name: str) -> dict:
     """The globals of `recipes/<name>.py`, run as a module (not as `__main__`): `make_parser` and `main` for
-    `goft.training.cli.run_recipe`, to run a recipe in-process."""
+    `goft.training.arguments.cli.run_recipe`, to run a recipe in-process."""
     return runpy.run_path(str(REPO / "recipes" / f"{name}.py"), run_name=f"{name}_recipe")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from goft.rotation_backend import interpreting  # noqa: F401  (the tests ask it here)
+from goft.rotation.backend import interpreting  # noqa: F401  (the tests ask it here)
 
 
 def kernel_device() -> torch.device:

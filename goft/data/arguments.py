@@ -1,0 +1,71 @@
+"""Where a recipe's data comes from: the data keys (`dataset_name`, `dataset_mixture`, TRL's `datasets`, splits),
+shared by training and by the evaluation of saved adapters."""
+
+from dataclasses import dataclass, field
+
+from trl import ScriptArguments
+
+
+@dataclass
+class DataArguments(ScriptArguments):
+    """Where the data comes from: `dataset_name` is a local JSON/JSONL file or folder, or a Hub dataset id; or
+    `dataset_mixture` mixes several of them (see `goft.data.mixtures`), or TRL's `datasets` list does (with TRL's
+    `test_split_size` and `streaming`; see `goft.data.trl_datasets`)."""
+
+    dataset_mixture: dict | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of `dataset_name` (YAML recipe): several datasets mixed into one, as in "
+            "alignment-handbook. `datasets`: a list of {id (local file or folder, or Hub id), config, split "
+            "(default train), columns (keep only these), weight (share of its rows taken, in (0, 1]; default "
+            "1)}; `seed` (default: the run's) picks the rows and shuffles them; `test_split_size` (default: "
+            "`dataset_test_size`) is held out of the mixed rows."
+        },
+    )
+    datasets: list[dict] | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of `dataset_name` (YAML recipe): TRL's list of datasets mixed into one, with TRL's "
+            "meaning: {path (`json` with local `data_files`, a local folder, or a Hub id), name, data_dir, "
+            "data_files, split (default train), columns, fraction}; the fractions (all or none) are normalised "
+            "and each dataset gives its first rows, as many as fit without taking a row twice. The held-out "
+            "split is then drawn with the run's `seed`."
+        },
+    )
+    test_split_size: float | None = field(
+        default=None,
+        metadata={
+            "help": "With `datasets`: the share of the mixed rows held out as the test split (default: "
+            "`dataset_test_size`)."
+        },
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "With `datasets`: TRL's streaming, refused when true (goft checks every record first)."},
+    )
+    dataset_test_size: float = field(
+        default=0.1,
+        metadata={"help": "Fraction held out as the test split when the dataset has no `dataset_test_split`."},
+    )
+    task_eval_samples: int = field(
+        default=0,
+        metadata={
+            "help": "Held-out examples scored before and after training (SFT: exact match of the greedy answer; "
+            "DPO: reward margin and accuracy). 0 skips it."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in an `output_dir` that holds a finished run or checkpoints; the previous run "
+            "is moved aside into `overwritten-<time>/` there and deleted once the new run has finished."
+        },
+    )
+    resume_with_changes: bool = field(
+        default=False,
+        metadata={
+            "help": "Resume a checkpoint although the recipe or data changed since it was written: the new "
+            "values apply from the resumed step (learning rate and optimizer settings included) and the model "
+            "card lists each change. Without it, such a resume is refused with the differences."
+        },
+    )
