@@ -171,12 +171,13 @@ def benchmark_settings(args: SFTBenchmarkArguments, method: str, output_dir: str
 
 def run_worker(args: SFTBenchmarkArguments) -> dict:
     """Train one method through the SFT recipe machinery and return its timings and memory."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from goft.data.stages import SFT
     from goft.training.arguments.cli import make_recipe_parser, parse_recipe
     from goft.training.parallel.processes import use_all_cpu_cores
-    from goft.training.recipe import prepare_run
+    from goft.training.prepare import prepare_run
+    from goft.training.trainers.sft import GoftSFTTrainer
 
     use_all_cpu_cores()
     with tempfile.TemporaryDirectory() as output_dir:
@@ -184,7 +185,7 @@ def run_worker(args: SFTBenchmarkArguments) -> dict:
             make_recipe_parser(SFTConfig), recipe_flags(args, args.worker, output_dir, args.worker_checkpointing)
         )
         run = prepare_run(SFT, *parsed, recipe_yaml)
-        trainer = run.make_trainer(SFTTrainer)
+        trainer = run.make_trainer(GoftSFTTrainer)
         device = trainer.args.device
         timer = StepTimer(args.warmup_steps, device)
         trainer.add_callback(timer)

@@ -1,4 +1,4 @@
-"""Preference alignment (DPO) with a strictly orthogonal Givens adapter, with TRL's DPOTrainer.
+"""Preference alignment (DPO) with a strictly orthogonal Givens adapter, with TRL's DPOTrainer (as `GoftDPOTrainer`).
 
     accelerate launch recipes/dpo.py --config recipes/configs/smollm2/dpo_givens.yaml
 
@@ -7,12 +7,14 @@ exactly the SFT policy. From a plain base model, the reference is the base (adap
 exactly orthogonal (qGOFT, GOFT*, LoRA) are refused before any model is loaded.
 """
 
-from trl import DPOConfig, DPOTrainer
+from trl import DPOConfig
 
 from goft.data.stages import DPO
 from goft.evaluation.tasks import dpo_task_metrics
 from goft.training.arguments.cli import make_recipe_parser, run_recipe
-from goft.training.recipe import prepare_run, print_summary
+from goft.training.prepare import prepare_run
+from goft.training.publish.summary import print_summary
+from goft.training.trainers.dpo import GoftDPOTrainer
 
 
 def make_parser():
@@ -21,7 +23,7 @@ def make_parser():
 
 def main(data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml):
     run = prepare_run(DPO, data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml)
-    trainer = run.make_trainer(DPOTrainer)  # continuing an SFT adapter: the reference is that adapter, frozen
+    trainer = run.make_trainer(GoftDPOTrainer)  # continuing an SFT adapter: the reference is that adapter, frozen
     held_out = run.task_eval_dataset(trainer)
     if held_out is not None and run.resume_from is None:
         run.record_task_metrics("before", dpo_task_metrics(trainer, held_out))

@@ -15,28 +15,20 @@ from typing import Optional
 
 from trl import TrlParser
 
-from goft.evaluation import assets
+from goft.evaluation.arguments import EvaluationSetArguments
 from goft.evaluation.report import EVALUATION_JSON, render_table, write_evaluation
-from goft.evaluation.runner import EvaluationSets, evaluate_adapters
+from goft.evaluation.runner import evaluate_adapters
 from goft.io.outputs import check_output_location, hold_output_lock, refuse_finished_output
 from goft.training.arguments.cli import run_recipe
 
 
 @dataclass
 class EvaluateArguments:
+    """Which adapters, on which base, written where; the evaluation sets are `EvaluationSetArguments`."""
+
     adapters: list[str] = field(metadata={"help": "Adapter folders to evaluate (adapter_config.json + weights)."})
     base_model: Optional[str] = field(
         default=None, metadata={"help": "Base model id or path; default: the one the adapters record."}
-    )
-    general_text: str = field(
-        default=str(assets.GENERAL_TEXT), metadata={"help": 'JSONL file of general text ({"text": ...} a line).'}
-    )
-    retention_questions: str = field(
-        default=str(assets.RETENTION_QUESTIONS),
-        metadata={"help": 'JSONL of general-knowledge questions ({"id", "topic", "question", "answers"}).'},
-    )
-    open_instructions: str = field(
-        default=str(assets.OPEN_INSTRUCTIONS), metadata={"help": 'JSONL of open instructions ({"instruction"}).'}
     )
     dataset_name: Optional[str] = field(
         default=None,
@@ -45,37 +37,26 @@ class EvaluateArguments:
             "held-out split of its own run."
         },
     )
-    task_eval_samples: int = field(default=40, metadata={"help": "Held-out examples for the task metric; 0 skips."})
-    max_length: int = field(default=256, metadata={"help": "Tokens per general-text paragraph or preference pair."})
     dtype: str = field(default="float32", metadata={"help": "auto, float32, bfloat16 or float16."})
     output_dir: str = field(default="runs/eval", metadata={"help": "Where evaluation.json and evaluation.md go."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier evaluation there."})
 
 
 def make_parser() -> TrlParser:
-    return TrlParser((EvaluateArguments,))
+    return TrlParser((EvaluateArguments, EvaluationSetArguments))
 
 
-def main(args: EvaluateArguments, recipe_yaml: str) -> None:
+def main(args: EvaluateArguments, set_args: EvaluationSetArguments, recipe_yaml: str) -> None:
     refuse_finished_output(args.output_dir, EVALUATION_JSON, "an evaluation", args.overwrite_output_dir)
     check_output_location(
         args.output_dir,
         {
             **{f"adapter folder {path}": path for path in args.adapters},
-            "general text": args.general_text,
             "dataset": args.dataset_name,
-            "retention questions": args.retention_questions,
-            "open instructions": args.open_instructions,
+            **set_args.set_locations(),
         },
     )
-    sets = EvaluationSets(
-        general_text=args.general_text,
-        retention_questions=args.retention_questions,
-        open_instructions=args.open_instructions,
-        task_samples=args.task_eval_samples,
-        max_length=args.max_length,
-        dataset_name=args.dataset_name,
-    )
+    sets = set_args.evaluation_sets(args.dataset_name)
     results = evaluate_adapters(
         args.adapters,
         base_model_name=args.base_model,

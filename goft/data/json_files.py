@@ -99,7 +99,7 @@ def _json_array_records(file: str) -> Iterator[tuple[str, object]]:
         yield f"The dataset file {file!r}, record {number} (line {line})", record
 
 
-def json_records(file: str) -> Iterator[tuple[str, object]]:
+def json_rows(file: str) -> Iterator[tuple[str, object]]:
     """Each record of a local file, named by where it is; bad encoding, bad JSON and non-objects are refused."""
     records = _jsonl_records(file) if file.endswith(".jsonl") else _json_array_records(file)
     for where, record in records:

@@ -13,16 +13,17 @@ from datasets.exceptions import DatasetGenerationError
 from huggingface_hub import constants
 
 from goft.data import mixtures, trl_datasets
-from goft.data.json_files import JSON_SUFFIXES, json_records, local_json_files
-from goft.data.rows import STAGE_COLUMNS, RecordCheck, check_rows
+from goft.data.json_files import JSON_SUFFIXES, json_rows, local_json_files
+from goft.data.rows import STAGE_COLUMNS, RowCheck, check_rows
 from goft.data.stages import DPO_COLUMNS, SFT_COLUMNS
 from goft.errors import RecipeError
+from goft.io.paths import looks_like_local_path
 
 DATA_SUFFIXES = (*JSON_SUFFIXES, ".parquet", ".csv", ".tsv", ".txt", ".arrow")
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")  # `name` or `owner/name`
 
 
-def record_stage(required_columns: tuple[str, ...]) -> str | None:
+def row_stage(required_columns: tuple[str, ...]) -> str | None:
     """The records a stage's columns call for: 'dpo' (preference pairs), 'sft' (conversations), or None (unchecked)."""
     if all(column in required_columns for column in DPO_COLUMNS):
         return "dpo"
@@ -34,19 +35,19 @@ def record_stage(required_columns: tuple[str, ...]) -> str | None:
 def looks_local(name: str) -> bool:
     """Whether a dataset name can only mean a local path: ./ ../ ~ or absolute, a data file's suffix, a backslash,
     or a name that is no Hub id (`name` or `owner/name`)."""
-    if name.startswith((".", "~", "/", "\\")) or os.path.isabs(name) or "\\" in name:
+    if looks_like_local_path(name) or os.path.isabs(name) or "\\" in name:
         return True
     return name.lower().endswith(DATA_SUFFIXES) or ".." in name or not HUB_ID.fullmatch(name)
 
 
-def _check_local_records(files: list[str], required_columns: tuple[str, ...]) -> int:
+def _check_local_rows(files: list[str], required_columns: tuple[str, ...]) -> int:
     """Read every record of the files (encoding, JSON, objects) and, for a stage's columns, check each record's
     shape; returns how many records there are."""
-    stage = record_stage(required_columns)
-    check = RecordCheck(stage, required_columns) if stage else None
+    stage = row_stage(required_columns)
+    check = RowCheck(stage, required_columns) if stage else None
     count = 0
     for file in files:
-        for where, record in json_records(file):
+        for where, record in json_rows(file):
             count += 1
             if check:
                 check.add(record, where)
@@ -57,7 +58,7 @@ def _check_local_records(files: list[str], required_columns: tuple[str, ...]) ->
 
 def _check_split_rows(dataset: DatasetDict, name: str, splits: tuple[str, ...], required_columns: tuple[str, ...]):
     """Every row of the given splits (those there are) of a loaded dataset, for a stage's columns."""
-    stage = record_stage(required_columns)
+    stage = row_stage(required_columns)
     if stage is None:
         return
     for split in (s for s in splits if s in dataset):
@@ -127,7 +128,7 @@ def _load_checked(
             if files is not None
             else local_json_files(local)
         )
-        if _check_local_records(files, required_columns) == 0:
+        if _check_local_rows(files, required_columns) == 0:
             raise RecipeError(f"The dataset {name!r} holds no records (only blank lines or an empty array).")
         dataset = _loaded(name, lambda: load_dataset("json", data_files={split: files}))
     elif looks_local(name):

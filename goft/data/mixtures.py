@@ -100,11 +100,11 @@ class Mixture:
         }
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _refuse_unknown(keys, known: tuple[str, ...], where: str, other_names: dict = TRL_NAMES) -> None:
+def refuse_unknown_keys(keys, known: tuple[str, ...], where: str, other_names: dict = TRL_NAMES) -> None:
     """A key not in `known` is refused, with the closest known key (or the one `other_names` maps it to)."""
     unknown = [key for key in keys if key not in known]
     if not unknown:
@@ -119,7 +119,7 @@ def held_out_share(given, key: str, default: float) -> float:
     """The share of the mixed rows held out as the test split: `given` (the value of `key`), else `default` (the
     run's `dataset_test_size`); a number in (0, 1)."""
     value = default if given is None else given
-    if not _is_number(value) or not 0 < value < 1:
+    if not is_number(value) or not 0 < value < 1:
         named = key if given is not None else "dataset_test_size"
         raise RecipeError(
             f"`{named}` is {value!r}, but it must be a number in (0, 1): the share of the mixed rows held out as the "
@@ -136,7 +136,7 @@ def member_split(value: dict, label: str) -> str:
     return split
 
 
-def _columns(value, label: str, required_columns: tuple[str, ...]) -> tuple[str, ...] | None:
+def member_columns(value, label: str, required_columns: tuple[str, ...]) -> tuple[str, ...] | None:
     if value is None:
         return None
     if not (isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)):
@@ -155,7 +155,7 @@ def _columns(value, label: str, required_columns: tuple[str, ...]) -> tuple[str,
 def _weight(value, label: str) -> float:
     if value is None:
         return 1.0
-    if not _is_number(value) or not 0 < value <= 1:
+    if not is_number(value) or not 0 < value <= 1:
         raise RecipeError(
             f"{label}: `weight` is {value!r}, but it must be a number in (0, 1]: the share of the "
             "dataset's rows taken (1 takes them all; a dataset cannot be taken more than once)."
@@ -169,7 +169,7 @@ def _member(index: int, value, required_columns: tuple[str, ...]) -> Member:
         raise RecipeError(
             f"{where} is {value!r}, not a mapping with an `id` (and optionally config, split, columns, weight)."
         )
-    _refuse_unknown(value, MEMBER_KEYS, where)
+    refuse_unknown_keys(value, MEMBER_KEYS, where)
     name = value.get("id")
     if not isinstance(name, str) or not name.strip():
         raise RecipeError(
@@ -186,7 +186,7 @@ def _member(index: int, value, required_columns: tuple[str, ...]) -> Member:
         id=name,
         config=config,
         split=split,
-        columns=_columns(value.get("columns"), label, required_columns),
+        columns=member_columns(value.get("columns"), label, required_columns),
         weight=_weight(value.get("weight"), label),
     )
 
@@ -198,7 +198,7 @@ def read_mixture(
     `seed` or `test_split_size`; a bad spec is refused with what is wrong and where."""
     if not isinstance(value, dict):
         raise RecipeError(f"`{KEY}` must be a mapping with a `datasets` list, e.g. {EXAMPLE}; got {value!r}.")
-    _refuse_unknown(value, MIXTURE_KEYS, f"`{KEY}`")
+    refuse_unknown_keys(value, MIXTURE_KEYS, f"`{KEY}`")
     datasets = value.get("datasets")
     if not isinstance(datasets, list) or not datasets:
         raise RecipeError(f"`{KEY}.datasets` must be a non-empty list of datasets, e.g. {EXAMPLE}; got {datasets!r}.")

@@ -1,10 +1,11 @@
-"""The shape of each dataset record, checked one record at a time for a stage, so that a bad record is named with
-where it is (file and line, or split and row) before any model is loaded.
+"""The shape of each dataset row, checked one row at a time for a stage, so that a bad row is named with where it is
+(file and line, or split and row) before any model is loaded. (A row is one JSON object of a data file, which the
+error messages call a record as JSON does; the record of a finished run is `goft.io.outputs.read_run_record`.)
 
-SFT records hold a `messages` conversation: a non-empty list of {role, content} objects with string content and at
+SFT rows hold a `messages` conversation: a non-empty list of {role, content} objects with string content and at
 least one assistant turn with text (the loss needs one). TRL's prompt/completion pair layout is checked too. DPO
-records hold `prompt`, `chosen` and `rejected`: all three plain strings or all three conversations, none empty, the
-replies ending in an assistant turn with text, and `chosen` different from `rejected`. Every record of a dataset must
+rows hold `prompt`, `chosen` and `rejected`: all three plain strings or all three conversations, none empty, the
+replies ending in an assistant turn with text, and `chosen` different from `rejected`. Every row of a dataset must
 use the same layout.
 
 Roles are the four that chat templates commonly know: system, user, assistant and tool. `developer` (OpenAI's newer
@@ -178,7 +179,7 @@ def _names(columns: list[str]) -> str:
     return "/".join(f"`{c}`" for c in columns)
 
 
-def sft_record_problem(record: dict) -> str | None:
+def sft_row_problem(record: dict) -> str | None:
     """What is wrong with one SFT record (a `messages` conversation, or a prompt/completion pair), or None."""
     if "messages" in record or not ("prompt" in record or "completion" in record):
         if record.get("messages") is None:
@@ -187,7 +188,7 @@ def sft_record_problem(record: dict) -> str | None:
     return _pair_problem(record, "prompt", ("completion",))
 
 
-def dpo_record_problem(record: dict) -> str | None:
+def dpo_row_problem(record: dict) -> str | None:
     """What is wrong with one DPO record (prompt, chosen, rejected), or None."""
     problem = _pair_problem(record, "prompt", ("chosen", "rejected"))
     if problem:
@@ -200,7 +201,7 @@ def dpo_record_problem(record: dict) -> str | None:
     return None
 
 
-def record_layout(stage: str, record: dict) -> str:
+def row_layout(stage: str, record: dict) -> str:
     """How a good record is laid out, in words; every record of a dataset must have the same."""
     if stage == "sft" and "messages" in record:
         return "a `messages` conversation"
@@ -209,17 +210,17 @@ def record_layout(stage: str, record: dict) -> str:
     return "plain strings" if isinstance(record["prompt"], str) else "conversations (lists of role/content messages)"
 
 
-CHECKS = {"sft": sft_record_problem, "dpo": dpo_record_problem}
+CHECKS = {"sft": sft_row_problem, "dpo": dpo_row_problem}
 
 
-def record_problem(stage: str, record) -> str | None:
+def row_problem(stage: str, record) -> str | None:
     """What is wrong with one record for `stage` ('sft' or 'dpo'), or None."""
     if not isinstance(record, dict):
         return f"the record is {json_type(record)}, not a JSON object"
     return CHECKS[stage](record)
 
 
-class RecordCheck:
+class RowCheck:
     """Checks a stage's records one at a time: remembers the first bad one, how many are bad, and how many records
     use each layout (the records of a layout used less than another are bad too)."""
 
@@ -239,13 +240,13 @@ class RecordCheck:
         ordinal, self.count = self.count, self.count + 1
         if isinstance(record, dict):
             self.keys.update(record)
-        problem = record_problem(self.stage, record)
+        problem = row_problem(self.stage, record)
         if problem:
             self.bad += 1
             if self.first is None:
                 self.first = (ordinal, where, problem)
             return
-        entry = self.layouts.setdefault(record_layout(self.stage, record), [0, ordinal, where])
+        entry = self.layouts.setdefault(row_layout(self.stage, record), [0, ordinal, where])
         entry[0] += 1
 
     def first_problem(self) -> tuple[str, str, int] | None:
@@ -283,7 +284,7 @@ class RecordCheck:
 def check_rows(rows: Iterable[dict], stage: str, required_columns: Iterable[str], where: str) -> None:
     """Check every row of a loaded split; `where` names the split ("The dataset 'x', split 'train'"), and a row is
     named by its index."""
-    check = RecordCheck(stage, required_columns)
+    check = RowCheck(stage, required_columns)
     for index, row in enumerate(rows):
         check.add(row, f"{where}, row index {index}")
     check.raise_if_bad()

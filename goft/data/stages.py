@@ -9,7 +9,7 @@ DPO_COLUMNS = ("prompt", "chosen", "rejected")  # preference pairs
 
 
 @dataclass(frozen=True)
-class Stage:
+class RecipeStage:
     name: str
     columns: tuple[str, ...]
     alignment: bool
@@ -19,6 +19,6 @@ class Stage:
         return self.name.upper()
 
 
-SFT = Stage("sft", SFT_COLUMNS, alignment=False)
-DPO = Stage("dpo", DPO_COLUMNS, alignment=True)
+SFT = RecipeStage("sft", SFT_COLUMNS, alignment=False)
+DPO = RecipeStage("dpo", DPO_COLUMNS, alignment=True)
 STAGES = {stage.name: stage for stage in (SFT, DPO)}

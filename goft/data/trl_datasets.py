@@ -32,11 +32,11 @@ from goft.data.mixtures import (
     FRACTION,
     Member,
     Mixture,
-    _columns,
-    _is_number,
-    _refuse_unknown,
     held_out_share,
+    is_number,
+    member_columns,
     member_split,
+    refuse_unknown_keys,
 )
 from goft.errors import RecipeError
 
@@ -78,7 +78,7 @@ def _data_files(value, label: str):
 
 
 def _fraction(value, label: str) -> float | None:
-    if value is not None and not (_is_number(value) and value > 0):
+    if value is not None and not (is_number(value) and value > 0):
         raise RecipeError(
             f"{label}: `fraction` is {value!r}, but it must be a number above 0: the dataset's share of "
             "the mixture, normalised with the others' (leave the dataset out rather than give it 0)."
@@ -93,7 +93,7 @@ def _member(index: int, value, required_columns: tuple[str, ...]) -> Member:
             f"{where} is {value!r}, not a mapping with a `path` (and optionally name, data_dir, "
             "data_files, split, columns, fraction)."
         )
-    _refuse_unknown(value, MEMBER_KEYS, where, GOFT_NAMES)
+    refuse_unknown_keys(value, MEMBER_KEYS, where, GOFT_NAMES)
     path = value.get("path")
     if not isinstance(path, str) or not path.strip():
         raise RecipeError(
@@ -109,7 +109,7 @@ def _member(index: int, value, required_columns: tuple[str, ...]) -> Member:
         config=_optional_text(value.get("name"), label, "name", "the name of a Hub dataset config"),
         data_dir=_optional_text(value.get("data_dir"), label, "data_dir", "a folder name"),
         data_files=_data_files(value.get("data_files"), label),
-        columns=_columns(value.get("columns"), label, required_columns),
+        columns=member_columns(value.get("columns"), label, required_columns),
         fraction=_fraction(value.get("fraction"), label),
     )
 

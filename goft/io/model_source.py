@@ -14,6 +14,7 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from goft.errors import RecipeError
+from goft.io.paths import looks_like_local_path
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"  # goft reads adapters from safetensors only
@@ -105,10 +106,6 @@ def load_adapter_config(adapter_path) -> PeftConfig:
         raise RecipeError(f"{config_file} is not a valid {peft_type} adapter config: {error}") from None
 
 
-def _looks_like_local_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep == "\\" and "\\" in name
-
-
 def resolve_model_source(
     name_or_path: str | None, gguf_file: str | None = None, check_available: bool = True
 ) -> ModelSource:
@@ -143,7 +140,7 @@ def resolve_model_source(
         if gguf_file and not os.path.isfile(os.path.join(expanded, gguf_file)):
             raise RecipeError(f"`gguf_file` {gguf_file!r} is not in {name_or_path!r}.")
         return ModelSource(name=name_or_path, path=expanded, gguf_file=gguf_file)
-    if _looks_like_local_path(name_or_path):
+    if looks_like_local_path(name_or_path):
         raise RecipeError(
             f"The model path {name_or_path!r} does not exist. Give an existing folder, a Hub id "
             f"(owner/name), or one of the embedded models {sorted(EMBEDDED_MODELS)}."

@@ -13,6 +13,10 @@ compose into small dense ``B × B`` matrices applied as one batched matmul; the 
 ``ceil(d / B)`` block leaders only (every ``B``-th column) and compose into one small dense matrix. No step
 makes a full-length pass over ``x`` per stage. ``B`` is picked per width to balance the two parts
 (``block_width``); it changes only how the product is evaluated, never the parameters or the result.
+
+Why this module is long: the stage plan, the factors built from it, the autograd that differentiates through them
+and the dense matrices used to merge are one derivation over the same index arithmetic (``Layout``, the path
+products); apart, each piece would have to restate the others' conventions. The Triton path (``fused``) reuses it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ BLOCK_CHOICES = (16, 32, 64, 128)  # candidate widths of the diagonal blocks; po
 
 
 @dataclass(frozen=True)
-class Stage:
+class RotationStage:
     """One stage of the plan: pairs ``(2k·stride, (2k+1)·stride)`` for ``k < n_pairs``."""
 
     stride: int
@@ -36,14 +40,14 @@ class Stage:
 
 
 @functools.cache
-def stage_plan(d: int) -> tuple[Stage, ...]:
+def stage_plan(d: int) -> tuple[RotationStage, ...]:
     """The binary reduction tree with carry: ``d − 1`` rotations in ``ceil(log2 d)`` stages (GOFT, Eq. 2–3)."""
     if not isinstance(d, int) or d < 2:
         raise ValueError(f"A Givens rotation needs a width d >= 2, got {d!r}.")
     stages, active, stride, offset = [], d, 1, 0
     while active > 1:
         n_pairs = active // 2  # an unpaired last active index carries to the next stage
-        stages.append(Stage(stride, n_pairs, offset))
+        stages.append(RotationStage(stride, n_pairs, offset))
         offset, active, stride = offset + n_pairs, (active + 1) // 2, stride * 2
     return tuple(stages)
 

@@ -1,40 +1,33 @@
-"""What every recipe stage does around its TRL trainer: check, load, train, save, describe, publish."""
+"""What every recipe stage does around its TRL trainer once it is prepared (`goft.training.prepare`): load, train,
+measure, save, describe, publish."""
+
+from __future__ import annotations
 
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 
-from accelerate.utils import DistributedType
+from datasets import DatasetDict
 from peft import PeftConfig, PeftModel
+from transformers import PreTrainedTokenizerBase, TrainingArguments
 from transformers.trainer_utils import set_seed
 
-from goft.data.chat_templates import use_training_chat_template
-from goft.data.loading import load_recipe_dataset, mixture_locations, mixture_record, recipe_mixture
-from goft.data.stages import Stage
+from goft.data.arguments import DataArguments
+from goft.data.loading import mixture_record, recipe_mixture
+from goft.data.stages import RecipeStage
 from goft.errors import RecipeError
-from goft.io import adapter_checks, outputs
-from goft.io.model_source import (
-    ModelSource,
-    check_model_available,
-    load_causal_lm,
-    load_tokenizer,
-    quantization_config,
-    resolve_model_source,
-)
+from goft.io import outputs
+from goft.io.model_source import ModelSource, load_causal_lm, quantization_config
 from goft.methods import describe_method, is_exactly_orthogonal
-from goft.regularizers import Regularizer, regularizers_for
+from goft.regularizers import Regularizer
 from goft.training import adapters
-from goft.training.arguments import preflight
-from goft.training.arguments.checks import check_training_arguments
-from goft.training.arguments.recipe_file import recipe_config_path
+from goft.training.arguments.fields import ModelArguments, RetentionArguments
 from goft.training.parallel import fsdp, processes
-from goft.training.publish import hub, model_card
+from goft.training.publish import hub, model_card, summary
 from goft.training.publish.logging_targets import log_destinations, set_log_defaults
 from goft.training.runs import checkpoints, run_spec
-from goft.training.runs.safeguards import checked_orthogonality_error, recipe_trainer_class
+from goft.training.runs.safeguards import checked_orthogonality_error
 from goft.training.trainers import anchor, forgetting, replay
-from goft.tuners.sorsa import SorsaConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,27 +36,30 @@ REFERENCE_ADAPTER = "ref"
 
 @dataclass
 class RecipeRun:
-    """One stage's run, checked before any model is loaded (see `prepare_run`)."""
+    """One stage's run, checked before any model is loaded (see `goft.training.prepare.prepare_run`).
 
-    stage: Stage
-    data_args: object
-    training_args: object
-    model_args: object
-    retention_args: object
+    `training_args` is TRL's `SFTConfig` or `DPOConfig`. What the run measures on its way fills `task_metrics`,
+    `retention_check`, `retention_record` and `measures` (the forgetting callbacks)."""
+
+    stage: RecipeStage
+    data_args: DataArguments
+    training_args: TrainingArguments
+    model_args: ModelArguments
+    retention_args: RetentionArguments
     recipe_yaml: str
     source: ModelSource
     adapter_config: PeftConfig
-    dataset: object
+    dataset: DatasetDict
     resume_from: str | None
     push_to_hub: bool
-    tokenizer: object = None
+    tokenizer: PreTrainedTokenizerBase | None = None
     hub_token: str | None = field(default=None, repr=False)
     strictness_waived: bool = False
-    regularizers: tuple = ()  # the adapter method's (`regularizers_for`)
+    regularizers: tuple[Regularizer, ...] = ()  # the adapter method's (`regularizers_for`)
     task_metrics: dict = field(default_factory=dict)
-    retention_check: object = None
+    retention_check: forgetting.RetentionCheck | None = None
     retention_record: dict | None = None
-    measures: list = field(default_factory=list)
+    measures: list[forgetting.ForgettingBudget | forgetting.TaskTarget] = field(default_factory=list)
     spec: dict = field(default_factory=dict)
 
     @property
@@ -113,7 +109,8 @@ class RecipeRun:
         return model, tokenizer, self.adapter_config
 
     def make_trainer(self, trainer_class):
-        """Load model and tokenizer and build `trainer_class` (a TRL trainer) for this run; the method's regulariser
+        """Load model and tokenizer and build `trainer_class` (`GoftSFTTrainer`, `GoftDPOTrainer`, or another
+        subclass of `GoftTrainerMixin`) for this run; the method's regulariser
         (qGOFT, SORSA, HRA) joins the training, the safeguards guard it (complete checkpoints, a stop on a non-finite
         loss, orthogonality before each checkpoint), and a continued adapter becomes its own frozen reference."""
         set_log_defaults(self.training_args)  # TensorBoard writes to <output_dir>/runs unless told otherwise
@@ -122,13 +119,6 @@ class RecipeRun:
             self.retention_args, tokenizer, self.train_dataset, self.training_args.max_length
         )
         anchor_terms = self.add_replay_and_anchor(model, tokenizer)  # after the task target took its (task) rows
-        trainer_class = recipe_trainer_class(
-            trainer_class,
-            self.adapter_config,
-            self.regularizers + anchor_terms,
-            run_spec=self.spec,
-            resume_changes=self.changes_at_resume(),
-        )
         trainer = trainer_class(
             model=model,
             args=self.training_args,
@@ -137,6 +127,10 @@ class RecipeRun:
             processing_class=tokenizer,
             peft_config=peft_config,
             callbacks=self.measures or None,
+            regularizers=self.regularizers + anchor_terms,
+            strict_orthogonal=is_exactly_orthogonal(self.adapter_config),
+            run_spec=self.spec,
+            resume_changes=self.changes_at_resume(),
         )
         if self.stage.alignment:
             self.use_adapter_as_reference(trainer)
@@ -250,7 +244,7 @@ class RecipeRun:
         if REFERENCE_ADAPTER in getattr(model, "peft_config", {}):
             model.delete_adapter(REFERENCE_ADAPTER)  # the frozen reference is not part of the result
         metrics = dict(self.task_metrics)
-        metrics.update(_final_training_metrics(trainer))
+        metrics.update(summary.final_training_metrics(trainer))
         for measure in self.measures:
             metrics.update(measure.metrics())
         if is_exactly_orthogonal(self.adapter_config):
@@ -259,21 +253,21 @@ class RecipeRun:
             logger.info("orthogonality error of the adapter: %.3g", error)
         trainer.save_model(args.output_dir)
         if trainer.accelerator.is_main_process:
-            card = model_card.build_model_card(
+            facts = model_card.CardFacts(
                 stage=self.stage.name,
                 source=self.source,
                 method=describe_method(self.adapter_config),
                 strict=is_exactly_orthogonal(self.adapter_config),
                 recipe_yaml=self.recipe_yaml,
-                metrics=metrics,
                 dataset_name=self.data_args.dataset_name,
                 dataset_mixture=recipe_mixture(self.data_args, self.training_args.seed),
                 repo_or_dir=args.hub_model_id if self.push_to_hub else os.path.abspath(args.output_dir),
                 init_adapter=self.source.adapter_path,
                 strictness_waived=self.strictness_waived,
-                resume_changes=self.spec.get("changes", []),
+                resume_changes=tuple(self.spec.get("changes", [])),
                 hyperparameters=model_card.training_hyperparameters(args, trainer.accelerator.num_processes),
             )
+            card = model_card.build_model_card(facts, metrics)
             card.save(os.path.join(args.output_dir, "README.md"))
             outputs.mark_finished(
                 args.output_dir,
@@ -281,7 +275,7 @@ class RecipeRun:
                     "stage": self.stage.name,
                     "metrics": metrics,
                     "world_size": trainer.accelerator.num_processes,
-                    "parallelism": parallelism(trainer.accelerator),
+                    "parallelism": processes.parallelism(trainer.accelerator),
                     "data": self.data_record(),
                     "retention": self.retention_record,
                     "logs": log_destinations(args),
@@ -296,185 +290,3 @@ class RecipeRun:
                 metrics["hub_url"] = url
         trainer.accelerator.wait_for_everyone()
         return metrics
-
-
-def parallelism(accelerator) -> str:
-    """How the run was spread over its processes: 'FSDP1', 'FSDP2', 'DeepSpeed ZeRO-N', 'DDP' or 'one process'."""
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return f"FSDP{accelerator.state.fsdp_plugin.fsdp_version}"
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        return f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
-    return "DDP" if accelerator.num_processes > 1 else "one process"
-
-
-def _final_training_metrics(trainer) -> dict:
-    wanted = ("train_loss", "train_runtime", "eval_loss", "eval_rewards/margins", "eval_rewards/accuracies")
-    found = {}
-    for entry in trainer.state.log_history:
-        found.update({k: v for k, v in entry.items() if k in wanted})
-    found["global_step"] = trainer.state.global_step
-    return found
-
-
-def prepare_tokenizer(source: ModelSource, training_args, model_args):
-    """The run's tokenizer, with goft's marked-up chat template when assistant-only loss needs one."""
-    trust = getattr(training_args, "trust_remote_code", False)
-    try:
-        tokenizer = load_tokenizer(source, model_args.model_revision, trust)
-    except (OSError, ValueError) as error:
-        raise RecipeError(f"Cannot load the tokenizer of {source.name!r}: {error}") from None
-    if getattr(training_args, "assistant_only_loss", False):
-        use_training_chat_template(tokenizer)
-    return tokenizer
-
-
-def check_model(source: ModelSource, adapter_config: PeftConfig, method: str, model_args, training_args) -> None:
-    """The adapter against the model's structure (a weightless skeleton): targets exist, layers fit, a saved
-    adapter has this base's shapes; SORSA is refused on a quantized base."""
-    trust = getattr(training_args, "trust_remote_code", False)
-    if isinstance(adapter_config, SorsaConfig) and (model_args.load_in_4bit or model_args.load_in_8bit):
-        raise RecipeError(
-            "SORSA needs full-precision weights to factorise (SVD); it cannot train a 4-/8-bit base. "
-            "Drop `load_in_4bit`/`load_in_8bit`, or choose another adapter (GOFT supports them)."
-        )
-    if source.adapter_path:
-        adapter_checks.check_adapters_fit(source, [source], model_args.model_revision, trust)
-        return
-    skeleton = adapter_checks.build_skeleton(
-        adapter_checks.load_model_config(source, model_args.model_revision, trust), source, trust
-    )
-    adapter_checks.check_fresh_adapter(skeleton, adapter_config, source.name, method)
-
-
-def _read_locations(data_args, training_args, retention_args, source: ModelSource) -> dict:
-    """Every local location the run reads, by what it is (the output must overlap none of them)."""
-    return {
-        "model folder": source.path,
-        "adapter folder it continues": source.adapter_path,
-        "dataset": data_args.dataset_name,
-        **mixture_locations(data_args.dataset_mixture, data_args.datasets),
-        "recipe file": recipe_config_path(sys.argv[1:]),
-        "chat template": getattr(training_args, "chat_template_path", None),
-        "retention questions": retention_args.retention_questions,
-        "general text": retention_args.general_text,
-        "replay prompts": retention_args.replay_prompts,
-        "DeepSpeed config": training_args.deepspeed if isinstance(training_args.deepspeed, str) else None,
-    }
-
-
-def _resume_spec(spec: dict, resume_from: str | None, allow_changes: bool) -> dict:
-    """The run's spec, checked against the one the checkpoint it resumes from recorded (see `run_spec`)."""
-    if not resume_from:
-        return spec
-    recorded = checkpoints.recorded_summary(resume_from).get(run_spec.SPEC_KEY)
-    return run_spec.checked_resume_spec(spec, recorded, resume_from, checkpoints.step_of(resume_from), allow_changes)
-
-
-def prepare_run(
-    stage: Stage, data_args, training_args, model_args, adapter_args, retention_args, recipe_yaml: str
-) -> RecipeRun:
-    """Every check that needs no weights, cheap and first: config, strictness, Hub settings and token, output_dir,
-    data, the resumed checkpoint's spec, precision, the adapter against the model's structure, the chat template.
-    Nothing is written before they all pass; then the output folder is locked for this run and set up (earlier
-    incomplete checkpoints and, with `overwrite_output_dir`, the previous run moved aside)."""
-    check_training_arguments(data_args, training_args, model_args, adapter_args, retention_args)
-    source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file, check_available=False)
-    adapter_config = source.adapter_config or adapters.build_adapter_config(adapter_args, model_args)
-    waived = False
-    if stage.alignment:
-        adapters.require_orthogonal_adapter(adapter_config, stage.title, adapter_args.allow_non_orthogonal_alignment)
-        waived = not is_exactly_orthogonal(adapter_config)
-    hub_token = hub.take_hub_token(training_args)
-    hub.check_push_settings(training_args, hub_token)
-    resume_from = checkpoints.resume_checkpoint(
-        training_args.output_dir, training_args.resume_from_checkpoint, data_args.overwrite_output_dir
-    )
-    dataset = load_recipe_dataset(data_args, stage.columns, seed=training_args.seed)
-    spec = _resume_spec(
-        run_spec.build_spec((data_args, training_args, model_args, adapter_args, retention_args), dataset),
-        resume_from,
-        data_args.resume_with_changes,
-    )
-    forgetting.check_retention_arguments(retention_args, training_args, stage.name)
-    quantization_config(model_args)  # refuses 4-/8-bit without a working bitsandbytes, before anything loads
-    preflight.check_precision(training_args, model_args)
-    preflight.check_rotation_backend()
-    check_model_available(source)
-    outputs.check_output_location(
-        training_args.output_dir, _read_locations(data_args, training_args, retention_args, source)
-    )
-    if not source.adapter_path:
-        adapter_config.base_model_name_or_path = source.name
-    check_model(source, adapter_config, adapter_args.adapter, model_args, training_args)
-    tokenizer = prepare_tokenizer(source, training_args, model_args)
-    template_path = getattr(training_args, "chat_template_path", None)
-    if not template_path or preflight.chat_template_file_text(template_path) is not None:  # else a tokenizer's
-        preflight.check_chat_template(
-            tokenizer,
-            source.name,
-            preflight.is_conversational(dataset[data_args.dataset_train_split], stage.columns),
-            getattr(training_args, "assistant_only_loss", False),
-            template_path,
-        )
-    _claim_output_dir(training_args.output_dir, resume_from, data_args.overwrite_output_dir)
-    if resume_from:
-        logger.warning("Resuming from %s", resume_from)
-    push = training_args.push_to_hub
-    training_args.push_to_hub = False  # the recipe pushes the finished adapter and card itself, once
-    return RecipeRun(
-        stage=stage,
-        data_args=data_args,
-        training_args=training_args,
-        model_args=model_args,
-        retention_args=retention_args,
-        recipe_yaml=recipe_yaml,
-        source=source,
-        adapter_config=adapter_config,
-        dataset=dataset,
-        resume_from=resume_from,
-        push_to_hub=push,
-        tokenizer=tokenizer,
-        hub_token=hub_token,
-        strictness_waived=waived,
-        spec=spec,
-        regularizers=regularizers_for(adapter_config, adapter_args.hra_lambda),
-    )
-
-
-def _claim_output_dir(output_dir: str, resume_from: str | None, overwrite: bool) -> None:
-    """On the main process, once every check has passed: lock `output_dir` for this run, move the previous run
-    aside (`overwrite`), and set aside incomplete checkpoints newer than the one resumed from."""
-    if not processes.is_main_process():
-        return
-    outputs.hold_output_lock(output_dir)
-    if overwrite:
-        outputs.set_aside_previous_run(output_dir)
-    checkpoints.set_aside_incomplete(output_dir, resume_from)
-
-
-def print_summary(trainer, run: RecipeRun, metrics: dict) -> None:
-    """What the user wants to see last: the task metric before and after, and where things were written."""
-    if not trainer.accelerator.is_main_process:
-        return
-    lines = [f"== goft {run.stage.name} finished after {metrics.get('global_step')} steps =="]
-    for key, value in metrics.items():
-        if (
-            key.startswith(("task/", "retention/", "replay/", "anchor/", "forgetting/", "task_target/"))
-            or key == "orthogonality_error"
-        ):
-            lines.append(f"  {key}: {value:.4g}" if isinstance(value, float) else f"  {key}: {value}")
-    if "forgetting/stopped_at_step" in metrics:
-        lines.append(
-            f"  forgetting budget: KL {metrics['forgetting/stopped_kl']:.4g} > "
-            f"{metrics['forgetting/budget_kl']:g} at step {metrics['forgetting/stopped_at_step']}; training "
-            f"stopped and the saved adapter is the one of step {metrics['forgetting/kept_step']} "
-            f"(KL {metrics['forgetting/kept_kl']:.4g})"
-        )
-    output = os.path.abspath(run.training_args.output_dir)
-    lines.append(f"  adapter: {output}/adapter_model.safetensors")
-    lines.append(f"  model card: {output}/README.md")
-    for name, destination in log_destinations(run.training_args).items():
-        lines.append(f"  logs ({name}): {destination}")
-    if "hub_url" in metrics:
-        lines.append(f"  pushed to: {metrics['hub_url']}")
-    print("\n".join(lines), flush=True)

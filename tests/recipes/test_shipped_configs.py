@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from trl import DPOConfig, SFTConfig, TrlParser
 
-from goft.comparison.compare import CompareArguments, compare
+from goft.comparison import CompareArguments, compare
 from goft.training.arguments.cli import make_recipe_parser, parse_recipe
 from tests.support.recipes import REPO
 

@@ -19,7 +19,7 @@ WORKER = r"""
 import json, os, runpy, sys, traceback
 
 import datasets, peft, torch, transformers, trl  # noqa: F401  (imported once; every forked run inherits them)
-import goft.comparison.compare, goft.training.publish.merging, goft.training.recipe  # noqa: F401
+import goft.comparison.runner, goft.training.prepare, goft.training.publish.merging  # noqa: F401
 
 def run(request):
     code = 1

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from goft.comparison.compare import as_flags
+from goft.comparison.plan import as_flags
 from goft.io.outputs import FINISHED_MARKER
 
 from .ports import free_port
@@ -38,7 +38,7 @@ def recipe_env() -> dict:
 
 
 def recipe_flags(**keys) -> list[str]:
-    """Recipe keys as command-line flags, in the order given: `goft.comparison.compare.as_flags` (`--key value`; a
+    """Recipe keys as command-line flags, in the order given: `goft.comparison.plan.as_flags` (`--key value`; a
     list gives several values, a boolean `true`/`false`, anything else its `str`, so write "2e-2" to pass 2e-2)."""
     return as_flags(keys)
 

@@ -2,9 +2,13 @@
 is refused with the key, the value given, the accepted range and a fix, and so is a run that would train nothing.
 
 One place decides each key; these are left to their own checks: the retention, forgetting, replay and anchor keys
-(`forgetting.check_retention_arguments`), `dataset_test_size` (`data`), the Givens and SORSA keys (`GivensConfig`,
-`SorsaConfig`), `resume_from_checkpoint` (`checkpoints`), `gguf_file` (`models`), and what transformers refuses
-while the recipe is parsed (`warmup_steps` < 0, `logging_steps` 0, a fractional `save_steps` above 1).
+(`goft.training.trainers.forgetting.check_retention_arguments`), `dataset_test_size` (`goft.data.loading`), the
+Givens and SORSA keys (`GivensConfig`, `SorsaConfig`), `resume_from_checkpoint` (`goft.training.runs.checkpoints`),
+`gguf_file` (`goft.io.model_source`), and what transformers refuses while the recipe is parsed (`warmup_steps` < 0,
+`logging_steps` 0, a fractional `save_steps` above 1).
+
+Why this module is long: it is one table, a rule per key, read top to bottom; a new key's range goes here, next to
+the keys it interacts with. Cut by key group, one key's rule would have to be searched for in several files.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import huggingface_hub
 
 from goft.errors import RecipeError
+from goft.io.paths import looks_like_local_path
 
 TEMPLATE_SUFFIXES = (".jinja", ".j2")
 SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
@@ -246,10 +251,6 @@ def check_ranges(values: dict, rules=RULES) -> None:
             raise RecipeError(refusal(rule, values[rule.key]))
 
 
-def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep == "\\" and "\\" in name
-
-
 def check_chat_template_path(value: str | None) -> None:
     """`chat_template_path` names a .jinja/.j2 file, a tokenizer folder, or a Hub repo this machine can reach."""
     if not value:
@@ -274,7 +275,7 @@ def check_chat_template_path(value: str | None) -> None:
             f"`chat_template_path` {value!r} is a file but not a chat template: name the file "
             f"{'/'.join(TEMPLATE_SUFFIXES)}, or give a tokenizer folder."
         )
-    if _looks_local(value):
+    if looks_like_local_path(value):
         raise RecipeError(
             f"`chat_template_path` {value!r} does not exist. Give an existing .jinja template file or "
             "tokenizer folder, or drop the key to use the model's own template."
@@ -296,7 +297,7 @@ def check_deepspeed_config(value) -> None:
     if path.is_dir():
         raise RecipeError(f"`deepspeed` {value!r} is a folder; give the path of a DeepSpeed JSON config file.")
     if not path.is_file():
-        if str(value).endswith(".json") or _looks_local(str(value)):
+        if str(value).endswith(".json") or looks_like_local_path(str(value)):
             raise RecipeError(
                 f"The DeepSpeed config file {value!r} (`deepspeed`) does not exist. Give an existing "
                 "JSON file, or drop the key to train without DeepSpeed."

@@ -123,7 +123,7 @@ def short_help(parser: argparse.ArgumentParser) -> str:
     lines += [
         "",
         f"Every other key (of {classes}): --help_all.",
-        "Recipes, shipped configs and what each key does in a run: the README's Recipes section.",
+        "Recipes, shipped configs and what each key does in a run: the docs, docs/recipes.md.",
     ]
     return "\n".join(lines) + "\n"
 

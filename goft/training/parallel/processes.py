@@ -1,9 +1,10 @@
 """The process a recipe runs in: which device it has, how many CPU threads it uses, its rank, and leaving the
-process group at the end."""
+process group at the end; how a run was spread over its processes."""
 
 import os
 
 import torch
+from accelerate.utils import DistributedType
 
 
 def has_accelerator() -> bool:
@@ -35,3 +36,12 @@ def leave_process_group(together: bool = True) -> None:
         if together:
             torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+def parallelism(accelerator) -> str:
+    """How the run was spread over its processes: 'FSDP1', 'FSDP2', 'DeepSpeed ZeRO-N', 'DDP' or 'one process'."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return f"FSDP{accelerator.state.fsdp_plugin.fsdp_version}"
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+    return "DDP" if accelerator.num_processes > 1 else "one process"

@@ -1,12 +1,14 @@
 """The model card written next to every trained adapter and pushed with it."""
 
 import importlib.metadata
+from dataclasses import dataclass
 
 from huggingface_hub import ModelCard, ModelCardData
 
 from goft.data import mixtures, trl_datasets
 from goft.data.loading import is_hub_dataset
 from goft.io.formats import markdown_table
+from goft.io.model_source import ModelSource
 from goft.training.runs.run_spec import plain_value
 
 GOFT_CITATION = """@InProceedings{pmlr-v235-ma24a,
@@ -60,30 +62,34 @@ def _metrics_table(metrics: dict) -> str:
     )
 
 
-def build_model_card(
-    *,
-    stage: str,
-    source,
-    method: str,
-    strict: bool,
-    recipe_yaml: str,
-    metrics: dict,
-    dataset_name: str | None,
-    repo_or_dir: str,
-    dataset_mixture: dict | None = None,
-    init_adapter: str | None = None,
-    strictness_waived: bool = False,
-    resume_changes=(),
-    hyperparameters: dict | None = None,
-) -> ModelCard:
+@dataclass(frozen=True)
+class CardFacts:
+    """What a finished run's model card says about it, besides its metrics."""
+
+    stage: str
+    source: ModelSource
+    method: str  # `goft.methods.describe_method`
+    strict: bool  # exactly orthogonal: tagged `orthogonal`
+    recipe_yaml: str  # the complete recipe, secrets removed
+    dataset_name: str | None
+    repo_or_dir: str  # where the card tells users to load the adapter from
+    dataset_mixture: dict | mixtures.Mixture | None = None
+    init_adapter: str | None = None  # the adapter the run continued
+    strictness_waived: bool = False  # `allow_non_orthogonal_alignment`
+    resume_changes: tuple = ()  # `run_spec` changes at resumes
+    hyperparameters: dict | None = None  # `training_hyperparameters`
+
+
+def build_model_card(facts: CardFacts, metrics: dict) -> ModelCard:
     """Card with metadata (base model, tags), the method, the full recipe, final metrics, usage and citation."""
-    tags = ["goft", "givens", "trl", stage, "peft"]
-    if strict:
+    tags = ["goft", "givens", "trl", facts.stage, "peft"]
+    if facts.strict:
         tags.append("orthogonal")
-    hub_datasets, dataset_line = describe_data(dataset_name, dataset_mixture)
+    hub_datasets, dataset_line = describe_data(facts.dataset_name, facts.dataset_mixture)
     data = ModelCardData(
-        library_name="peft", base_model=source.hub_base_model, tags=tags, datasets=hub_datasets or None
+        library_name="peft", base_model=facts.source.hub_base_model, tags=tags, datasets=hub_datasets or None
     )
+    source = facts.source
     base_line = f"`{source.name}`"
     if source.upstream_id and source.upstream_id != source.name:
         base_line += (
@@ -95,14 +101,15 @@ def build_model_card(
         data.to_yaml(),
         "---",
         "",
-        f"# {stage.upper()} adapter trained with goft",
+        f"# {facts.stage.upper()} adapter trained with goft",
         "",
         f"- **Base model:** {base_line}",
-        f"- **Method:** {method}",
-        f"- **Stage:** {stage}" + (f", continued from the adapter `{init_adapter}`" if init_adapter else ""),
+        f"- **Method:** {facts.method}",
+        f"- **Stage:** {facts.stage}"
+        + (f", continued from the adapter `{facts.init_adapter}`" if facts.init_adapter else ""),
         f"- **Dataset:** {dataset_line}",
     ]
-    if strictness_waived:
+    if facts.strictness_waived:
         lines += [
             "",
             "> **Warning:** this alignment-stage adapter is *not* exactly orthogonal. The run was allowed by "
@@ -118,8 +125,8 @@ def build_model_card(
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         "",
         f"base = {_base_loading_code(source)}",
-        f'model = PeftModel.from_pretrained(base, "{repo_or_dir}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo_or_dir}")',
+        f'model = PeftModel.from_pretrained(base, "{facts.repo_or_dir}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{facts.repo_or_dir}")',
         "```",
         "",
         "`model.merge_and_unload()` gives a plain transformers model that no longer needs goft.",
@@ -127,7 +134,7 @@ def build_model_card(
         "## Final metrics",
         "",
         _metrics_table(metrics),
-        *_listed_section("Training hyper-parameters", hyperparameters or {}),
+        *_listed_section("Training hyper-parameters", facts.hyperparameters or {}),
         *_listed_section("Framework versions", framework_versions()),
         "",
         "## Recipe",
@@ -135,9 +142,9 @@ def build_model_card(
         "The complete recipe of this run (YAML keys and command-line flags; secrets removed):",
         "",
         "```yaml",
-        recipe_yaml.rstrip(),
+        facts.recipe_yaml.rstrip(),
         "```",
-        *_changes_section(resume_changes),
+        *_changes_section(facts.resume_changes),
         "",
         "## Citation",
         "",

@@ -1,7 +1,7 @@
 """Faults a recipe run survives or stops on cleanly: checkpoints are complete or set aside, a non-finite loss stops
 training before it reaches the adapter, and a strict adapter is never saved when it is no longer orthogonal.
 
-`SafeguardsMixin` goes before TRL's trainer class (see `recipe_trainer_class`):
+`SafeguardsMixin` goes before TRL's trainer class (`goft.training.trainers.mixin.GoftTrainerMixin` puts it there):
 
 - `_save_checkpoint`: transformers writes straight into `checkpoint-N` and deletes old checkpoints at the end
   (`save_total_limit`). Here the old ones stay until every process has written its part and the main process has
@@ -20,11 +20,8 @@ from transformers import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from goft.errors import NonFiniteLossError, RecipeError
-from goft.methods import is_exactly_orthogonal
-from goft.training.parallel.fsdp import WholeAdaptersUnderFsdp1Mixin
 from goft.training.runs import checkpoints
-from goft.training.runs.run_spec import SPEC_KEY, ResumeChangesMixin
-from goft.training.trainers.regularized import with_regularizers
+from goft.training.runs.run_spec import SPEC_KEY
 from goft.tuners.orthogonality import orthogonality_error
 
 ORTHOGONALITY_TOLERANCE = 1e-5
@@ -122,20 +119,3 @@ class SafeguardsMixin:
             f"`learning_rate`, add warmup or `max_grad_norm`), fp16 overflow (train in bf16 or fp32), or bad data "
             f"rows (empty or extreme examples)."
         )
-
-
-def recipe_trainer_class(trainer_class, adapter_config, regularizers=(), run_spec=None, resume_changes=()):
-    """The class a recipe trains with: TRL's `trainer_class` with goft's mixins, the `regularizers` (the method's,
-    `goft.regularizers.regularizers_for`, and the anchor), the recipe values changed at a resume put into the
-    restored optimizer (`resume_changes`) and, outermost, the safeguards, which then see the loss with every
-    regulariser term in it and record `run_spec` in every checkpoint."""
-    regularized = with_regularizers(trainer_class, tuple(regularizers))
-    return type(
-        f"Safeguarded{regularized.__name__}",
-        (SafeguardsMixin, WholeAdaptersUnderFsdp1Mixin, ResumeChangesMixin, regularized),
-        {
-            "strict_orthogonal": is_exactly_orthogonal(adapter_config),
-            "run_spec": run_spec,
-            "resume_changes": tuple(resume_changes),
-        },
-    )

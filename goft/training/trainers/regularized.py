@@ -33,7 +33,7 @@ class RegularizedLossMixin:
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._regularizer_values: dict[str, list[float]] = {}
-        if self.is_deepspeed_enabled and any(r.after_clipping for r in self.regularizers):
+        if any(r.after_clipping for r in self.regularizers) and self.is_deepspeed_enabled:
             logger.warning(
                 "DeepSpeed clips gradients and steps inside its engine, so the regulariser(s) %s are added "
                 "to the loss with weight gamma / lr, before clipping rather than after it.",

@@ -18,7 +18,7 @@ from goft.training.arguments.cli import make_recipe_parser, parse_recipe, run_re
 from goft.training.arguments.fields import AdapterArguments, ModelArguments, RetentionArguments
 from goft.training.arguments.recipe_file import check_recipe_values, load_recipe_file
 from tests.support.models import tiny_model
-from tests.support.recipes import recipe_flags
+from tests.support.recipes import REPO, recipe_flags
 
 
 def training_values(config_class=SFTConfig, tmp="/tmp/goft-unused", **changes) -> dict:
@@ -397,7 +397,8 @@ def test_help_fits_one_screen_and_names_the_key_groups(config_class, stage_key, 
     ):
         assert any(line.lstrip().startswith(key + " ") for line in lines), key
     assert other_stage_key + " " not in text
-    assert "--help_all" in lines[-2] and "README" in lines[-1]
+    assert "--help_all" in lines[-2] and "docs/recipes.md" in lines[-1]
+    assert (REPO / "docs" / "recipes.md").is_file()
     assert "--lr_scheduler_kwargs" not in text  # the rarely used keys stay in --help_all
 
 

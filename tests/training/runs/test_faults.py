@@ -23,7 +23,8 @@ from transformers import AutoModelForCausalLM
 from goft import GivensConfig, orthogonality_error
 from goft.errors import RecipeError
 from goft.training.runs import checkpoints
-from goft.training.runs.safeguards import ORTHOGONALITY_TOLERANCE, SafeguardsMixin, recipe_trainer_class
+from goft.training.runs.safeguards import ORTHOGONALITY_TOLERANCE, SafeguardsMixin
+from goft.training.trainers.mixin import GoftTrainerMixin
 from goft.tuners.givens.layer import GivensLayer
 from tests.support.recipes import (
     REPO,
@@ -239,9 +240,8 @@ def test_old_checkpoints_are_rotated_only_after_the_new_one_is_complete(tmp_path
 
 def test_a_strict_adapter_that_is_not_orthogonal_is_not_checkpointed(tmp_path, tiny_llama, monkeypatch):
     config = GivensConfig()
-    trainer_class = recipe_trainer_class(FakeTrainer, config)
-    assert issubclass(trainer_class, SafeguardsMixin) and trainer_class.strict_orthogonal
-    trainer = trainer_class(get_peft_model(tiny_llama, config), tmp_path)
+    trainer = type("Fake", (GoftTrainerMixin, FakeTrainer), {})(get_peft_model(tiny_llama, config), tmp_path)
+    assert isinstance(trainer, SafeguardsMixin) and trainer.strict_orthogonal  # on by default for strict adapters
     save_at(trainer, 2)  # orthogonal: saved and marked complete
     assert checkpoints.is_complete(tmp_path / "checkpoint-2")
 

@@ -10,8 +10,8 @@ from datasets import Dataset, DatasetDict
 
 from goft.data import loading as data_module
 from goft.data.arguments import DataArguments
-from goft.data.loading import DPO_COLUMNS, SFT_COLUMNS, load_recipe_dataset, looks_local, record_stage
-from goft.data.rows import RecordCheck, check_rows, dpo_record_problem, sft_record_problem
+from goft.data.loading import DPO_COLUMNS, SFT_COLUMNS, load_recipe_dataset, looks_local, row_stage
+from goft.data.rows import RowCheck, check_rows, dpo_row_problem, sft_row_problem
 from goft.errors import RecipeError
 from tests.support.data import dpo_rows, sft_rows, write_jsonl
 from tests.support.recipes import REPO
@@ -185,20 +185,20 @@ def test_a_column_no_record_has_is_reported_as_a_column(tmp_path):
 
 
 def test_prompt_completion_pairs_are_checked_too():
-    assert sft_record_problem({"prompt": "2+2=", "completion": "4"}) is None
-    assert sft_record_problem({"prompt": [user("2+2?")], "completion": [assistant("4")]}) is None
-    assert "`completion` is an empty string" in sft_record_problem({"prompt": "2+2=", "completion": " "})
-    assert "`prompt` is a string but `completion` is a conversation" in sft_record_problem(
+    assert sft_row_problem({"prompt": "2+2=", "completion": "4"}) is None
+    assert sft_row_problem({"prompt": [user("2+2?")], "completion": [assistant("4")]}) is None
+    assert "`completion` is an empty string" in sft_row_problem({"prompt": "2+2=", "completion": " "})
+    assert "`prompt` is a string but `completion` is a conversation" in sft_row_problem(
         {"prompt": "2+2=", "completion": [assistant("4")]}
     )
-    assert "last turn of `completion` is 'user'" in sft_record_problem({"prompt": [user()], "completion": [user()]})
-    assert "`prompt` ends with a system turn" in sft_record_problem(
+    assert "last turn of `completion` is 'user'" in sft_row_problem({"prompt": [user()], "completion": [user()]})
+    assert "`prompt` ends with a system turn" in sft_row_problem(
         {"prompt": [{"role": "system", "content": "be brief"}], "completion": [assistant()]}
     )
 
 
 def test_a_messages_record_among_pairs_breaks_the_layout(tmp_path):
-    check = RecordCheck("sft", ())
+    check = RowCheck("sft", ())
     for number, record in enumerate([{"prompt": "a", "completion": "b"}] * 3 + [{"messages": [user(), assistant()]}]):
         check.add(record, f"line {number + 1}")
     where, problem, others = check.first_problem()
@@ -275,8 +275,8 @@ def test_mixed_layouts_and_bad_records_are_counted_once(tmp_path):
 
 
 def test_dpo_record_problem_accepts_recipe_rows():
-    assert all(dpo_record_problem(row) is None for row in dpo_rows(5))
-    assert dpo_record_problem(dpo("say", "yes", "no")) is None
+    assert all(dpo_row_problem(row) is None for row in dpo_rows(5))
+    assert dpo_row_problem(dpo("say", "yes", "no")) is None
 
 
 # ---- encoding, size, paths ----------------------------------------------------------------------------------------
@@ -385,7 +385,7 @@ def test_hub_rows_with_missing_keys_are_null():
 
 
 def test_record_stage_follows_the_required_columns():
-    assert record_stage(SFT_COLUMNS) == "sft" and record_stage(DPO_COLUMNS) == "dpo" and record_stage(()) is None
+    assert row_stage(SFT_COLUMNS) == "sft" and row_stage(DPO_COLUMNS) == "dpo" and row_stage(()) is None
 
 
 def test_malformed_json_is_named_by_its_own_line(tmp_path):
