@@ -11,6 +11,9 @@ The base weight is frozen and the input requires grad, as inside a network. Ever
 once, in turn, so that the machine's drifts hit all methods alike; the table reports medians and ratios to LoRA
 r = 16 from that one run. Saved bytes are the distinct storages autograd keeps for backward (saved-tensor hooks),
 the frozen weight excluded.
+
+Why this module is long: every method's layer is built, timed and measured the same way here, in one run, so
+that the ratios compare like with like; a method added to the benchmark is one entry among its neighbours.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ differs. Each method runs with gradient checkpointing off and on (TRL's default;
 The processes alternate, variant after variant, for `rounds` rounds. Reported: the median step time over all timed
 steps, the ratio to LoRA with the same checkpointing, the ratio of checkpointing on to off, tokens per second, and
 the peak memory during the timed steps (resident set size on CPU, `torch.cuda.max_memory_allocated` on GPU).
+
+Why this module is long: the parent that alternates the variants and the child that trains one of them share
+their settings and result format; kept together, the two sides cannot drift apart.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ The base model cannot know these facts (island nations, scientists, rivers and m
 SFT has to teach each of them, which is gradual and lets a recipe trade new-task learning against forgetting.
 Every fact is asked in three wordings with one fixed answer sentence, so a random 10% hold-out mostly asks facts
 that training saw under another wording: the test measures recall of a learned fact under a new phrasing.
+
+Why this module is long: most of it is the invented world itself (names, places, facts), which is data.
 """
 
 from __future__ import annotations

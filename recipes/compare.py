@@ -11,7 +11,7 @@ from pathlib import Path
 
 from trl import DPOConfig, SFTConfig, TrlParser
 
-from goft.comparison.compare import CompareArguments, compare
+from goft.comparison import CompareArguments, compare
 from goft.data.stages import STAGES
 from goft.training.arguments.cli import make_recipe_parser, run_recipe
 

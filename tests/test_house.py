@@ -32,35 +32,37 @@ LONG_MODULE_LINES = 350
 LONG_MODULE_REASON = "Why this module is long:"
 
 
-def imported_modules(path: Path, source: str | None = None) -> set[str]:
-    """Every module `path` imports (its text, or `source`), as absolute dotted names: relative imports resolved
-    against its package, and `from package import name` counted as importing `package.name` too."""
+def import_statements(path: Path, source: str | None = None) -> list[tuple[str, list[str]]]:
+    """(module, names) for each import in `path` (its text, or `source`): `import a.b` is ("a.b", []), and relative
+    modules are resolved against the file's package."""
     package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
-    found = set()
+    found = []
     for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
         if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
+            found += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = package.rsplit(".", node.level - 1)[0] if node.level else ""
-            module = ".".join(part for part in (base, node.module) if part)
-            found.add(module)
-            found |= {f"{module}.{alias.name}" for alias in node.names}
+            found.append((".".join(part for part in (base, node.module) if part), [a.name for a in node.names]))
     return found
+
+
+def imported_modules(path: Path, source: str | None = None) -> set[str]:
+    """Every module `path` imports, as absolute dotted names; `from package import name` counts as importing
+    `package.name` too."""
+    return {
+        name
+        for module, names in import_statements(path, source)
+        for name in (module, *(f"{module}.{n}" for n in names))
+    }
 
 
 def goft_imports(path: Path, source: str | None = None) -> set[str]:
     """The modules of goft that `path` imports: `from package import name` is the module `package.name` when there
     is one, else `package`."""
-    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
     found = set()
-    for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
-            module = ".".join(part for part in (base, node.module) if part)
-            found |= {f"{module}.{a.name}" if f"{module}.{a.name}" in MODULE_FILES else module for a in node.names}
-    return {module for module in found if module in MODULE_FILES}
+    for module, names in import_statements(path, source):
+        found |= {f"{module}.{n}" if f"{module}.{n}" in MODULE_FILES else module for n in names} or {module}
+    return found & set(MODULE_FILES)
 
 
 def floor_of(module: str) -> int:
@@ -151,9 +153,11 @@ def test_nothing_in_the_package_imports_the_argument_parser(module):
     assert "goft.training.arguments.cli" not in goft_imports(MODULE_FILES[module]), f"{module} imports the parser"
 
 
-@pytest.mark.parametrize("module", sorted(MODULE_FILES), ids=str)
-def test_a_long_module_says_why_at_its_top(module):
-    path = MODULE_FILES[module]
+SCRIPT_FILES = sorted(p for folder in ("recipes", "benchmarks", "data") for p in (REPO / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", [*MODULE_FILES.values(), *SCRIPT_FILES], ids=lambda path: str(path.relative_to(REPO)))
+def test_a_long_module_says_why_at_its_top(path):
     lines = len(path.read_text().splitlines())
     if lines <= LONG_MODULE_LINES:
         return

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from trl import SFTConfig
 
-from goft.comparison.compare import CompareArguments, compare
+from goft.comparison import CompareArguments, compare
 from goft.errors import RecipeError
 from goft.evaluation import assets as goft_assets
 from goft.evaluation.frontier import Point, forgetting_at, pareto_frontier
@@ -264,14 +264,15 @@ def test_dpo_stage_comparison_strict_goft_against_a_lora_baseline(assets, tmp_pa
 
 
 def test_an_evaluation_is_reused_only_while_what_it_measured_is_unchanged(tmp_path, monkeypatch):
-    from goft.comparison import compare as runner
+    from goft.comparison import runner
+    from goft.comparison.plan import Run
     from goft.evaluation import knowledge
     from goft.evaluation.runner import EvaluationSets
 
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "adapter_model.safetensors").write_bytes(b"weights")
-    run = runner.Run("givens", "givens", {}, folder)
+    run = Run("givens", "givens", {}, folder)
     sets = EvaluationSets(task_samples=8)
     key = runner.evaluation_key(run, sets)
     assert runner.evaluation_key(run, EvaluationSets(task_samples=8)) == key
@@ -322,17 +323,18 @@ def test_recipe_changes_apply_to_every_run_and_are_part_of_what_a_run_is(compari
 
 
 def test_the_base_answers_the_anchor_prompts_once_per_comparison(tmp_path):
-    from goft.comparison import compare as runner
+    from goft.comparison import launch
+    from goft.comparison.plan import Run
     from goft.training.trainers.replay import REPLAY_FILE
 
-    runs = [runner.Run(name, "givens", {}, tmp_path / "runs" / name) for name in ("first", "second", "third")]
+    runs = [Run(name, "givens", {}, tmp_path / "runs" / name) for name in ("first", "second", "third")]
     for run in runs:
         run.output_dir.mkdir(parents=True)
-    runner.share_base_answers(runs[0])
+    launch.share_base_answers(runs[0])
     assert not (runs[0].output_dir / REPLAY_FILE).exists()  # nothing generated yet: nothing to share
     (runs[0].output_dir / REPLAY_FILE).write_text('{"key": "k", "answers": []}')
     (runs[2].output_dir / REPLAY_FILE).write_text('{"key": "own", "answers": []}')
-    runner.share_base_answers(runs[1])
-    runner.share_base_answers(runs[2])
+    launch.share_base_answers(runs[1])
+    launch.share_base_answers(runs[2])
     assert (runs[1].output_dir / REPLAY_FILE).read_text() == '{"key": "k", "answers": []}'
     assert (runs[2].output_dir / REPLAY_FILE).read_text() == '{"key": "own", "answers": []}'  # never overwritten
