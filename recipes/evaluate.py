@@ -10,36 +10,13 @@ neurons. Writes evaluation.json and evaluation.md into `output_dir`. All adapter
 is loaded once.
 """
 
-from dataclasses import dataclass, field
-from typing import Optional
-
 from trl import TrlParser
 
-from goft.evaluation.arguments import EvaluationSetArguments
+from goft.evaluation.arguments import EvaluateArguments, EvaluationSetArguments
 from goft.evaluation.report import EVALUATION_JSON, render_table, write_evaluation
 from goft.evaluation.runner import evaluate_adapters
 from goft.io.outputs import check_output_location, hold_output_lock, refuse_finished_output
 from goft.training.arguments.cli import run_recipe
-
-
-@dataclass
-class EvaluateArguments:
-    """Which adapters, on which base, written where; the evaluation sets are `EvaluationSetArguments`."""
-
-    adapters: list[str] = field(metadata={"help": "Adapter folders to evaluate (adapter_config.json + weights)."})
-    base_model: Optional[str] = field(
-        default=None, metadata={"help": "Base model id or path; default: the one the adapters record."}
-    )
-    dataset_name: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "Score every adapter's task on this dataset's test split instead of the "
-            "held-out split of its own run."
-        },
-    )
-    dtype: str = field(default="float32", metadata={"help": "auto, float32, bfloat16 or float16."})
-    output_dir: str = field(default="runs/eval", metadata={"help": "Where evaluation.json and evaluation.md go."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier evaluation there."})
 
 
 def make_parser() -> TrlParser:

@@ -3,25 +3,12 @@
 python recipes/merge.py --adapter_path runs/sft --output_dir runs/sft-merged [--base_model ID] [--dtype bfloat16]
 """
 
-from dataclasses import dataclass, field
-from typing import Optional
-
 from trl import TrlParser
 
 from goft.io.outputs import hold_output_lock
 from goft.training.arguments.cli import run_recipe
+from goft.training.arguments.fields import MergeArguments
 from goft.training.publish.merging import check_merge_inputs, merge_adapter
-
-
-@dataclass
-class MergeArguments:
-    adapter_path: str = field(metadata={"help": "Directory holding adapter_config.json and the adapter weights."})
-    output_dir: str = field(metadata={"help": "Where to write the merged model (must be new or empty)."})
-    base_model: Optional[str] = field(
-        default=None, metadata={"help": "Base model id or path; default: the one recorded in the adapter config."}
-    )
-    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
 
 
 def make_parser() -> TrlParser:

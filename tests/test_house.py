@@ -193,6 +193,17 @@ def test_the_tests_follow_the_package_folders():
             assert str(folder.relative_to(REPO / "tests")) in concerns, f"tests/{folder.name} is no concern of goft's"
 
 
+def test_argument_groups_live_in_the_arguments_modules():
+    """One home per argument group: every `...Arguments` class of the package or a recipe script is defined in its
+    concern's `arguments` module (`goft/training/arguments/` for the training recipes and merging). The
+    benchmarks keep their own."""
+    for path in [*MODULE_FILES.values(), *sorted((REPO / "recipes").glob("*.py"))]:
+        classes = [n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef)]
+        homeless = [name for name in classes if name.endswith("Arguments")]
+        at_home = path.stem == "arguments" or path.parent.name == "arguments"
+        assert at_home or not homeless, f"{path.relative_to(REPO)} defines {homeless}: move them to an arguments module"
+
+
 def test_package_code_names_no_repository_folder():
     """A package installed from a wheel has no `recipes/` or `data/` beside it: such paths come from the scripts."""
     for path in PACKAGE.rglob("*.py"):

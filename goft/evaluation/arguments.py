@@ -1,5 +1,5 @@
-"""The evaluation-set keys, one group for every script that measures adapters (`recipes/evaluate.py`,
-`recipes/compare.py`): which sets, and how much of each."""
+"""The keys of evaluation: the evaluation sets, one group for every script that measures adapters
+(`recipes/evaluate.py`, `recipes/compare.py`), and what `recipes/evaluate.py` evaluates."""
 
 from dataclasses import dataclass, field
 from typing import Optional
@@ -45,3 +45,23 @@ class EvaluationSetArguments:
             "retention questions": self.retention_questions,
             "open instructions": self.open_instructions,
         }
+
+
+@dataclass
+class EvaluateArguments:
+    """Which adapters, on which base, written where; the evaluation sets are `EvaluationSetArguments`."""
+
+    adapters: list[str] = field(metadata={"help": "Adapter folders to evaluate (adapter_config.json + weights)."})
+    base_model: Optional[str] = field(
+        default=None, metadata={"help": "Base model id or path; default: the one the adapters record."}
+    )
+    dataset_name: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Score every adapter's task on this dataset's test split instead of the "
+            "held-out split of its own run."
+        },
+    )
+    dtype: str = field(default="float32", metadata={"help": "auto, float32, bfloat16 or float16."})
+    output_dir: str = field(default="runs/eval", metadata={"help": "Where evaluation.json and evaluation.md go."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace an earlier evaluation there."})

@@ -1,10 +1,12 @@
-"""The recipe dataclasses goft adds to TRL's (`SFTConfig`/`DPOConfig`, `ModelConfig`, `ScriptArguments`).
+"""The recipe dataclasses goft adds to TRL's (`SFTConfig`/`DPOConfig`, `ModelConfig`, `ScriptArguments`), and the
+keys of `recipes/merge.py` (`MergeArguments`). The data keys are `goft.data.arguments`.
 
 YAML keys and CLI flags are these field names; TRL's `TrlParser` merges defaults < YAML < CLI.
 """
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 from trl import ModelConfig
 
@@ -171,3 +173,16 @@ class RetentionArguments:
             "are left out (a cut answer would teach the model to stop mid-sentence)."
         },
     )
+
+
+@dataclass
+class MergeArguments:
+    """`recipes/merge.py`: which adapter is merged into its base, and where the standalone model goes."""
+
+    adapter_path: str = field(metadata={"help": "Directory holding adapter_config.json and the adapter weights."})
+    output_dir: str = field(metadata={"help": "Where to write the merged model (must be new or empty)."})
+    base_model: Optional[str] = field(
+        default=None, metadata={"help": "Base model id or path; default: the one recorded in the adapter config."}
+    )
+    dtype: str = field(default="auto", metadata={"help": "auto, float32, bfloat16 or float16."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
