@@ -180,7 +180,7 @@ def run_worker(args: SFTBenchmarkArguments) -> dict:
     from goft.training.arguments.cli import make_recipe_parser, parse_recipe
     from goft.training.parallel.processes import use_all_cpu_cores
     from goft.training.prepare import prepare_run
-    from goft.training.trainers.sft import GoftSFTTrainer
+    from goft.training.trainers import GoftSFTTrainer
 
     use_all_cpu_cores()
     with tempfile.TemporaryDirectory() as output_dir:

@@ -14,7 +14,7 @@ from goft.evaluation.tasks import dpo_task_metrics
 from goft.training.arguments.cli import make_recipe_parser, run_recipe
 from goft.training.prepare import prepare_run
 from goft.training.publish.summary import print_summary
-from goft.training.trainers.dpo import GoftDPOTrainer
+from goft.training.trainers import GoftDPOTrainer
 
 
 def make_parser():

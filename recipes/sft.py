@@ -13,7 +13,7 @@ from goft.evaluation.tasks import sft_task_metrics
 from goft.training.arguments.cli import make_recipe_parser, run_recipe
 from goft.training.prepare import prepare_run
 from goft.training.publish.summary import print_summary
-from goft.training.trainers.sft import GoftSFTTrainer
+from goft.training.trainers import GoftSFTTrainer
 
 
 def make_parser():
