@@ -37,4 +37,5 @@ __all__ = [
     "GivensModel",
     "orthogonality_error",
     "orthogonality_penalty",
+    "register",
 ]

@@ -29,7 +29,9 @@ def _extend_peft_type(value: str) -> PeftType:
 
 
 GIVENS = _extend_peft_type(NAME.upper())
+"""``PeftType.GIVENS``: the ``peft_type`` of a Givens adapter's config (``GivensConfig``)."""
 SORSA = _extend_peft_type("SORSA")
+"""``PeftType.SORSA``: the ``peft_type`` of a SORSA adapter's config (``SorsaConfig``)."""
 
 
 def register(config_cls, model_cls, name: str = NAME) -> None:

@@ -25,7 +25,11 @@ FLOORS = (
     ("goft.io",),
     ("goft.data",),
     ("goft.evaluation",),
-    ("goft.training",),
+    ("goft.training.parallel",),
+    ("goft.training.runs",),
+    ("goft.training.publish", "goft.training.trainers"),
+    ("goft.training.arguments",),
+    ("goft.training",),  # recipe, prepare, adapters: what a stage does, on top of the training concerns
     ("goft.comparison",),
 )
 LONG_MODULE_LINES = 350
@@ -119,6 +123,9 @@ def test_the_floors_cover_the_package_in_order():
     assert floor_of("goft.io.outputs") < floor_of("goft.data.rows") < floor_of("goft.evaluation.tasks")
     assert floor_of("goft.evaluation.tasks") < floor_of("goft.training.recipe") < floor_of("goft.comparison")
     assert floor_of("goft") == floor_of("goft.methods")  # the package's `__init__` is its own entry, not a prefix
+    assert floor_of("goft.training.parallel.fsdp") < floor_of("goft.training.runs.checkpoints")
+    assert floor_of("goft.training.trainers.mixin") < floor_of("goft.training.arguments.cli")
+    assert floor_of("goft.training.arguments.cli") < floor_of("goft.training.prepare")
 
 
 @pytest.mark.parametrize("module", sorted(MODULE_FILES), ids=str)

@@ -68,6 +68,7 @@ class GivensLayer(BaseTunerLayer):
         return {*self.givens_angles, *self.givens_blocks}
 
     def update_layer(self, adapter_name: str, config: GivensConfig, inference_mode: bool = False, **kwargs) -> None:
+        """Add the adapter `adapter_name` to this layer as `config` describes it (angles at zero: the identity)."""
         d = self.in_features
         if d < 2:
             raise ValueError(f"A Givens adapter needs a layer with at least 2 input features, this one has {d}.")
@@ -107,6 +108,7 @@ class GivensLayer(BaseTunerLayer):
                 scale.normal_(mean=1.0, std=0.1)
 
     def is_orthogonal(self, adapter_name: str) -> bool:
+        """Whether the adapter is exactly orthogonal: strict angles, no GOFT* scale."""
         return adapter_name in self.givens_angles and adapter_name not in self.givens_scale
 
     def rotation_blocks(self, adapter_name: str) -> tuple[torch.Tensor, bool]:
@@ -185,6 +187,7 @@ class GivensLayer(BaseTunerLayer):
                     self._write_weight_nd(self.merged_weight(self._weight_as_nd(), name, inverse=True))
 
     def adapter_parameters(self, adapter_name: str) -> list[nn.Parameter]:
+        """The trainable tensors of the adapter `adapter_name` on this layer."""
         return [
             params[adapter_name]
             for params in (self.givens_angles, self.givens_blocks, self.givens_scale)
