@@ -57,7 +57,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused(tmp_path, monkeypatc
 
 
 HOLD_LOCK = (
-    "import sys, time; from goft.training import outputs; outputs.hold_output_lock(sys.argv[1]); "
+    "import sys, time; from goft.io import outputs; outputs.hold_output_lock(sys.argv[1]); "
     "print('locked', flush=True); time.sleep(60)"
 )
 
