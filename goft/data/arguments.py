@@ -69,3 +69,17 @@ class DataArguments(ScriptArguments):
             "card lists each change. Without it, such a resume is refused with the differences."
         },
     )
+    chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "A chat template given inline, as alignment-handbook recipes write it: the tokenizer's template "
+            "for this run (saved with the adapter). TRL's spelling is `chat_template_path` (a .jinja file)."
+        },
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "DPO: keep only each prompt's last `max_prompt_length` tokens (the key of TRL before 1.0 and of "
+            "alignment-handbook recipes); `max_length` still bounds prompt and reply together."
+        },
+    )

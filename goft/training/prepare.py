@@ -4,6 +4,7 @@
 import logging
 import sys
 
+import yaml
 from peft import PeftConfig
 
 from goft.data.chat_templates import use_training_chat_template
@@ -21,8 +22,8 @@ from goft.io.model_source import (
 from goft.methods import is_exactly_orthogonal
 from goft.regularizers import regularizers_for
 from goft.training import adapters
-from goft.training.arguments import preflight
-from goft.training.arguments.checks import check_training_arguments
+from goft.training.arguments import idle_keys, preflight
+from goft.training.arguments.checks import check_training_arguments, recipe_values
 from goft.training.arguments.recipe_file import recipe_config_path
 from goft.training.parallel import processes
 from goft.training.publish import hub
@@ -34,13 +35,16 @@ from goft.tuners.sorsa import SorsaConfig
 logger = logging.getLogger(__name__)
 
 
-def prepare_tokenizer(source: ModelSource, training_args, model_args):
-    """The run's tokenizer, with goft's marked-up chat template when assistant-only loss needs one."""
+def prepare_tokenizer(source: ModelSource, training_args, model_args, inline_template: str | None = None):
+    """The run's tokenizer, with the recipe's inline chat template (alignment-handbook's `chat_template`) if it
+    gives one, and goft's marked-up twin of the template when assistant-only loss needs one."""
     trust = getattr(training_args, "trust_remote_code", False)
     try:
         tokenizer = load_tokenizer(source, model_args.model_revision, trust)
     except (OSError, ValueError) as error:
         raise RecipeError(f"Cannot load the tokenizer of {source.name!r}: {error}") from None
+    if inline_template:
+        tokenizer.chat_template = inline_template
     if getattr(training_args, "assistant_only_loss", False):
         use_training_chat_template(tokenizer)
     return tokenizer
@@ -62,6 +66,12 @@ def check_model(source: ModelSource, adapter_config: PeftConfig, method: str, mo
         adapter_checks.load_model_config(source, model_args.model_revision, trust), source, trust
     )
     adapter_checks.check_fresh_adapter(skeleton, adapter_config, source.name, method)
+
+
+def recipe_keys(recipe_yaml: str) -> list[str]:
+    """The keys the recipe set (file or flag), as the effective recipe lists them."""
+    recipe = yaml.safe_load(recipe_yaml) or {}
+    return list(recipe) if isinstance(recipe, dict) else []
 
 
 def _read_locations(data_args, training_args, retention_args, source: ModelSource) -> dict:
@@ -96,7 +106,14 @@ def prepare_run(
     Nothing is written before they all pass; then the output folder is locked for this run and set up (earlier
     incomplete checkpoints and, with `overwrite_output_dir`, the previous run moved aside)."""
     check_training_arguments(data_args, training_args, model_args, adapter_args, retention_args)
+    keys = recipe_keys(recipe_yaml)
+    idle_keys.refuse_idle_keys(
+        keys, recipe_values(training_args, data_args, model_args, adapter_args, retention_args), stage.name
+    )
+    preflight.check_inline_chat_template(data_args.chat_template, getattr(training_args, "chat_template_path", None))
     source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file, check_available=False)
+    if source.adapter_path:
+        idle_keys.refuse_new_adapter_keys(keys, source.adapter_path)
     adapter_config = source.adapter_config or adapters.build_adapter_config(adapter_args, model_args)
     waived = False
     if stage.alignment:
@@ -124,7 +141,7 @@ def prepare_run(
     if not source.adapter_path:
         adapter_config.base_model_name_or_path = source.name
     check_model(source, adapter_config, adapter_args.adapter, model_args, training_args)
-    tokenizer = prepare_tokenizer(source, training_args, model_args)
+    tokenizer = prepare_tokenizer(source, training_args, model_args, data_args.chat_template)
     template_path = getattr(training_args, "chat_template_path", None)
     if not template_path or preflight.chat_template_file_text(template_path) is not None:  # else a tokenizer's
         preflight.check_chat_template(
@@ -133,6 +150,7 @@ def prepare_run(
             preflight.is_conversational(dataset[data_args.dataset_train_split], stage.columns),
             getattr(training_args, "assistant_only_loss", False),
             template_path,
+            inline=bool(data_args.chat_template),
         )
     _claim_output_dir(training_args.output_dir, resume_from, data_args.overwrite_output_dir)
     if resume_from:

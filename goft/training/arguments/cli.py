@@ -1,6 +1,7 @@
 """Parsing a recipe (defaults < YAML `--config` < CLI flags, unknown keys refused) and running it."""
 
 import difflib
+import os
 import re
 import sys
 
@@ -9,10 +10,11 @@ from trl import TrlParser
 
 from goft.data.arguments import DataArguments
 from goft.errors import RecipeError
+from goft.training.arguments import older_keys
 from goft.training.arguments.checks import check_deepspeed_config
 from goft.training.arguments.fields import AdapterArguments, ModelArguments, RetentionArguments
 from goft.training.arguments.help import FullHelpAction, short_help
-from goft.training.arguments.recipe_file import check_recipe_values, load_recipe_file, recipe_config_path
+from goft.training.arguments.recipe_file import ENV_KEY, check_recipe_values, load_recipe_file, recipe_config_path
 from goft.training.parallel.cpu_fsdp import honour_fsdp_on_cpu
 from goft.training.parallel.processes import has_accelerator, leave_process_group, use_all_cpu_cores
 from goft.training.publish.hub import redact, scrub
@@ -63,10 +65,10 @@ def make_recipe_parser(training_config_class) -> TrlParser:
     return parser
 
 
-def check_known_keys(parser: TrlParser, argv: list[str]) -> None:
-    """Every key of the YAML recipe and every flag is one the recipe knows; typos get the closest key."""
+def check_known_keys(parser: TrlParser, keys: list[str], config_path: str | None) -> None:
+    """Every key of the YAML recipe and every flag (`keys`, in today's spelling) is one the recipe knows; typos get
+    the closest key."""
     known = {option[2:] for action in parser._actions for option in action.option_strings if option.startswith("--")}
-    keys, config_path = _named_keys(argv)
     unknown = [key for key in keys if key not in known and not (key.startswith("no_") and key[3:] in known)]
     if not unknown:
         return
@@ -82,23 +84,21 @@ def check_known_keys(parser: TrlParser, argv: list[str]) -> None:
     )
 
 
-def _named_keys(argv: list[str]) -> tuple[list[str], str | None]:
-    """Keys given in the YAML file and on the command line, in order, and the YAML file's path."""
-    keys, config_path = [], recipe_config_path(argv)
-    if config_path:
-        keys += [k for k in load_recipe_file(config_path) if k != "env"]
+def named_keys(recipe: dict, argv: list[str]) -> list[str]:
+    """Keys given in the YAML recipe (`recipe`) and on the command line, in order."""
+    keys = [k for k in recipe if k != ENV_KEY]
     for token in argv:
         if token.startswith("--") and token != "--config":
             key = token[2:].split("=", 1)[0]
             key = key[3:] if key.startswith("no_") and key not in keys else key
             if key not in keys:
                 keys.append(key)
-    return keys, config_path
+    return keys
 
 
-def effective_recipe(argv: list[str], parsed) -> str:
-    """The run's recipe as YAML: every key the user set (file or flag) with the value it ended up with."""
-    keys, _ = _named_keys(argv)
+def effective_recipe(keys: list[str], parsed, notes: dict[str, str] | None = None) -> str:
+    """The run's recipe as YAML: every key the user set (file or flag) with the value it ended up with, a key read in
+    an older spelling under today's with a comment saying how it was given."""
     recipe = {}
     for key in keys:
         for obj in parsed:
@@ -106,28 +106,48 @@ def effective_recipe(argv: list[str], parsed) -> str:
                 value = getattr(obj, key)
                 recipe[key] = plain_value(value)
                 break
-    return yaml.safe_dump(redact(recipe), sort_keys=False)
+    return older_keys.annotate(yaml.safe_dump(redact(recipe), sort_keys=False), notes or {})
 
 
 def parse_recipe(parser: TrlParser, argv: list[str] | None = None):
-    """(data, training, model, adapter, retention) arguments and the effective recipe YAML."""
+    """(data, training, model, adapter, retention) arguments and the effective recipe YAML. Keys in an older
+    spelling are read into today's first (`older_keys`), with one line each."""
     argv = list(sys.argv[1:] if argv is None else argv)
     follow_house_rules(parser)
     refuse_secret_flags(argv)
     config_path = recipe_config_path(argv)
     try:
-        check_known_keys(parser, argv)
         recipe = load_recipe_file(config_path) if config_path else {}
+        migration = older_keys.migrate(recipe, argv, f"in the recipe file {config_path!r}")
+        recipe, argv = migration.recipe, migration.argv
+        keys = named_keys(recipe, argv)
+        check_known_keys(parser, keys, config_path)
         check_recipe_values(recipe, parser, config_path)
         check_deepspeed_config(_given_value(argv, recipe, "deepspeed"))  # transformers reads it while parsing
-        parsed = parser.parse_args_and_config(args=argv)
-    except FileNotFoundError as error:
-        raise RecipeError(f"The recipe file {error.filename!r} does not exist.") from None
+        migration.print_notes()
+        parsed = _parse_with_recipe(parser, recipe, argv)
     except yaml.YAMLError as error:
         raise RecipeError(f"The recipe file is not valid YAML: {error}") from None
     except ValueError as error:
         raise RecipeError(str(error)) from None
-    return (*parsed, effective_recipe(argv, parsed))
+    return (*parsed, effective_recipe(keys, parsed, migration.notes))
+
+
+def _parse_with_recipe(parser: TrlParser, recipe: dict, argv: list[str]):
+    """TRL's parsing of a recipe, from the mapping already read (and migrated): the file's `env` is set, its values
+    become the defaults, the command line overrides them."""
+    recipe = dict(recipe)
+    env = recipe.pop(ENV_KEY, {})
+    if not isinstance(env, dict):
+        raise RecipeError("`env` in the recipe file must be a mapping of environment variables to values.")
+    for name, value in env.items():
+        os.environ[name] = str(value)
+    parser.set_defaults_with_config(**recipe)
+    flags = list(argv)
+    if "--config" in flags:
+        index = flags.index("--config")
+        del flags[index : index + 2]
+    return parser.parse_args_into_dataclasses(args=flags)
 
 
 def _given_value(argv: list[str], recipe: dict, key: str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jinja2
 import torch
 
 from goft.errors import RecipeError
@@ -67,13 +68,38 @@ def chat_template_file_text(path: str | None) -> str | None:
         ) from None
 
 
+def check_inline_chat_template(template, template_path: str | None) -> None:
+    """alignment-handbook's inline `chat_template`: a Jinja template (checked for syntax here), and not beside TRL's
+    `chat_template_path`."""
+    if template is None:
+        return
+    if template_path:
+        raise RecipeError(
+            "Both `chat_template` (an inline template) and `chat_template_path` are given; keep one of the two."
+        )
+    if not template.strip():
+        raise RecipeError("`chat_template` is empty; give the Jinja template, or drop the key.")
+    try:
+        jinja2.Environment().parse(template)
+    except jinja2.TemplateSyntaxError as error:
+        where = f"{error.message} (line {error.lineno})"
+        raise RecipeError(f"`chat_template` is not a valid Jinja template: {where}.") from None
+
+
 def check_chat_template(
-    tokenizer, model_name: str, conversational: bool, assistant_only_loss: bool, template_file: str | None = None
+    tokenizer,
+    model_name: str,
+    conversational: bool,
+    assistant_only_loss: bool,
+    template_file: str | None = None,
+    inline: bool = False,
 ) -> None:
     """Conversational data needs a chat template that renders a plain conversation; assistant-only loss needs one
-    with generation markers. `template_file`: the path of a template file that replaces the tokenizer's."""
+    with generation markers. `template_file`: the path of a template file that replaces the tokenizer's; `inline`:
+    the tokenizer's template is the recipe's `chat_template`."""
     template = chat_template_file_text(template_file) if template_file else tokenizer.chat_template
     owner = f"`chat_template_path` {template_file!r}" if template_file else f"The tokenizer of {model_name!r}"
+    owner = "The recipe's `chat_template`" if inline else owner
     if conversational and not template:
         raise RecipeError(
             f"{owner} has no chat template, and this dataset is conversational (lists of role/content "
