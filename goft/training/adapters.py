@@ -84,7 +84,15 @@ def _road_config(adapter_args, model_args, target_modules) -> PeftConfig:
 
 
 def _lora_config(adapter_args, model_args, target_modules) -> PeftConfig:
+    """TRL's LoRA from its `lora_*` keys (and `use_rslora`, `use_dora`), as TRL's scripts build it."""
+    if model_args.lora_task_type != TASK_TYPE:
+        raise RecipeError(
+            f"`lora_task_type` is {model_args.lora_task_type!r}, but the recipes train causal language models: "
+            f"drop the key (or set `lora_task_type: {TASK_TYPE}`)."
+        )
+    extra = {"target_parameters": model_args.lora_target_parameters} if model_args.lora_target_parameters else {}
     return LoraConfig(
+        **extra,
         task_type=TASK_TYPE,
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,

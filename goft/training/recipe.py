@@ -131,11 +131,17 @@ class RecipeRun:
             strict_orthogonal=is_exactly_orthogonal(self.adapter_config),
             run_spec=self.spec,
             resume_changes=self.changes_at_resume(),
+            **self.stage_options(),
         )
         if self.stage.alignment:
             self.use_adapter_as_reference(trainer)
         trainer.whole_adapter_parameters = fsdp.keep_adapters_whole_under_fsdp1(trainer)
         return trainer
+
+    def stage_options(self) -> dict:
+        """The trainer's keyword arguments that only one stage has: DPO's `max_prompt_length`."""
+        limit = self.data_args.max_prompt_length
+        return {"max_prompt_length": limit} if limit is not None else {}
 
     def add_replay_and_anchor(self, model, tokenizer) -> tuple:
         """With `replay_share`, mix the base's own answers to the replay prompts into the training split (see

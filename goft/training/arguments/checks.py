@@ -175,6 +175,7 @@ RULES = (
     ),
     Rule("dataloader_num_workers", whole(0), "Set 0 to load data in the main process."),
     Rule("dataset_num_proc", whole(1, none_ok=True), "Drop the key, or set the processes that prepare the data."),
+    Rule("max_prompt_length", whole(1, none_ok=True), "Set the prompt tokens kept, e.g. `max_prompt_length: 512`."),
     Rule("task_eval_samples", whole(0), "Set 0 to skip the before/after task metrics, or e.g. 40."),
     Rule("beta", real(0, low_open=True), "Set e.g. `beta: 0.1` (larger: stay closer to the reference model)."),
     Rule("label_smoothing", real(0, 0.5), "Set 0 for plain DPO, or e.g. 0.1 for noisy preference labels."),

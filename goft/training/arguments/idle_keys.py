@@ -109,7 +109,7 @@ def refuse_idle_keys(keys, values: dict, stage: str) -> None:
 
 def refuse_new_adapter_keys(keys, adapter_folder: str) -> None:
     """A continued adapter keeps its own config: keys that shape a new adapter would be ignored."""
-    given = [key for key in NEW_ADAPTER_KEYS if key in keys]
+    given = [key for key in keys if key in NEW_ADAPTER_KEYS]
     if given:
         listed = ", ".join(f"`{key}`" for key in given)
         raise RecipeError(

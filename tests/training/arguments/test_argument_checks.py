@@ -58,6 +58,7 @@ RANGE_CASES = [
     ("eval_steps", 0, None, {"eval_strategy": "steps"}, SFTConfig),
     ("dataloader_num_workers", -1, 0, {}, SFTConfig),
     ("dataset_num_proc", 0, None, {}, SFTConfig),
+    ("max_prompt_length", 0, 512, {}, DPOConfig),
     ("task_eval_samples", -1, 0, {}, SFTConfig),
     ("beta", 0.0, 0.1, {}, DPOConfig),
     ("label_smoothing", 0.6, 0.5, {}, DPOConfig),
