@@ -121,6 +121,7 @@ def prepare_run(
         waived = not is_exactly_orthogonal(adapter_config)
     hub_token = hub.take_hub_token(training_args)
     hub.check_push_settings(training_args, hub_token)
+    push_strategy = hub.hub_strategy(training_args, "hub_strategy" in keys)
     resume_from = checkpoints.resume_checkpoint(
         training_args.output_dir, training_args.resume_from_checkpoint, data_args.overwrite_output_dir
     )
@@ -169,6 +170,7 @@ def prepare_run(
         dataset=dataset,
         resume_from=resume_from,
         push_to_hub=push,
+        push_every_save=push and push_strategy == hub.EVERY_SAVE,
         tokenizer=tokenizer,
         hub_token=hub_token,
         strictness_waived=waived,

@@ -52,6 +52,7 @@ class RecipeRun:
     dataset: DatasetDict
     resume_from: str | None
     push_to_hub: bool
+    push_every_save: bool = False  # `hub_strategy: every_save`: each saved adapter is pushed too
     tokenizer: PreTrainedTokenizerBase | None = None
     hub_token: str | None = field(default=None, repr=False)
     strictness_waived: bool = False
@@ -126,7 +127,7 @@ class RecipeRun:
             eval_dataset=self.eval_dataset,
             processing_class=tokenizer,
             peft_config=peft_config,
-            callbacks=self.measures or None,
+            callbacks=self.callbacks(),
             regularizers=self.regularizers + anchor_terms,
             strict_orthogonal=is_exactly_orthogonal(self.adapter_config),
             run_spec=self.spec,
@@ -137,6 +138,13 @@ class RecipeRun:
             self.use_adapter_as_reference(trainer)
         trainer.whole_adapter_parameters = fsdp.keep_adapters_whole_under_fsdp1(trainer)
         return trainer
+
+    def callbacks(self) -> list | None:
+        """The forgetting measures, and the pushes of `hub_strategy: every_save`."""
+        pushes = []
+        if self.push_every_save:
+            pushes.append(hub.AdapterPushes(self.training_args, self.hub_token, self.stage.name))
+        return [*self.measures, *pushes] or None
 
     def stage_options(self) -> dict:
         """The trainer's keyword arguments that only one stage has: DPO's `max_prompt_length`."""
@@ -285,6 +293,7 @@ class RecipeRun:
                     "data": self.data_record(),
                     "retention": self.retention_record,
                     "logs": log_destinations(args),
+                    "recipe": self.recipe_yaml,
                     run_spec.SPEC_KEY: self.spec,
                 },
             )

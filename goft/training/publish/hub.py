@@ -1,15 +1,21 @@
-"""Publishing a finished run: the adapter, its tokenizer and its card, never checkpoints or secrets.
+"""Publishing a run: the adapter, its tokenizer and its card, never checkpoints or secrets. The finished run is
+pushed once at the end; with `hub_strategy: every_save` written in the recipe, each saved adapter is pushed too
+(`AdapterPushes`), as transformers pushes the model at every save. The strategies that push whole checkpoints
+(`checkpoint`, `all_checkpoints`: optimizer state and the pickled arguments) are refused.
 
 The Hub token is taken out of the training arguments as soon as the recipe is parsed (`take_hub_token`): the
 trainer pickles its arguments into every checkpoint (`training_args.bin`), and a token there would travel with any
 copy of the checkpoint. The recipe holds it privately and hands it to the one upload at the end.
 """
 
+import logging
 import os
 import re
 
 from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from goft.errors import RecipeError
 from goft.io.model_source import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE
@@ -29,6 +35,10 @@ PUSHED_FILES = [
 SECRET_KEY = re.compile(r"token|secret|password|api_key", re.IGNORECASE)
 TOKEN_PATTERN = re.compile(r"\bhf_[A-Za-z0-9]{20,}")
 REDACTED = "<redacted>"
+EVERY_SAVE, END = "every_save", "end"
+CHECKPOINT_STRATEGIES = ("checkpoint", "all_checkpoints")
+
+logger = logging.getLogger(__name__)
 
 
 def take_hub_token(training_args) -> str | None:
@@ -112,6 +122,38 @@ def push_run(folder: str, training_args, token: str, commit_message: str) -> str
             f"`hf upload {repo_id} {folder}`."
         ) from None
     return str(repo)
+
+
+def hub_strategy(training_args, named: bool) -> str:
+    """`every_save` or `end`: how the run pushes; `end` unless the recipe writes `hub_strategy` (transformers' default
+    `every_save` would push half-trained adapters that the recipe never asked for). Checkpoint strategies are
+    refused."""
+    strategy = str(getattr(training_args.hub_strategy, "value", training_args.hub_strategy))
+    if not named:
+        return END
+    if strategy in CHECKPOINT_STRATEGIES:
+        raise RecipeError(
+            f"`hub_strategy: {strategy}` pushes whole checkpoints (optimizer state and the run's pickled arguments), "
+            "which goft never publishes: write `hub_strategy: every_save` (the adapter at each save) or `end`."
+        )
+    return EVERY_SAVE if strategy == EVERY_SAVE else END
+
+
+class AdapterPushes(TrainerCallback):
+    """`hub_strategy: every_save`: each checkpoint's adapter and tokenizer (its public files) are pushed as it is
+    saved, from the main process; a failed push is a warning (the run goes on, and the end's push says more)."""
+
+    def __init__(self, training_args, token: str | None, stage: str):
+        self.training_args, self.token, self.stage = training_args, token, stage
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        folder = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        try:
+            push_run(folder, self.training_args, self.token, f"goft {self.stage}: adapter at step {state.global_step}")
+        except RecipeError as error:
+            logger.warning("Pushing the adapter of step %d failed: %s", state.global_step, error)
 
 
 def redact(value, key: str = ""):
