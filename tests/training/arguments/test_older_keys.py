@@ -167,7 +167,7 @@ IDLE_CASES = [
 
 
 def test_a_dpo_key_without_effect_is_refused():
-    with pytest.raises(RecipeError, match="`ref_model_sync_steps` is set, but it takes effect only with `sync_ref_model"):
+    with pytest.raises(RecipeError, match="`ref_model_sync_steps` is set, but it takes effect only with `sync_ref"):
         idle_keys.refuse_idle_keys(["ref_model_sync_steps"], {"sync_ref_model": False}, "dpo")
 
 
