@@ -105,12 +105,12 @@ def prepare_run(
     data, the resumed checkpoint's spec, precision, the adapter against the model's structure, the chat template.
     Nothing is written before they all pass; then the output folder is locked for this run and set up (earlier
     incomplete checkpoints and, with `overwrite_output_dir`, the previous run moved aside)."""
+    preflight.check_inline_chat_template(data_args.chat_template, getattr(training_args, "chat_template_path", None))
     check_training_arguments(data_args, training_args, model_args, adapter_args, retention_args)
     keys = recipe_keys(recipe_yaml)
     idle_keys.refuse_idle_keys(
         keys, recipe_values(training_args, data_args, model_args, adapter_args, retention_args), stage.name
     )
-    preflight.check_inline_chat_template(data_args.chat_template, getattr(training_args, "chat_template_path", None))
     source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file, check_available=False)
     if source.adapter_path:
         idle_keys.refuse_new_adapter_keys(keys, source.adapter_path)

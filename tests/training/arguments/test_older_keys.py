@@ -88,7 +88,8 @@ def test_use_peft_means_trl_s_lora(tmp_path, capsys, keys, flags):
         ({"torch_dtype": "float32", "dtype": "float32"}, "Both `torch_dtype` and `dtype`"),
         ({"model_init_kwargs": {"device_map": "auto"}}, "`model_init_kwargs.device_map` cannot be honoured"),
         ({"model_init_kwargs": ["dtype"]}, "must be a mapping"),
-        ({"chat_template": "{% for m in messages %}{{ m.content }"}, "not a valid Jinja template"),
+        ({"chat_template": " "}, "`chat_template` is empty"),
+        ({"chat_template": "{{ x }}", "chat_template_path": "t.jinja"}, "Both `chat_template`"),
     ],
     ids=[
         "use_peft false",
@@ -96,7 +97,8 @@ def test_use_peft_means_trl_s_lora(tmp_path, capsys, keys, flags):
         "both spellings",
         "unknown loading option",
         "not a mapping",
-        "bad template",
+        "empty template",
+        "template twice",
     ],
 )
 def test_what_cannot_keep_its_meaning_is_refused_with_one_line(tmp_path, keys, message):
@@ -105,6 +107,17 @@ def test_what_cannot_keep_its_meaning_is_refused_with_one_line(tmp_path, keys, m
     with pytest.raises(RecipeError) as refused:
         sft["main"](*parse_recipe(sft["make_parser"](), argv))
     assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_an_inline_template_that_does_not_render_is_refused_before_loading(assets, tmp_path):
+    sft = recipe_script("sft")
+    keys = dict(model_name_or_path=str(assets["model"]), dataset_name=str(assets["sft"]))
+    argv = [
+        "--config",
+        write_recipe(tmp_path / "r.yaml", chat_template="{% for m in messages %}{{ m.content }", **keys),
+    ]
+    with pytest.raises(RecipeError, match="The chat template of the recipe's `chat_template` fails"):
+        sft["main"](*parse_recipe(sft["make_parser"](), argv))
 
 
 def test_model_init_kwargs_entries_become_the_loading_keys(tmp_path, capsys):
