@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase, TrainingArguments
 from transformers.trainer_utils import set_seed
 
 from goft.data.arguments import DataArguments
-from goft.data.loading import mixture_record, recipe_mixture
+from goft.data.loading import mixture_record, recipe_mixture, source_record
 from goft.data.stages import RecipeStage
 from goft.errors import RecipeError
 from goft.io import outputs
@@ -194,7 +194,9 @@ class RecipeRun:
             "dataset_test_size": args.dataset_test_size,
             "seed": self.training_args.seed,
             "columns": list(self.train_dataset.column_names),
+            "dataset_text_field": getattr(self.training_args, "dataset_text_field", None) or "text",
             "split_sha256": self.spec.get("data"),
+            **source_record(args),
         }
         mixture = recipe_mixture(args, self.training_args.seed)
         if mixture is not None:  # `dataset_mixture`, or TRL's `datasets` and `test_split_size`

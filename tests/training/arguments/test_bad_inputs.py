@@ -239,12 +239,13 @@ def _interrupted_run(a: Assets, folder: Path, args: list[str], learning_rate=Non
     learning rate or the training data's fingerprint."""
     from trl import SFTConfig
 
-    from goft.data.loading import SFT_COLUMNS, load_recipe_dataset
+    from goft.data.loading import load_recipe_dataset
+    from goft.data.stages import SFT
     from goft.training.arguments.cli import make_recipe_parser, parse_recipe
     from goft.training.runs import checkpoints, run_spec
 
     parsed = parse_recipe(make_recipe_parser(SFTConfig), args + [str(folder)])[:5]
-    spec = run_spec.build_spec(parsed, load_recipe_dataset(parsed[0], SFT_COLUMNS, seed=parsed[1].seed))
+    spec = run_spec.build_spec(parsed, load_recipe_dataset(parsed[0], SFT, seed=parsed[1].seed))
     if learning_rate is not None:
         spec["recipe"]["learning_rate"] = learning_rate
     if data is not None:
