@@ -129,7 +129,7 @@ def test_mix_replay_adds_finished_answers_cycled_and_keeps_the_task_rows():
     }
     with pytest.raises(RecipeError, match="finished none of its replay answers"):
         mix_replay(task, [{"prompt": "b", "answer": "cut", "finished": False}], 0.25)
-    with pytest.raises(RecipeError, match="a `messages` column"):
+    with pytest.raises(RecipeError, match="`messages`, or prompt-completion conversations"):
         mix_replay(Dataset.from_list([{"text": "x"}]), answers, 0.25)
 
 
