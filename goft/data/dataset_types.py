@@ -121,6 +121,8 @@ def row_form(stage: RecipeStage, record: dict, text_field: str = "text", normali
         return f"language modeling text (`{text_field}`)"
     if not normalised and kind is not IMPLICIT_PREFERENCE:
         return row_layout(stage.name, record)
+    if kind is CONVERSATIONAL:
+        return "conversational (`messages`)"
     layout = "conversations" if is_conversation(record[kind.columns[-1]]) else "strings"
     return f"{kind.canonical if normalised else kind.name} rows of {layout}"
 

@@ -88,7 +88,8 @@ def assets(tmp_path_factory) -> Assets:
     a.paths["empty"] = write_jsonl([], root / "empty.jsonl")
     a.paths["broken"] = root / "broken.jsonl"
     a.paths["broken"].write_text(json.dumps(sft_rows(1)[0]) + "\n" + '{"messages": [{"role": "user"\n')
-    a.paths["text_only"] = write_jsonl([{"text": "hello", "label": 1}] * 4, root / "text.jsonl")
+    a.paths["text_rows"] = write_jsonl([{"text": f"note {i}", "id": i} for i in range(8)], root / "notes.jsonl")
+    a.paths["text_only"] = write_jsonl([{"body": "hello", "label": 1}] * 4, root / "text.jsonl")
     # a copy of the model whose tokenizer has no chat template, and one with a template without generation markers
     no_template = Path(shutil.copytree(model, root / "no-template"))
     config = json.loads((no_template / "tokenizer_config.json").read_text())
@@ -309,8 +310,24 @@ CASES = {
     ),
     "dataset-empty": Case("sft", lambda a: base(a, "empty"), ("is empty",)),
     "dataset-malformed-json": Case("sft", lambda a: base(a, "broken"), ("not valid JSONL", "line 2")),
-    "dataset-missing-columns": Case("sft", lambda a: base(a, "text_only"), ("['messages']", "['text', 'label']")),
-    "dpo-dataset-missing-columns": Case("dpo", lambda a: base(a, "sft"), ("'prompt'", "'chosen'", "['messages']")),
+    "dataset-missing-columns": Case(
+        "sft", lambda a: base(a, "text_only"), ("none of the columns the SFT stage reads", "['body', 'label']")
+    ),
+    "dpo-dataset-missing-columns": Case(
+        "dpo",
+        lambda a: base(a, "sft"),
+        ("none of the columns the DPO stage reads", "`chosen`/`rejected`", "['messages']"),
+    ),
+    "task-samples-on-text-rows": Case(
+        "sft",
+        lambda a: base(a, "text_rows") + ["--task_eval_samples", "4"],
+        ("`task_eval_samples` 4", "language modeling rows (`text`) have no answer"),
+    ),
+    "replay-on-text-rows": Case(
+        "sft",
+        lambda a: base(a, "text_rows") + ["--replay_share", "0.2"],
+        ("`replay_share` adds conversations", "language modeling text"),
+    ),
     "no-chat-template": Case("sft", lambda a: base(a, model="no_template"), ("no chat template",)),
     "template-without-generation-markers": Case(
         "sft", with_flags(model="plain_template", assistant_only_loss=True), ("{% generation %}",)
