@@ -89,6 +89,9 @@ def assets(tmp_path_factory) -> Assets:
     a.paths["broken"] = root / "broken.jsonl"
     a.paths["broken"].write_text(json.dumps(sft_rows(1)[0]) + "\n" + '{"messages": [{"role": "user"\n')
     a.paths["text_rows"] = write_jsonl([{"text": f"note {i}", "id": i} for i in range(8)], root / "notes.jsonl")
+    implicit = [{"chosen": f"Say {i}: yes", "rejected": f"Say {i}: no"} for i in range(6)]
+    implicit[2] = {"chosen": "Yes.", "rejected": "No."}
+    a.paths["implicit_bad"] = write_jsonl(implicit, root / "implicit.jsonl")
     a.paths["text_only"] = write_jsonl([{"body": "hello", "label": 1}] * 4, root / "text.jsonl")
     # a copy of the model whose tokenizer has no chat template, and one with a template without generation markers
     no_template = Path(shutil.copytree(model, root / "no-template"))
@@ -322,6 +325,11 @@ CASES = {
         "sft",
         lambda a: base(a, "text_rows") + ["--task_eval_samples", "4"],
         ("`task_eval_samples` 4", "language modeling rows (`text`) have no answer"),
+    ),
+    "dpo-implicit-row-without-a-shared-start": Case(
+        "dpo",
+        lambda a: base(a, "implicit_bad"),
+        ("implicit.jsonl', line 3:", "`chosen` and `rejected` share no start"),
     ),
     "replay-on-text-rows": Case(
         "sft",
