@@ -34,9 +34,12 @@ def trains_and_loads(assets, stage: str, data, output_dir, *flags) -> None:
 def test_each_dataset_type_trains_through_its_recipe(assets, tmp_path, name):
     stage, make, _, _ = TYPES[name]
     data = write_jsonl([make(i) for i in range(12)], tmp_path / f"{name}.jsonl")
-    trains_and_loads(assets, stage.name, data, tmp_path / "run")
-    record = json.loads((tmp_path / "run" / "goft_run.json").read_text())["data"]
-    assert record["columns"] == TYPES[name][2]
+    scored = name != "sft-language-modeling"  # text rows have no answer to score
+    trains_and_loads(assets, stage.name, data, tmp_path / "run", *recipe_flags(task_eval_samples=2 if scored else 0))
+    summary = json.loads((tmp_path / "run" / "goft_run.json").read_text())
+    assert summary["data"]["columns"] == TYPES[name][2]
+    if stage.name == "sft" and scored:  # the greedy answer to each prompt, against the last turn or the completion
+        assert "task/after/exact_match" in summary["metrics"], summary["metrics"]
 
 
 def test_a_hub_style_folder_trains_on_its_train_split_and_evaluation_rebuilds_its_test_split(assets, tmp_path):
