@@ -167,3 +167,20 @@ def check_same_form(forms: dict[str, str], where: str) -> None:
             f"The {where} mixes dataset types that stay different once normalised ({listed}); mix datasets of one "
             "type (implicit and explicit preference rows mix: both become explicit)."
         )
+
+
+def accepted_columns(stage: RecipeStage | None, text_field: str = "text") -> tuple[tuple[str, ...], ...]:
+    """The columns of each type `stage` reads (none for None): a mixture member's `columns` keeps one of them."""
+    return tuple(columns_of(kind, text_field) for kind in stage.types) if stage else ()
+
+
+def check_task_samples(data_args, train, stage, text_field: str) -> None:
+    """Language modeling rows have no answer, so they cannot be scored by exact match."""
+    if stage is None or not getattr(data_args, "task_eval_samples", 0) or text_field not in train.column_names:
+        return
+    if row_type(stage, train[0], text_field) is LANGUAGE_MODELING:
+        raise RecipeError(
+            f"`task_eval_samples` {data_args.task_eval_samples} scores the exact match of held-out answers, but "
+            f"language modeling rows (`{text_field}`) have no answer: set `task_eval_samples: 0`, or train on "
+            "conversational or prompt-completion rows."
+        )

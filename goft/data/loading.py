@@ -9,6 +9,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from datasets import DatasetDict, load_dataset
@@ -17,7 +18,7 @@ from huggingface_hub import constants
 
 from goft.data import dataset_types, handbook_mixer, layouts, mixtures, trl_datasets
 from goft.data.json_files import json_rows
-from goft.data.stages import LANGUAGE_MODELING, RecipeStage
+from goft.data.stages import RecipeStage
 from goft.errors import RecipeError
 from goft.io.paths import looks_like_local_path
 
@@ -71,7 +72,8 @@ def _loaded(name: str, load) -> DatasetDict:
             if constants.HF_HUB_OFFLINE and isinstance(error, ConnectionError)
             else ""
         )
-        raise RecipeError(f"Cannot load the dataset {name!r}: {type(cause).__name__}: {cause}.{offline}") from None
+        text = " ".join(str(cause).split())  # one line
+        raise RecipeError(f"Cannot load the dataset {name!r}: {type(cause).__name__}: {text}.{offline}") from None
 
 
 @dataclass(frozen=True)
@@ -151,10 +153,15 @@ def _read(name: str, config, wanted: tuple[str, ...], rows: Rows, files=None, hu
                 if rows.check_json(split_files) == 0:
                     raise RecipeError(f"The dataset {name!r} holds no records (only blank lines or an empty array).")
             checked = True
-        dataset = _loaded(name, lambda: load_dataset(builder, data_files=splits))
+        dataset = DatasetDict({split: _loaded(name, partial(_load_split, builder, split, splits)) for split in splits})
     if wanted[0] not in dataset:
         raise RecipeError(f"The dataset {name!r} has no split {wanted[0]!r}; it has {sorted(dataset)}.")
     return DatasetDict({s: rows.finish(dataset[s], name, s, checked) for s in wanted if s in dataset})
+
+
+def _load_split(builder: str, split: str, splits: dict):
+    """One split of local files, loaded alone: each split has its own columns, checked by `Rows`."""
+    return load_dataset(builder, data_files={split: splits[split]})[split]
 
 
 def _carve(name: str, train, splits: tuple[str, str], size, seed: int, local: bool) -> DatasetDict:
@@ -183,11 +190,6 @@ def _same_form(split, label: str, rows: Rows, forms: dict):
         forms[label] = dataset_types.row_form(rows.stage, split[0], rows.text_field, normalised=True)
         dataset_types.check_same_form(forms, "mixture")
     return split
-
-
-def accepted_columns(stage: RecipeStage | None, text_field: str = "text") -> tuple[tuple[str, ...], ...]:
-    """The columns of each type `stage` reads (none for None): a mixture member's `columns` keeps one of them."""
-    return tuple(dataset_types.columns_of(kind, text_field) for kind in stage.types) if stage else ()
 
 
 def recipe_mixture(data_args, run_seed: int = 0, accepted: tuple[tuple[str, ...], ...] = ()) -> mixtures.Mixture | None:
@@ -294,7 +296,7 @@ def load_recipe_dataset(data_args, stage: RecipeStage | None, seed: int, text_fi
     _check_one_source(data_args)
     rows, forms = Rows(stage, text_field or "text"), {}
     splits = (data_args.dataset_train_split, data_args.dataset_test_split)
-    mixture = recipe_mixture(data_args, seed, accepted_columns(stage, rows.text_field))
+    mixture = recipe_mixture(data_args, seed, dataset_types.accepted_columns(stage, rows.text_field))
     if mixture is not None:
         dataset = mixtures.build_mixture(mixture, lambda member: _member_rows(member, rows, forms), *splits)
     elif data_args.dataset_mixer is not None:
@@ -318,25 +320,18 @@ def load_recipe_dataset(data_args, stage: RecipeStage | None, seed: int, text_fi
             dataset = DatasetDict({splits[0]: train, splits[1]: read[source[1]]})
         else:
             dataset = _carve(name, train, splits, data_args.dataset_test_size, seed, not is_hub_dataset(name))
-    _check_task_samples(data_args, dataset[splits[0]], stage, rows.text_field)
+    if stage is not None:  # the held-out rows are read like the training rows
+        forms = {f"split {s!r}": dataset_types.row_form(stage, dataset[s][0], rows.text_field, True) for s in splits}
+        dataset_types.check_same_form(forms, "data")
+    dataset_types.check_task_samples(data_args, dataset[splits[0]], stage, rows.text_field)
     return dataset
 
 
-def _check_task_samples(data_args, train, stage, text_field: str) -> None:
-    """Language modeling rows have no answer, so they cannot be scored by exact match."""
-    if stage is None or not getattr(data_args, "task_eval_samples", 0) or text_field not in train.column_names:
-        return
-    if dataset_types.row_type(stage, train[0], text_field) is LANGUAGE_MODELING:
-        raise RecipeError(
-            f"`task_eval_samples` {data_args.task_eval_samples} scores the exact match of held-out answers, but "
-            f"language modeling rows (`{text_field}`) have no answer: set `task_eval_samples: 0`, or train on "
-            "conversational or prompt-completion rows."
-        )
-
-
 def is_hub_dataset(name: str) -> bool:
-    """Whether a dataset name is read from the Hub: no local file or folder, and not a name only a path can have."""
-    return not os.path.exists(os.path.expanduser(name)) and not looks_local(name)
+    """Whether a dataset name is read from the Hub: no local file or folder, not a name only a path can have, and not
+    one of datasets' file readers (`json`, `csv`, `parquet`: TRL's `path` for local `data_files`)."""
+    local = os.path.exists(os.path.expanduser(name)) or looks_local(name)
+    return not local and name not in layouts.BUILDERS.values()
 
 
 def rows_fingerprint(split) -> str:

@@ -261,7 +261,7 @@ class RecipeRun:
                 method=describe_method(self.adapter_config),
                 strict=is_exactly_orthogonal(self.adapter_config),
                 recipe_yaml=self.recipe_yaml,
-                dataset_name=self.data_args.dataset_name,
+                dataset_name=self.data_args.dataset_name or _mixer_text(self.data_args.dataset_mixer),
                 dataset_mixture=recipe_mixture(self.data_args, self.training_args.seed),
                 repo_or_dir=args.hub_model_id if self.push_to_hub else os.path.abspath(args.output_dir),
                 init_adapter=self.source.adapter_path,
@@ -292,3 +292,8 @@ class RecipeRun:
                 metrics["hub_url"] = url
         trainer.accelerator.wait_for_everyone()
         return metrics
+
+
+def _mixer_text(mixer: dict | None) -> str | None:
+    """alignment-handbook's `dataset_mixer`, for the model card's dataset line."""
+    return "dataset_mixer " + ", ".join(f"{name} ({fraction:g})" for name, fraction in mixer.items()) if mixer else None

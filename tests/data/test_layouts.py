@@ -52,6 +52,11 @@ def files(*names):
     return make
 
 
+def write_text_rows(path):
+    path.write_text("".join(json.dumps({"text": f"note {i}"}) + "\n" for i in range(4)))
+    return path.parent
+
+
 def saved_dict(root):
     DatasetDict({s: Dataset.from_list(rows(s, 6)) for s in ("train", "test", "validation")}).save_to_disk(str(root))
     return root
@@ -129,6 +134,11 @@ BAD_LAYOUTS = {
         "names 2 training splits",
     ),
     "splits-name-neither": (files("train.jsonl"), {"dataset_splits": ["dev"]}, "which is neither a training split"),
+    "test-split-of-another-type": (
+        lambda root: files("train.jsonl")(root) and write_text_rows(root / "test.jsonl"),
+        {},
+        "The data mixes dataset types that stay different once normalised (split 'train': conversational",
+    ),
     "count-leaves-nothing": (files("train.jsonl"), {"dataset_test_size": 6}, "holds out 6 and leaves none"),
     "size-neither-share-nor-count": (files("train.jsonl"), {"dataset_test_size": 2.5}, "a whole number of rows"),
 }

@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM
 from goft.data.loading import rows_fingerprint
 from goft.evaluation.runner import held_out_split
 from goft.training.arguments.cli import run_recipe
-from tests.data.test_dataset_types import TYPES
 from tests.support.data import write_jsonl
+from tests.support.dataset_types import TYPES
 from tests.support.recipes import common_args, recipe_flags, recipe_script
 
 pytestmark = pytest.mark.slow
