@@ -109,7 +109,10 @@ def prepare_run(
     )
     text_field = getattr(training_args, "dataset_text_field", None) or "text"
     dataset = load_recipe_dataset(data_args, stage, seed=training_args.seed, text_field=text_field)
-    forgetting.check_data_type(retention_args, dataset[data_args.dataset_train_split], text_field)
+    train_rows = dataset[data_args.dataset_train_split]
+    forgetting.check_data_type(
+        retention_args, train_rows, text_field, getattr(training_args, "assistant_only_loss", False)
+    )
     spec = _resume_spec(
         run_spec.build_spec((data_args, training_args, model_args, adapter_args, retention_args), dataset),
         resume_from,
@@ -132,9 +135,7 @@ def prepare_run(
         preflight.check_chat_template(
             tokenizer,
             source.name,
-            preflight.is_conversational(
-                dataset[data_args.dataset_train_split], tuple(dataset[data_args.dataset_train_split].column_names)
-            ),
+            preflight.is_conversational(train_rows, tuple(train_rows.column_names)),
             getattr(training_args, "assistant_only_loss", False),
             template_path,
         )

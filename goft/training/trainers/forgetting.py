@@ -76,9 +76,10 @@ def check_retention_arguments(args, training_args, stage: str) -> None:
         )
 
 
-def check_data_type(args, train_dataset, text_field: str = "text") -> None:
-    """Replay adds conversations to the training rows, and the task target scores their answers: with SFT rows that
-    cannot take the one or have none of the other, they are refused before any model is loaded."""
+def check_data_type(args, train_dataset, text_field: str = "text", assistant_only_loss: bool = False) -> None:
+    """Replay adds conversations to the training rows, the task target scores their answers, and
+    `assistant_only_loss` trains on the assistant's turns: with SFT rows that cannot take the one or have none of the
+    others, they are refused before any model is loaded."""
     if "chosen" in train_dataset.column_names or len(train_dataset) == 0:
         return  # DPO: its keys are checked by `check_retention_arguments`
     first = train_dataset[0]
@@ -88,6 +89,11 @@ def check_data_type(args, train_dataset, text_field: str = "text") -> None:
             f"`replay_share` adds conversations (the base model's answers) to the training rows, but they are "
             f"{row_form(SFT, first, text_field)}; drop `replay_share`, or train on conversational rows (`messages`, "
             "or prompt-completion conversations)."
+        )
+    if assistant_only_loss and not ("messages" in first or is_conversation(first.get("prompt"))):
+        raise RecipeError(
+            f"`assistant_only_loss: true` trains on the assistant's turns, but the training rows are "
+            f"{row_form(SFT, first, text_field)}, which have none; drop it, or train on conversational rows."
         )
     if args.task_target_nll is not None and kind is LANGUAGE_MODELING:
         raise RecipeError(

@@ -263,5 +263,7 @@ def test_replay_rows_take_the_form_of_prompt_completion_conversations_and_text_r
     ):
         with pytest.raises(RecipeError, match=re.escape(f"but they are {what}; drop `replay_share`")):
             check_data_type(keys, Dataset.from_list(rows))
+    with pytest.raises(RecipeError, match=re.escape("`assistant_only_loss: true` trains on the assistant's turns")):
+        check_data_type(SimpleNamespace(replay_share=0, task_target_nll=None), Dataset.from_list(rows), "text", True)
     with pytest.raises(RecipeError, match=re.escape("language modeling rows (`text`) have no answer")):
         check_data_type(SimpleNamespace(replay_share=0, task_target_nll=1.0), Dataset.from_list([{"text": "a"}]))
