@@ -92,7 +92,17 @@ def build_mixer(
                 raise RecipeError(f"`{KEY}`: the fraction {fraction} of {name!r}'s {len(rows)} rows takes none.")
             train_parts.append(rows.select(range(count)))
         test_parts += [load(name, config, split) for split in tests]
-    train = concatenate_datasets(train_parts).shuffle(seed=HANDBOOK_SEED)
-    if not test_parts:
-        return carve(train)
-    return DatasetDict({train_split: train, test_split: concatenate_datasets(test_parts).shuffle(seed=HANDBOOK_SEED)})
+    train = _mixed(train_parts)
+    return carve(train) if not test_parts else DatasetDict({train_split: train, test_split: _mixed(test_parts)})
+
+
+def _mixed(parts: list[Dataset]) -> Dataset:
+    """The parts concatenated and shuffled with the handbook's seed."""
+    try:
+        return concatenate_datasets(parts).shuffle(seed=HANDBOOK_SEED)
+    except ValueError:
+        features = "; ".join(str(part.features) for part in parts)
+        raise RecipeError(
+            f"The `{KEY}` datasets' columns hold values of different types, which cannot be mixed ({features}); give "
+            "every dataset's rows the same shape (the same keys in each message, for instance)."
+        ) from None

@@ -258,3 +258,16 @@ def test_evaluation_rebuilds_the_splits_of_every_new_source_from_the_run_record(
 
 def chat_pair(i, answer):
     return [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": answer}]
+
+
+def test_trl_and_handbook_members_read_every_layout(tmp_path):
+    write(tmp_path / "a.parquet", rows("train", 6))
+    saved = saved_dict(tmp_path / "saved")
+    hub_style = files("data/train_sft-00000-of-00001.parquet", "data/test_sft-00000-of-00001.parquet")(tmp_path / "hub")
+    trl = [{"path": "parquet", "data_files": str(tmp_path / "a.parquet")}, {"path": str(saved)}]
+    dataset = load_recipe_dataset(DataArguments(datasets=trl, test_split_size=2), SFT, seed=0)
+    mixture = {"datasets": [{"id": str(saved), "split": "train"}, {"id": str(hub_style), "split": "train_sft"}]}
+    mixed = load_recipe_dataset(DataArguments(dataset_mixture=mixture, dataset_test_size=2), SFT, seed=0)
+    for split in (*dataset.values(), *mixed.values()):
+        assert {origin(row) for row in split} <= {"train", "train_sft"}
+    assert len(dataset["train"]) == len(mixed["train"]) == 10
