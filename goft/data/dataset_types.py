@@ -42,7 +42,7 @@ def stage_columns(stage: RecipeStage, text_field: str = "text") -> str:
 
 def row_type(stage: RecipeStage, record: dict, text_field: str = "text") -> DatasetType | None:
     """The type of one row for `stage`, as TRL tells them apart; None when it holds none of the stage's columns."""
-    if stage.types[0] is CONVERSATIONAL:  # SFT
+    if CONVERSATIONAL in stage.types:  # SFT
         if "messages" in record:
             return CONVERSATIONAL
         if "prompt" in record or "completion" in record:
@@ -110,7 +110,7 @@ def row_problem(stage: RecipeStage, record, text_field: str = "text") -> str | N
     if kind is IMPLICIT_PREFERENCE:
         return _implicit_problem(record)
     own = {column: record.get(column) for column in kind.columns}
-    return sft_row_problem(own) if stage.types[0] is CONVERSATIONAL else dpo_row_problem(own)
+    return sft_row_problem(own) if CONVERSATIONAL in stage.types else dpo_row_problem(own)
 
 
 def row_form(stage: RecipeStage, record: dict, text_field: str = "text", normalised: bool = False) -> str:
