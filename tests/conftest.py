@@ -38,7 +38,7 @@ def no_hub_datasets(monkeypatch):
     real = data_module.load_dataset
 
     def local_only(path, *args, **kwargs):
-        assert path == "json", f"tried {path!r} as a Hub dataset"
+        assert path in ("json", "csv", "parquet"), f"tried {path!r} as a Hub dataset"
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(data_module, "load_dataset", local_only)

@@ -13,18 +13,6 @@ JSON_SUFFIXES = (".json", ".jsonl")
 JSON_SPACE = " \t\r\n"
 
 
-def local_json_files(path: Path) -> list[str]:
-    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.suffix in JSON_SUFFIXES)
-    if not files:
-        raise RecipeError(f"The dataset folder {str(path)!r} holds no .json or .jsonl files.")
-    for file in files:
-        if file.suffix not in JSON_SUFFIXES:
-            raise RecipeError(f"The dataset file {str(file)!r} is not .json or .jsonl.")
-        if file.stat().st_size == 0:
-            raise RecipeError(f"The dataset file {str(file)!r} is empty.")
-    return [str(f) for f in files]
-
-
 def _decode(file: str, data: bytes, line: int, offset: int) -> str:
     """`data`, which starts on line `line` at byte `offset` of `file`, as UTF-8; else where it is not."""
     try:

@@ -79,7 +79,7 @@ class Mixture:
 
     members: tuple[Member, ...]
     seed: int
-    test_split_size: float
+    test_split_size: float | int
     selection: str = WEIGHT
 
     @property
@@ -115,17 +115,25 @@ def refuse_unknown_keys(keys, known: tuple[str, ...], where: str, other_names: d
     raise RecipeError(f"{where} has the unknown key {key!r}{hint}; its keys are {', '.join(known)}.")
 
 
-def held_out_share(given, key: str, default: float) -> float:
-    """The share of the mixed rows held out as the test split: `given` (the value of `key`), else `default` (the
-    run's `dataset_test_size`); a number in (0, 1)."""
+def held_out_share(given, key: str, default: float) -> float | int:
+    """The size of the held-out split: `given` (the value of `key`), else `default` (the run's
+    `dataset_test_size`); a share of the rows in (0, 1), or a whole number of rows (at least 1), as datasets'
+    `train_test_split` reads them."""
     value = default if given is None else given
-    if not is_number(value) or not 0 < value < 1:
-        named = key if given is not None else "dataset_test_size"
-        raise RecipeError(
-            f"`{named}` is {value!r}, but it must be a number in (0, 1): the share of the mixed rows held out as the "
-            "test split (a share, not a count of rows)."
-        )
-    return float(value)
+    if is_number(value) and 0 < value < 1:
+        return float(value)
+    if is_number(value) and value >= 1 and float(value).is_integer():
+        return int(value)
+    named = key if given is not None else "dataset_test_size"
+    raise RecipeError(
+        f"`{named}` is {value!r}, but it must be the size of the held-out test split: a share of the rows in (0, 1), "
+        "or a whole number of rows (at least 1)."
+    )
+
+
+def held_out_rows(size: float | int, rows: int) -> int:
+    """How many of `rows` rows a held-out size holds out, as datasets' train_test_split counts them."""
+    return size if isinstance(size, int) else math.ceil(size * rows)
 
 
 def member_split(value: dict, label: str) -> str:
@@ -136,18 +144,21 @@ def member_split(value: dict, label: str) -> str:
     return split
 
 
-def member_columns(value, label: str, required_columns: tuple[str, ...]) -> tuple[str, ...] | None:
+def member_columns(value, label: str, accepted: tuple[tuple[str, ...], ...] = ()) -> tuple[str, ...] | None:
+    """A member's `columns`, which must keep every column of one of the stage's types (`accepted`: their columns)."""
     if value is None:
         return None
     if not (isinstance(value, list) and value and all(isinstance(c, str) and c for c in value)):
         raise RecipeError(
             f"{label}: `columns` must be a non-empty list of column names, e.g. `columns: [messages]`, not {value!r}."
         )
-    left_out = [column for column in required_columns if column not in value]
-    if left_out:
+    if accepted and not any(all(column in value for column in columns) for columns in accepted):
+        closest = min(accepted, key=lambda columns: sum(column not in value for column in columns))
+        left_out = [column for column in closest if column not in value]
+        needs = " or ".join("/".join(columns) for columns in accepted)
         raise RecipeError(
-            f"{label}: `columns` {value} leaves out the column(s) {left_out} this stage needs "
-            f"({', '.join(required_columns)}); add them, or drop `columns` to keep every column."
+            f"{label}: `columns` {value} leaves out the column(s) {left_out} this stage needs ({needs}); add them, "
+            "or drop `columns` to keep every column."
         )
     return tuple(dict.fromkeys(value))
 
@@ -163,7 +174,7 @@ def _weight(value, label: str) -> float:
     return float(value)
 
 
-def _member(index: int, value, required_columns: tuple[str, ...]) -> Member:
+def _member(index: int, value, accepted: tuple[tuple[str, ...], ...]) -> Member:
     where = f"`{KEY}.datasets[{index}]`"
     if not isinstance(value, dict):
         raise RecipeError(
@@ -186,13 +197,13 @@ def _member(index: int, value, required_columns: tuple[str, ...]) -> Member:
         id=name,
         config=config,
         split=split,
-        columns=member_columns(value.get("columns"), label, required_columns),
+        columns=member_columns(value.get("columns"), label, accepted),
         weight=_weight(value.get("weight"), label),
     )
 
 
 def read_mixture(
-    value, run_seed: int = 0, default_test_size: float = 0.1, required_columns: tuple[str, ...] = ()
+    value, run_seed: int = 0, default_test_size: float = 0.1, accepted: tuple[tuple[str, ...], ...] = ()
 ) -> Mixture:
     """The mixture a recipe's `dataset_mixture` describes, with `run_seed` and `default_test_size` where it sets no
     `seed` or `test_split_size`; a bad spec is refused with what is wrong and where."""
@@ -210,7 +221,7 @@ def read_mixture(
             "out to use the run's `seed`."
         )
     test_size = held_out_share(value.get("test_split_size"), f"{KEY}.test_split_size", default_test_size)
-    members = tuple(_member(index, item, tuple(required_columns)) for index, item in enumerate(datasets))
+    members = tuple(_member(index, item, tuple(accepted)) for index, item in enumerate(datasets))
     return Mixture(members=members, seed=seed, test_split_size=test_size)
 
 
@@ -283,7 +294,7 @@ def _concatenated(parts: list[Dataset], mixture: Mixture) -> Dataset:
 
 def _check_split_sizes(rows: int, mixture: Mixture) -> None:
     test_size = mixture.test_split_size
-    held_out = math.ceil(test_size * rows)  # as datasets' train_test_split counts
+    held_out = held_out_rows(test_size, rows)
     if held_out >= rows:
         shares = "the weights" if mixture.selection == WEIGHT else "the datasets"
         raise RecipeError(
@@ -297,22 +308,14 @@ def build_mixture(
     mixture: Mixture, load_member: Callable[[Member], Dataset], train_split: str, test_split: str
 ) -> DatasetDict:
     """The mixed `train_split` and held-out `test_split`. `load_member(member)` gives the rows of the member's split,
-    checked (a `RecipeError` it raises is named with the member); `columns` and the selection (each member's `weight`,
-    or TRL's fractions) are applied here."""
+    checked, its `columns` kept (a `RecipeError` it raises is named with the member); the selection (each member's
+    `weight`, or TRL's fractions) is applied here."""
     parts = []
     for member in mixture.members:
         try:
             rows = load_member(member)
         except RecipeError as error:
             raise RecipeError(f"{member.label}: {error}") from None
-        if member.columns:
-            missing = [column for column in member.columns if column not in rows.column_names]
-            if missing:
-                raise RecipeError(
-                    f"{member.label}: `columns` names {missing}, which the dataset does not have; its "
-                    f"columns are {rows.column_names}."
-                )
-            rows = rows.select_columns(list(member.columns))
         parts.append(_taken(rows, member, mixture.seed) if mixture.selection == WEIGHT else rows)
     if mixture.selection == FRACTION:
         parts = _first_rows_by_fraction(parts, mixture.members)

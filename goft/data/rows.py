@@ -31,7 +31,6 @@ ROLE_HINTS = {
     "ipython": "tool",
 }
 PROMPT_LAST_ROLES = ("user", "tool", "assistant")  # TRL refuses a prompt that ends with a system turn
-STAGE_COLUMNS = {"sft": ("messages", "prompt", "completion"), "dpo": ("prompt", "chosen", "rejected")}
 MESSAGE_SHAPE = 'a list of {"role": ..., "content": "..."} objects'
 
 
@@ -224,10 +223,13 @@ class RowCheck:
     """Checks a stage's records one at a time: remembers the first bad one, how many are bad, and how many records
     use each layout (the records of a layout used less than another are bad too)."""
 
-    def __init__(self, stage: str, required_columns: Iterable[str]):
-        if stage not in CHECKS:
+    def __init__(self, stage: str, required_columns: Iterable[str], problem=None, layout=None):
+        """`problem(record)` and `layout(record)` replace the stage's own (`row_problem`, `row_layout`)."""
+        if problem is None and stage not in CHECKS:
             raise ValueError(f"Unknown stage {stage!r}; records are checked for {sorted(CHECKS)}.")
         self.stage = stage
+        self.problem = problem or (lambda record: row_problem(stage, record))
+        self.layout = layout or (lambda record: row_layout(stage, record))
         self.required = tuple(required_columns)
         self.keys: set[str] = set()
         self.count = 0
@@ -240,13 +242,13 @@ class RowCheck:
         ordinal, self.count = self.count, self.count + 1
         if isinstance(record, dict):
             self.keys.update(record)
-        problem = row_problem(self.stage, record)
+        problem = self.problem(record)
         if problem:
             self.bad += 1
             if self.first is None:
                 self.first = (ordinal, where, problem)
             return
-        entry = self.layouts.setdefault(row_layout(self.stage, record), [0, ordinal, where])
+        entry = self.layouts.setdefault(self.layout(record), [0, ordinal, where])
         entry[0] += 1
 
     def first_problem(self) -> tuple[str, str, int] | None:
@@ -279,12 +281,3 @@ class RowCheck:
         where, problem, others = found
         more = f" {others} more record{'s have' if others != 1 else ' has'} problems too." if others else ""
         raise RecipeError(f"{where}: {problem}.{more}")
-
-
-def check_rows(rows: Iterable[dict], stage: str, required_columns: Iterable[str], where: str) -> None:
-    """Check every row of a loaded split; `where` names the split ("The dataset 'x', split 'train'"), and a row is
-    named by its index."""
-    check = RowCheck(stage, required_columns)
-    for index, row in enumerate(rows):
-        check.add(row, f"{where}, row index {index}")
-    check.raise_if_bad()

@@ -15,19 +15,20 @@
 read into `mixtures`' members, and mixed by the same machinery with TRL's selection (`mixtures.FRACTION`): the
 fractions are normalised to sum to one, the mixture is as large as it can be without taking a row twice, and each
 dataset gives its first `round(share * size)` rows (no shuffle); without fractions every row is taken. Then goft holds
-out `test_split_size` of the rows, shuffled with the run's seed. Local data is read as datasets (and so TRL) reads it,
-JSON/JSONL only: `path: json` with `data_files`, or a folder `path` (plus `data_dir`) whose files datasets sorts into
-splits by their names.
+out `test_split_size` of the rows (a share, or a count of rows), shuffled with the run's seed. Local data is read as
+datasets (and so TRL) reads it: `path: json` (or `csv`, `parquet`) with `data_files`, a folder `path` (plus
+`data_dir`) whose files datasets sorts into splits by their names, or a folder written by `save_to_disk`.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from datasets.data_files import DataFilesDict, get_data_patterns
 from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 
-from goft.data.json_files import JSON_SUFFIXES
+from goft.data.layouts import BUILDERS, builder_of, is_saved, known_formats
 from goft.data.mixtures import (
     FRACTION,
     Member,
@@ -44,6 +45,7 @@ KEY = "datasets"
 MEMBER_KEYS = ("path", "name", "data_dir", "data_files", "split", "columns", "fraction")
 GOFT_NAMES = {"id": "path", "config": "name", "weight": "fraction"}  # alignment-handbook's spelling of these
 JSON_BUILDER = "json"
+FILE_BUILDERS = tuple(dict.fromkeys(BUILDERS.values()))  # `path: json` (or csv, parquet) with local `data_files`
 GLOB_CHARACTERS = "*?["
 EXAMPLE = "`datasets: [{path: json, data_files: data/a.jsonl, fraction: 0.7}, {path: data/b, fraction: 0.3}]`"
 
@@ -86,7 +88,7 @@ def _fraction(value, label: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _member(index: int, value, required_columns: tuple[str, ...]) -> Member:
+def _member(index: int, value, accepted: tuple[tuple[str, ...], ...]) -> Member:
     where = f"`{KEY}[{index}]`"
     if not isinstance(value, dict):
         raise RecipeError(
@@ -109,7 +111,7 @@ def _member(index: int, value, required_columns: tuple[str, ...]) -> Member:
         config=_optional_text(value.get("name"), label, "name", "the name of a Hub dataset config"),
         data_dir=_optional_text(value.get("data_dir"), label, "data_dir", "a folder name"),
         data_files=_data_files(value.get("data_files"), label),
-        columns=member_columns(value.get("columns"), label, required_columns),
+        columns=member_columns(value.get("columns"), label, accepted),
         fraction=_fraction(value.get("fraction"), label),
     )
 
@@ -120,7 +122,7 @@ def read_datasets(
     test_split_size=None,
     run_seed: int = 0,
     default_test_size: float = 0.1,
-    required_columns: tuple[str, ...] = (),
+    accepted: tuple[tuple[str, ...], ...] = (),
 ) -> Mixture:
     """The mixture a recipe's TRL-style `datasets`, `streaming` and `test_split_size` describe; held out with
     `run_seed`, `default_test_size` where `test_split_size` is not given. A bad spec is refused with where it is."""
@@ -132,7 +134,7 @@ def read_datasets(
     if not isinstance(value, list) or not value:
         raise RecipeError(f"`{KEY}` must be a non-empty list of datasets, e.g. {EXAMPLE}; got {value!r}.")
     test_size = held_out_share(test_split_size, "test_split_size", default_test_size)
-    members = tuple(_member(index, item, tuple(required_columns)) for index, item in enumerate(value))
+    members = tuple(_member(index, item, tuple(accepted)) for index, item in enumerate(value))
     given = [member.fraction is not None for member in members]
     if any(given) and not all(given):
         missing = ", ".join(f"`{KEY}[{m.index}]`" for m in members if m.fraction is None)
@@ -142,7 +144,7 @@ def read_datasets(
 
 def _absolute(member: Member):
     """The member's `data_files` with local paths absolute, so that the record reads the same files anywhere."""
-    if member.id != JSON_BUILDER or member.data_files is None:
+    if member.id not in FILE_BUILDERS or member.data_files is None:
         return member.data_files if not isinstance(member.data_files, tuple) else list(member.data_files)
     if isinstance(member.data_files, dict):
         return {
@@ -179,7 +181,7 @@ def member_locations(value) -> dict[str, str]:
         if not isinstance(member, dict) or not isinstance(member.get("path"), str):
             continue
         what = f"dataset of `{KEY}[{index}]`"
-        if member["path"] != JSON_BUILDER:
+        if member["path"] not in FILE_BUILDERS:
             found[what] = member["path"]
         files = member.get("data_files")
         files = (
@@ -194,19 +196,18 @@ def member_locations(value) -> dict[str, str]:
     return found
 
 
-def _checked_json_files(files, where: str) -> list[str]:
-    for file in files:
-        if not file.lower().endswith(JSON_SUFFIXES):
-            raise RecipeError(
-                f"{where} holds {file!r}, which is not .json or .jsonl: goft reads local data as JSON or JSONL only."
-            )
+def _checked_files(files, where: str, builder: str | None = None) -> list[str]:
+    """The files, all of one format that datasets reads (`builder`'s, when given)."""
+    found = builder_of(list(files), where)
+    if builder is not None and found != builder:
+        raise RecipeError(f"{where} holds {found} files, which `path: {builder}` does not read: write `path: {found}`.")
     return list(files)
 
 
 def _json_data_files(member: Member) -> list[str]:
     if member.data_files is None or member.data_dir is not None:
         raise RecipeError(
-            "`path: json` reads the local files of `data_files` (and no `data_dir`): e.g. "
+            f"`path: {member.id}` reads the local files of `data_files` (and no `data_dir`): e.g. "
             "`data_files: data/a.jsonl`, or `data_files: [data/a.jsonl, data/b.jsonl]`."
         )
     files = member.data_files
@@ -224,7 +225,7 @@ def _json_data_files(member: Member) -> list[str]:
             raise RecipeError(f"`data_files` {file!r} is a pattern; goft takes the files by name: list them.")
         if not os.path.isfile(os.path.expanduser(file)):
             raise RecipeError(f"The data file {file!r} does not exist ({os.path.abspath(file)}).")
-    return _checked_json_files([os.path.expanduser(file) for file in files], "`data_files`")
+    return _checked_files([os.path.expanduser(file) for file in files], "`data_files`", member.id)
 
 
 def _folder_files(member: Member, folder: str) -> list[str]:
@@ -246,7 +247,7 @@ def _folder_files(member: Member, folder: str) -> list[str]:
             f"datasets reads the folder {base!r} as the split(s) {sorted(map(str, splits))} (by its "
             f"file names), not {member.split!r}."
         )
-    return _checked_json_files(splits[member.split], f"The folder {base!r}")
+    return _checked_files(splits[member.split], f"The folder {base!r}")
 
 
 def local_files(member: Member) -> list[str] | None:
@@ -255,8 +256,10 @@ def local_files(member: Member) -> list[str] | None:
     if member.key != KEY:
         return None
     local = os.path.expanduser(member.id)
-    if member.id == JSON_BUILDER:
+    if member.id in FILE_BUILDERS:
         return _json_data_files(member)
+    if is_saved(Path(local)) and member.data_dir is None and member.data_files is None:
+        return None  # read like a `dataset_name` folder written by `save_to_disk`
     if os.path.isdir(local):
         return _folder_files(member, local)
     if os.path.exists(local):
@@ -266,6 +269,7 @@ def local_files(member: Member) -> list[str] | None:
         )
     if member.id in _PACKAGED_DATASETS_MODULES:
         raise RecipeError(
-            f"`path: {member.id}` reads {member.id} files; goft reads local data as JSON or JSONL only (`path: json`)."
+            f"`path: {member.id}` reads {member.id} files; goft reads local {known_formats()} files "
+            f"(`path: {'`, `path: '.join(FILE_BUILDERS)}` with `data_files`)."
         )
     return None

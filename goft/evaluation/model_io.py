@@ -120,15 +120,20 @@ def greedy_replies(
     model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 16
 ) -> list[tuple[str, bool]]:
     """(reply, finished) per conversation: the model's greedy reply (rendered with the chat template, generation
-    prompt added; decoded without special tokens) and whether it ended within `max_new_tokens`."""
+    prompt added; a string prompt as it is, with the tokenizer's special tokens; decoded without special tokens) and
+    whether it ended within `max_new_tokens`."""
     replies = []
     with scoring_mode(model, tokenizer, padding_side="left"):
         device = model_device(model)
         ends = torch.tensor(sorted(end_token_ids(model, tokenizer)), device=device)
-        prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        prompts = [
+            c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations
+        ]
+        plain = bool(prompts) and isinstance(conversations[0], str)
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(
-                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+                prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=plain
             ).to(device)
             generated = model.generate(
                 **batch,

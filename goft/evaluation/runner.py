@@ -15,6 +15,7 @@ from peft import PeftModel
 
 from goft.data.arguments import DataArguments
 from goft.data.loading import load_recipe_dataset, rows_fingerprint
+from goft.data.stages import STAGES
 from goft.errors import RecipeError
 from goft.evaluation import assets
 from goft.evaluation.drift import BaseAnswers, answer_drift, base_answers, load_instructions
@@ -143,7 +144,8 @@ def _data_record(adapter_path) -> dict | None:
     record = read_run_record(adapter_path)
     data = record.get("data") if record else None
     if data is not None and not (
-        isinstance(data, dict) and (data.get("dataset_name") or data.get("dataset_mixture") or data.get("datasets"))
+        isinstance(data, dict)
+        and any(data.get(key) for key in ("dataset_name", "dataset_mixture", "dataset_mixer", "datasets"))
     ):
         raise RecipeError(
             f"The `data` record in {Path(adapter_path) / FINISHED_MARKER} names no `dataset_name` "
@@ -158,12 +160,19 @@ def _data_label(record: dict) -> str:
         return repr(record["dataset_name"])
     if record.get("dataset_mixture"):
         return "the mixture of " + ", ".join(repr(member.get("id")) for member in record["dataset_mixture"]["datasets"])
+    if record.get("dataset_mixer"):
+        return "the mixture of " + ", ".join(map(repr, record["dataset_mixer"]))
     return "the mixture of " + ", ".join(repr(member.get("path")) for member in record["datasets"])
 
 
 def held_out_split(adapter_path, dataset_name: str | None = None):
     """The held-out rows to score `adapter_path` on: `dataset_name`'s test split when given (carved with the
     recipe defaults when it has none), else the split its run made, rebuilt from goft_run.json; None when neither."""
+    run = read_run_record(adapter_path) or {}
+    stage, text_field = (
+        STAGES.get(run.get("stage")),
+        "text",
+    )  # the run's rows are checked and normalised as it read them
     if dataset_name:
         args, seed = DataArguments(dataset_name=dataset_name), DEFAULT_SEED
     else:
@@ -179,9 +188,14 @@ def held_out_split(adapter_path, dataset_name: str | None = None):
             dataset_train_split=record.get("dataset_train_split", "train"),
             dataset_test_split=record.get("dataset_test_split", "test"),
             dataset_test_size=record.get("dataset_test_size", 0.1),
+            dataset_splits=record.get("dataset_splits"),
+            dataset_mixer=record.get("dataset_mixer"),
+            dataset_configs=record.get("dataset_configs"),
         )
-        seed = record.get("seed", DEFAULT_SEED)
-    dataset = load_recipe_dataset(args, (), seed=seed)
+        seed, text_field = record.get("seed", DEFAULT_SEED), record.get("dataset_text_field", "text")
+        if "dataset_text_field" not in record:
+            stage = None  # an older run, which read its rows as they were
+    dataset = load_recipe_dataset(args, stage, seed=seed, text_field=text_field)
     test = dataset[args.dataset_test_split]
     task_kind(test.column_names)
     if not dataset_name:

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from goft.data.stages import DPO_COLUMNS, SFT_COLUMNS
+from goft.data.stages import PREFERENCE
 from goft.errors import RecipeError
 from goft.evaluation.model_io import (
     adapter_off,
@@ -23,17 +23,37 @@ def normalise_label(text: str) -> str:
     return text.strip().rstrip(".").strip().casefold()
 
 
+def answer_pairs(rows) -> list[tuple[object, object]]:
+    """(prompt, reference answer) of each SFT row that has an answer: a conversation's last assistant turn after the
+    turns before it, or a prompt-completion row's completion (of a conversation, its last turn, after the prompt and
+    the completion's earlier turns). Strings stay strings, turns lists of turns."""
+    if "messages" in rows.column_names:
+        return [(m[:-1], m[-1:]) for m in rows["messages"] if m and m[-1]["role"] == "assistant"]
+    pairs = []
+    for prompt, completion in zip(rows["prompt"], rows["completion"]):
+        if isinstance(completion, str):
+            pairs.append((prompt, completion))
+        elif completion and completion[-1]["role"] == "assistant":
+            pairs.append((list(prompt) + list(completion[:-1]), completion[-1:]))
+    return pairs
+
+
+def _text(answer) -> str:
+    return answer if isinstance(answer, str) else answer[-1]["content"]
+
+
 def exact_match(model, tokenizer, dataset, batch_size: int = 16) -> float:
-    """Share of conversations whose last assistant turn the model reproduces exactly when answering greedily."""
-    rows = [m for m in dataset["messages"] if m and m[-1]["role"] == "assistant"]
+    """Share of rows whose answer (the last assistant turn, or the completion) the model reproduces exactly when
+    answering greedily."""
+    rows = answer_pairs(dataset)
     if not rows:
         return float("nan")
     hits = 0
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
-        answers = [m[-1]["content"] for m in batch]
+        answers = [_text(answer) for _, answer in batch]
         longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
-        replies = greedy_answers(model, tokenizer, [m[:-1] for m in batch], longest + EXTRA_TOKENS, batch_size)
+        replies = greedy_answers(model, tokenizer, [prompt for prompt, _ in batch], longest + EXTRA_TOKENS, batch_size)
         hits += sum(normalise_label(r) == normalise_label(a) for r, a in zip(replies, answers))
     return hits / len(rows)
 
@@ -65,13 +85,9 @@ def preference_metrics(model, tokenizer, rows, max_length: int = 256, batch_size
 
 
 def answer_nll(model, tokenizer, rows, max_length: int = 256, batch_size: int = 4) -> dict:
-    """Mean negative log-likelihood per token of the reference answers (the last assistant turn of each
-    conversation) given their prompts, with the adapter off and on: a task measure that does not saturate."""
-    sequences = [
-        prompt_completion_ids(tokenizer, m[:-1], m[-1:], max_length)
-        for m in rows["messages"]
-        if m and m[-1]["role"] == "assistant"
-    ]
+    """Mean negative log-likelihood per token of the reference answers (`answer_pairs`) given their prompts, with
+    the adapter off and on: a task measure that does not saturate."""
+    sequences = [prompt_completion_ids(tokenizer, prompt, answer, max_length) for prompt, answer in answer_pairs(rows)]
     if not sequences:
         return {}
     tokens = sum(len(ids) - first for ids, first in sequences)
@@ -84,19 +100,20 @@ def answer_nll(model, tokenizer, rows, max_length: int = 256, batch_size: int = 
 
 
 def task_kind(columns) -> str:
-    if all(c in columns for c in SFT_COLUMNS):
+    if "messages" in columns or all(c in columns for c in ("prompt", "completion")):
         return "sft"
-    if all(c in columns for c in DPO_COLUMNS):
+    if all(c in columns for c in PREFERENCE.columns):
         return "preference"
     raise RecipeError(
-        f"Cannot score a task on columns {list(columns)}: need {list(SFT_COLUMNS)} (SFT) or "
-        f"{list(DPO_COLUMNS)} (preference pairs)."
+        f"Cannot score a task on columns {list(columns)}: need conversations (`messages`) or prompt-completion "
+        "rows (SFT: the answer is the last assistant turn, or the completion), or preference pairs (`prompt`, "
+        "`chosen`, `rejected`); language modeling rows (`text`) have no answer to score (set the task samples to 0)."
     )
 
 
 def task_metrics(model, tokenizer, test_dataset, n: int, max_length: int = 256) -> dict:
-    """The first `n` held-out rows: exact match of the greedy answer with the adapter off and on (SFT data,
-    column `messages`), or preference accuracy and reward margin (columns prompt / chosen / rejected)."""
+    """The first `n` held-out rows: exact match of the greedy answer with the adapter off and on (SFT data:
+    `messages`, or `prompt` and `completion`), or preference accuracy and reward margin (prompt / chosen / rejected)."""
     rows = test_dataset.select(range(min(n, len(test_dataset))))
     if len(rows) == 0:
         raise RecipeError("No held-out rows to score the task on.")

@@ -125,7 +125,12 @@ def prepare_run(
     resume_from = checkpoints.resume_checkpoint(
         training_args.output_dir, training_args.resume_from_checkpoint, data_args.overwrite_output_dir
     )
-    dataset = load_recipe_dataset(data_args, stage.columns, seed=training_args.seed)
+    text_field = getattr(training_args, "dataset_text_field", None) or "text"
+    dataset = load_recipe_dataset(data_args, stage, seed=training_args.seed, text_field=text_field)
+    train_rows = dataset[data_args.dataset_train_split]
+    forgetting.check_data_type(
+        retention_args, train_rows, text_field, getattr(training_args, "assistant_only_loss", False)
+    )
     spec = _resume_spec(
         run_spec.build_spec((data_args, training_args, model_args, adapter_args, retention_args), dataset),
         resume_from,
@@ -148,7 +153,7 @@ def prepare_run(
         preflight.check_chat_template(
             tokenizer,
             source.name,
-            preflight.is_conversational(dataset[data_args.dataset_train_split], stage.columns),
+            preflight.is_conversational(train_rows, tuple(train_rows.column_names)),
             getattr(training_args, "assistant_only_loss", False),
             template_path,
             inline=bool(data_args.chat_template),

@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase, TrainingArguments
 from transformers.trainer_utils import set_seed
 
 from goft.data.arguments import DataArguments
-from goft.data.loading import mixture_record, recipe_mixture
+from goft.data.loading import mixture_record, recipe_mixture, source_record
 from goft.data.stages import RecipeStage
 from goft.errors import RecipeError
 from goft.io import outputs
@@ -208,7 +208,9 @@ class RecipeRun:
             "dataset_test_size": args.dataset_test_size,
             "seed": self.training_args.seed,
             "columns": list(self.train_dataset.column_names),
+            "dataset_text_field": getattr(self.training_args, "dataset_text_field", None) or "text",
             "split_sha256": self.spec.get("data"),
+            **source_record(args),
         }
         mixture = recipe_mixture(args, self.training_args.seed)
         if mixture is not None:  # `dataset_mixture`, or TRL's `datasets` and `test_split_size`
@@ -273,7 +275,7 @@ class RecipeRun:
                 method=describe_method(self.adapter_config),
                 strict=is_exactly_orthogonal(self.adapter_config),
                 recipe_yaml=self.recipe_yaml,
-                dataset_name=self.data_args.dataset_name,
+                dataset_name=self.data_args.dataset_name or _mixer_text(self.data_args.dataset_mixer),
                 dataset_mixture=recipe_mixture(self.data_args, self.training_args.seed),
                 repo_or_dir=args.hub_model_id if self.push_to_hub else os.path.abspath(args.output_dir),
                 init_adapter=self.source.adapter_path,
@@ -305,3 +307,8 @@ class RecipeRun:
                 metrics["hub_url"] = url
         trainer.accelerator.wait_for_everyone()
         return metrics
+
+
+def _mixer_text(mixer: dict | None) -> str | None:
+    """alignment-handbook's `dataset_mixer`, for the model card's dataset line."""
+    return "dataset_mixer " + ", ".join(f"{name} ({fraction:g})" for name, fraction in mixer.items()) if mixer else None

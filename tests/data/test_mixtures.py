@@ -13,8 +13,9 @@ from datasets import Dataset, DatasetDict
 
 from goft.data import loading as data_module
 from goft.data.arguments import DataArguments
-from goft.data.loading import DPO_COLUMNS, SFT_COLUMNS, load_recipe_dataset
+from goft.data.loading import load_recipe_dataset
 from goft.data.mixtures import member_locations, read_mixture
+from goft.data.stages import DPO, SFT
 from goft.data.trl_datasets import read_datasets
 from goft.errors import RecipeError
 from goft.evaluation.runner import held_out_split
@@ -26,7 +27,7 @@ from tests.support.data import dpo_rows, write_jsonl
 from tests.support.models import save_tiny_chat_model
 from tests.support.recipes import REPO, run_flags
 
-SFT = runpy.run_path(str(REPO / "recipes" / "sft.py"), run_name="sft_mixture_recipe")
+SFT_RECIPE = runpy.run_path(str(REPO / "recipes" / "sft.py"), run_name="sft_mixture_recipe")
 
 
 def talk(tag: str, i: int, **extra) -> dict:
@@ -38,12 +39,12 @@ def rows_file(folder: Path, tag: str, n: int, **extra) -> Path:
     return write_jsonl([talk(tag, i, **extra) for i in range(n)], folder / f"{tag}.jsonl")
 
 
-def mixed(members: list[dict], columns=SFT_COLUMNS, run_seed: int = 0, **keys) -> DatasetDict:
+def mixed(members: list[dict], columns=SFT, run_seed: int = 0, **keys) -> DatasetDict:
     """The mixture's splits, as a recipe run with `run_seed` loads them; `keys`: the mixture's other keys."""
     return load_recipe_dataset(DataArguments(dataset_mixture={"datasets": members, **keys}), columns, seed=run_seed)
 
 
-def refusal(members, columns=SFT_COLUMNS, **keys) -> str:
+def refusal(members, columns=SFT, **keys) -> str:
     with pytest.raises(RecipeError) as refused:
         mixed(members, columns, **keys)
     return str(refused.value)
@@ -83,7 +84,7 @@ def test_a_weight_takes_that_share_of_the_members_rows(tmp_path, rows, weight, t
 def test_a_weight_without_a_key_takes_every_row_and_the_test_split_defaults_to_dataset_test_size(tmp_path):
     a, b = rows_file(tmp_path, "a", 12), rows_file(tmp_path, "b", 8)
     args = DataArguments(dataset_mixture={"datasets": [{"id": str(a)}, {"id": str(b)}]}, dataset_test_size=0.2)
-    dataset = load_recipe_dataset(args, SFT_COLUMNS, seed=0)
+    dataset = load_recipe_dataset(args, SFT, seed=0)
     assert [len(dataset["train"]), len(dataset["test"])] == [16, 4]
 
 
@@ -114,14 +115,13 @@ def test_columns_keep_only_the_named_ones(tmp_path):
     b = rows_file(tmp_path, "b", 10)
     dataset = mixed([{"id": str(a), "columns": ["messages"]}, {"id": str(b)}])
     assert dataset["train"].column_names == dataset["test"].column_names == ["messages"]
-    message = refusal([{"id": str(a)}, {"id": str(b)}])  # without `columns` the layouts differ
-    assert "different columns" in message and "`dataset_mixture.datasets[0]`" in message
-    assert "['messages', 'source', 'score']" in message and "`columns: [...]`" in message
+    dataset = mixed([{"id": str(a)}, {"id": str(b)}])  # without `columns`, extra columns are dropped too
+    assert dataset["train"].column_names == dataset["test"].column_names == ["messages"]
 
 
 def test_columns_that_leave_out_the_stages_columns_are_refused_before_loading(tmp_path, monkeypatch):
     monkeypatch.setattr(data_module, "load_dataset", lambda *a, **k: pytest.fail("loaded before the spec was checked"))
-    message = refusal([{"id": "a.jsonl"}, {"id": "b.jsonl", "columns": ["prompt", "chosen"]}], DPO_COLUMNS)
+    message = refusal([{"id": "a.jsonl"}, {"id": "b.jsonl", "columns": ["prompt", "chosen"]}], DPO)
     assert message.startswith("`dataset_mixture.datasets[1]` ('b.jsonl'): `columns` ['prompt', 'chosen'] leaves out")
     assert "['rejected']" in message
 
@@ -174,7 +174,7 @@ def test_columns_of_different_types_are_refused_with_the_members(tmp_path):
         ([], {}, ("`dataset_mixture.datasets` must be a non-empty list",)),
         ([{"id": "a.jsonl"}], {"streaming": True}, ("`dataset_mixture` has the unknown key 'streaming'",)),
         ([{"id": "a.jsonl"}], {"seed": -1}, ("`dataset_mixture.seed` is -1",)),
-        ([{"id": "a.jsonl"}], {"test_split_size": 1.0}, ("`dataset_mixture.test_split_size` is 1.0", "(0, 1)")),
+        ([{"id": "a.jsonl"}], {"test_split_size": 1.5}, ("`dataset_mixture.test_split_size` is 1.5", "(0, 1)")),
         ([{"id": "a.jsonl"}], {"test_split_size": 0}, ("`dataset_mixture.test_split_size` is 0",)),
     ],
 )
@@ -201,12 +201,10 @@ def test_dataset_name_and_dataset_mixture_exclude_each_other(tmp_path):
     a = str(rows_file(tmp_path, "a", 10))
     for args in (DataArguments(dataset_name=a, dataset_mixture={"datasets": [{"id": a}]}), DataArguments()):
         with pytest.raises(RecipeError) as refused:
-            load_recipe_dataset(args, SFT_COLUMNS, seed=0)
+            load_recipe_dataset(args, SFT, seed=0)
         assert "`dataset_name`" in str(refused.value) and "`dataset_mixture`" in str(refused.value)
     with pytest.raises(RecipeError, match="give each dataset of the mixture its own `config`"):
-        load_recipe_dataset(
-            DataArguments(dataset_mixture={"datasets": [{"id": a}]}, dataset_config="x"), SFT_COLUMNS, seed=0
-        )
+        load_recipe_dataset(DataArguments(dataset_mixture={"datasets": [{"id": a}]}, dataset_config="x"), SFT, seed=0)
 
 
 # ---- every member is checked like `dataset_name`, and named -------------------------------------------------------
@@ -234,9 +232,9 @@ def test_a_bad_dpo_member_is_named(tmp_path):
     rows = dpo_rows(8)
     rows[4] = {**rows[4], "rejected": rows[4]["chosen"]}
     bad = write_jsonl(rows, tmp_path / "bad.jsonl")
-    message = refusal([{"id": str(good)}, {"id": str(bad)}], DPO_COLUMNS)
+    message = refusal([{"id": str(good)}, {"id": str(bad)}], DPO)
     assert message.startswith("`dataset_mixture.datasets[1]`") and "line 5:" in message and "identical" in message
-    assert len(mixed([{"id": str(good)}, {"id": str(good), "weight": 0.5}], DPO_COLUMNS)["train"]) == 10
+    assert len(mixed([{"id": str(good)}, {"id": str(good), "weight": 0.5}], DPO)["train"]) == 10
 
 
 @pytest.mark.parametrize(
@@ -245,7 +243,7 @@ def test_a_bad_dpo_member_is_named(tmp_path):
         (lambda d: d / "missing.jsonl", ("does not exist",)),
         (lambda d: "./no-such-folder/", ("'./no-such-folder/' does not exist",)),
         (lambda d: write_jsonl([], d / "empty.jsonl"), ("is empty",)),
-        (lambda d: write_jsonl([{"text": "hi"}] * 4, d / "text.jsonl"), ("lacks the column(s) ['messages']",)),
+        (lambda d: write_jsonl([{"text": "hi"}] * 4, d / "text.jsonl"), ("mixes dataset types", "language modeling")),
     ],
 )
 def test_a_missing_or_unfit_member_is_named_and_never_tried_on_the_hub(tmp_path, make, expected):
@@ -309,7 +307,9 @@ def recipe_file(tmp_path: Path, mixture, **keys) -> Path:
 
 
 def parsed(path: Path, *flags: str):
-    return parse_recipe(SFT["make_parser"](), ["--config", str(path), "--output_dir", str(path.parent / "o"), *flags])
+    return parse_recipe(
+        SFT_RECIPE["make_parser"](), ["--config", str(path), "--output_dir", str(path.parent / "o"), *flags]
+    )
 
 
 def test_the_recipe_parser_reads_the_mixture_from_yaml(tmp_path):
@@ -335,7 +335,7 @@ def test_the_recipe_parser_refuses_a_mixture_that_is_no_mapping_and_a_misspelt_t
     trl_style = tmp_path / "trl.yaml"
     trl_style.write_text(yaml.safe_dump({"datasets": [{"path": "a.jsonl"}], "test_split_sise": 0.2}))
     with pytest.raises(RecipeError, match="Unknown recipe key.*'test_split_sise' \\(did you mean 'test_split_size'"):
-        parse_recipe(SFT["make_parser"](), ["--config", str(trl_style), "--output_dir", str(tmp_path / "o")])
+        parse_recipe(SFT_RECIPE["make_parser"](), ["--config", str(trl_style), "--output_dir", str(tmp_path / "o")])
 
 
 def test_the_run_spec_holds_the_mixture_so_a_changed_one_is_a_difference(tmp_path):
@@ -345,7 +345,7 @@ def test_the_run_spec_holds_the_mixture_so_a_changed_one_is_a_difference(tmp_pat
     specs = []
     for mixture in (half, half, whole):
         args = parsed(recipe_file(tmp_path, mixture))[:5]
-        specs.append(run_spec.build_spec(args, load_recipe_dataset(args[0], SFT_COLUMNS, seed=args[1].seed)))
+        specs.append(run_spec.build_spec(args, load_recipe_dataset(args[0], SFT, seed=args[1].seed)))
     assert run_spec.differences(specs[0], specs[1]) == []
     keys = [key for key, _, _ in run_spec.differences(specs[0], specs[2])]
     assert "dataset_mixture" in keys and "data (train split)" in keys
@@ -383,12 +383,12 @@ def test_member_locations_name_every_member_id_for_the_output_check():
 # ---- TRL's `datasets:` list, with TRL's own selection -------------------------------------------------------------
 
 
-def trl_mixed(members: list[dict], columns=SFT_COLUMNS, run_seed: int = 0, **keys) -> DatasetDict:
+def trl_mixed(members: list[dict], columns=SFT, run_seed: int = 0, **keys) -> DatasetDict:
     """The splits a recipe with TRL's `datasets: members` (and `keys`: test_split_size, streaming, ...) loads."""
     return load_recipe_dataset(DataArguments(datasets=members, **keys), columns, seed=run_seed)
 
 
-def trl_refusal(members, columns=SFT_COLUMNS, **keys) -> str:
+def trl_refusal(members, columns=SFT, **keys) -> str:
     with pytest.raises(RecipeError) as refused:
         trl_mixed(members, columns, **keys)
     return str(refused.value)
@@ -447,7 +447,7 @@ def test_trl_datasets_read_data_files_lists_mappings_and_a_folders_named_splits_
 def test_trl_test_split_size_defaults_to_dataset_test_size_and_the_run_seed_picks_the_held_out_rows(tmp_path):
     members = [{"path": "json", "data_files": str(rows_file(tmp_path, "a", 30))}]
     args = DataArguments(datasets=members, dataset_test_size=0.2)
-    assert [len(split) for split in load_recipe_dataset(args, SFT_COLUMNS, seed=0).values()] == [24, 6]
+    assert [len(split) for split in load_recipe_dataset(args, SFT, seed=0).values()] == [24, 6]
     assert tags(trl_mixed(members, run_seed=1)) == tags(trl_mixed(members, run_seed=1))
     assert trl_mixed(members, run_seed=1)["test"]["messages"] != trl_mixed(members, run_seed=2)["test"]["messages"]
 
@@ -470,7 +470,11 @@ def test_trl_test_split_size_defaults_to_dataset_test_size_and_the_run_seed_pick
         ([{"path": "json", "data_files": 3}], {}, ("`data_files` must be a file, a list of files or a mapping",)),
         ([{"path": "json", "data_files": "a.jsonl", "columns": ["prompt"]}], {}, ("leaves out the column(s)",)),
         ([], {}, ("`datasets` must be a non-empty list",)),
-        ([{"path": "json", "data_files": "a.jsonl"}], {"test_split_size": 50}, ("`test_split_size` is 50", "(0, 1)")),
+        (
+            [{"path": "json", "data_files": "a.jsonl"}],
+            {"test_split_size": 2.5},
+            ("`test_split_size` is 2.5", "whole number of rows"),
+        ),
         (
             [{"path": "json", "data_files": "a.jsonl"}],
             {"dataset_config": "en"},
@@ -514,7 +518,8 @@ def test_a_bad_trl_datasets_spec_is_refused_before_anything_loads(monkeypatch, m
             lambda d: {"path": "json", "data_files": str(rows_file(d, "f", 4)), "data_dir": "sub"},
             ("(and no `data_dir`)",),
         ),
-        (lambda d: {"path": "csv", "data_files": "a.csv"}, ("`path: csv` reads csv files", "JSON or JSONL only")),
+        (lambda d: {"path": "text", "data_files": "a.txt"}, ("`path: text` reads text files", "`path: csv`")),
+        (lambda d: {"path": "csv", "data_files": str(rows_file(d, "f", 4))}, ("holds json files", "`path: json`")),
         (lambda d: {"path": str(d), "data_files": "a.jsonl"}, ("with a local folder as `path`, give no `data_files`",)),
         (lambda d: {"path": str(d), "data_dir": "nope"}, ("`data_dir` 'nope' is no folder",)),
         (lambda d: {"path": str(d), "split": "validation"}, ("not 'validation'",)),
@@ -560,11 +565,11 @@ def test_a_trl_hub_member_is_loaded_with_its_name_data_dir_and_data_files(monkey
 def test_test_split_size_and_streaming_go_with_datasets_only(tmp_path):
     a = str(rows_file(tmp_path, "a", 10))
     with pytest.raises(RecipeError, match="`test_split_size` goes with TRL's `datasets` list.*`dataset_test_size`"):
-        load_recipe_dataset(DataArguments(dataset_name=a, test_split_size=0.2), SFT_COLUMNS, seed=0)
+        load_recipe_dataset(DataArguments(dataset_name=a, test_split_size=0.2), SFT, seed=0)
     with pytest.raises(RecipeError, match="`streaming` goes with.*`dataset_mixture.test_split_size`"):
-        load_recipe_dataset(DataArguments(dataset_mixture={"datasets": [{"id": a}]}, streaming=True), SFT_COLUMNS, 0)
+        load_recipe_dataset(DataArguments(dataset_mixture={"datasets": [{"id": a}]}, streaming=True), SFT, 0)
     with pytest.raises(RecipeError, match="The data is missing: give exactly one of `dataset_name`.*`datasets`"):
-        load_recipe_dataset(DataArguments(), SFT_COLUMNS, seed=0)
+        load_recipe_dataset(DataArguments(), SFT, seed=0)
 
 
 def trl_recipe_file(tmp_path: Path, datasets, **keys) -> Path:
@@ -596,13 +601,15 @@ def test_the_recipe_parser_reads_trls_datasets_and_the_run_spec_and_card_hold_th
             {"path": "json", "data_files": str(b), "fraction": 0.3},
         ]
         args = parsed(trl_recipe_file(tmp_path, members))[:5]
-        specs.append(run_spec.build_spec(args, load_recipe_dataset(args[0], SFT_COLUMNS, seed=args[1].seed)))
+        specs.append(run_spec.build_spec(args, load_recipe_dataset(args[0], SFT, seed=args[1].seed)))
     assert run_spec.differences(specs[0], specs[1]) == []
     assert "datasets" in [key for key, _, _ in run_spec.differences(specs[0], specs[2])]
     with pytest.raises(RecipeError, match="datasets: .* in the checkpoint"):
         run_spec.checked_resume_spec(specs[2], specs[0], "run/checkpoint-2", 2, allow_changes=False)
     with pytest.raises(RecipeError, match="`streaming: true` is not supported"):
-        SFT["main"](*parsed(trl_recipe_file(tmp_path, members, streaming=True, model_name_or_path=str(tmp_path))))
+        SFT_RECIPE["main"](
+            *parsed(trl_recipe_file(tmp_path, members, streaming=True, model_name_or_path=str(tmp_path)))
+        )
 
 
 def test_trl_member_locations_name_every_local_path_and_data_file():
@@ -652,7 +659,9 @@ def test_a_run_on_a_mixture_records_it_and_evaluation_rebuilds_its_held_out_spli
         "test_split_size": 0.25,
     }
     output_dir = tmp_path / "run"
-    run_recipe(SFT["make_parser"], SFT["main"], run_args(model, recipe_file(tmp_path, mixture), output_dir))
+    run_recipe(
+        SFT_RECIPE["make_parser"], SFT_RECIPE["main"], run_args(model, recipe_file(tmp_path, mixture), output_dir)
+    )
 
     record = json.loads((output_dir / FINISHED_MARKER).read_text())["data"]
     assert record["dataset_name"] is None
@@ -669,7 +678,7 @@ def test_a_run_on_a_mixture_records_it_and_evaluation_rebuilds_its_held_out_spli
     assert f"- **Dataset:** a mixture of `{facts}` (weight 0.5), `someone/chats` (weight 1)\n" in card
     assert "dataset_mixture:" in card.split("## Recipe")[1]
 
-    expected = load_recipe_dataset(DataArguments(dataset_mixture=mixture), SFT_COLUMNS, seed=7)
+    expected = load_recipe_dataset(DataArguments(dataset_mixture=mixture), SFT, seed=7)
     rebuilt = held_out_split(output_dir)  # what recipes/evaluate.py scores the adapter on
     assert rebuilt["messages"] == expected["test"]["messages"] and len(rebuilt) == 6  # ceil(0.25 * (12 + 10))
     assert {row[0]["content"].split()[0] for row in rebuilt["messages"]} <= {"facts", "hub"}
@@ -683,15 +692,15 @@ def test_a_resume_with_another_mixture_is_refused(model, tmp_path):
     a, b = rows_file(tmp_path, "a", 20), rows_file(tmp_path, "b", 10)
     output_dir = tmp_path / "run"
     before = recipe_file(tmp_path, {"datasets": [{"id": str(a), "weight": 0.5}, {"id": str(b)}]})
-    args = parse_recipe(SFT["make_parser"](), run_args(model, before, output_dir))[:5]
-    spec = run_spec.build_spec(args, load_recipe_dataset(args[0], SFT_COLUMNS, seed=args[1].seed))
+    args = parse_recipe(SFT_RECIPE["make_parser"](), run_args(model, before, output_dir))[:5]
+    spec = run_spec.build_spec(args, load_recipe_dataset(args[0], SFT, seed=args[1].seed))
     checkpoint = output_dir / "checkpoint-2"
     checkpoint.mkdir(parents=True)
     (checkpoint / "trainer_state.json").write_text('{"global_step": 2}')
     checkpoints.mark_complete(str(checkpoint), {"global_step": 2, run_spec.SPEC_KEY: spec})
     after = recipe_file(tmp_path, {"datasets": [{"id": str(a), "weight": 0.75}, {"id": str(b)}]})
     with pytest.raises(RecipeError) as refused:
-        SFT["main"](*parse_recipe(SFT["make_parser"](), run_args(model, after, output_dir)))
+        SFT_RECIPE["main"](*parse_recipe(SFT_RECIPE["make_parser"](), run_args(model, after, output_dir)))
     message = str(refused.value)
     assert "dataset_mixture: " in message and "'weight': 0.5" in message and "'weight': 0.75" in message
     assert "--resume_with_changes true" in message
@@ -703,7 +712,7 @@ def test_an_output_folder_inside_a_members_folder_is_refused(model, tmp_path):
     rows_file(folder, "b", 10)
     recipe = recipe_file(tmp_path, {"datasets": [{"id": str(rows_file(tmp_path, "a", 10))}, {"id": str(folder)}]})
     with pytest.raises(RecipeError, match=r"lies inside the dataset of `dataset_mixture.datasets\[1\]`"):
-        SFT["main"](*parse_recipe(SFT["make_parser"](), run_args(model, recipe, folder / "run")))
+        SFT_RECIPE["main"](*parse_recipe(SFT_RECIPE["make_parser"](), run_args(model, recipe, folder / "run")))
     assert not (folder / "run").exists()
 
 
@@ -718,7 +727,7 @@ def test_a_run_on_trls_datasets_records_them_and_evaluation_rebuilds_its_held_ou
     ]
     output_dir = tmp_path / "run"
     recipe = trl_recipe_file(tmp_path, datasets, test_split_size=0.25)
-    run_recipe(SFT["make_parser"], SFT["main"], run_args(model, recipe, output_dir))
+    run_recipe(SFT_RECIPE["make_parser"], SFT_RECIPE["main"], run_args(model, recipe, output_dir))
 
     record = json.loads((output_dir / FINISHED_MARKER).read_text())["data"]
     assert record["dataset_name"] is None and "dataset_mixture" not in record and record["seed"] == 7

@@ -10,8 +10,10 @@ from datasets import Dataset, DatasetDict
 
 from goft.data import loading as data_module
 from goft.data.arguments import DataArguments
-from goft.data.loading import DPO_COLUMNS, SFT_COLUMNS, load_recipe_dataset, looks_local, row_stage
-from goft.data.rows import RowCheck, check_rows, dpo_row_problem, sft_row_problem
+from goft.data.dataset_types import check_split
+from goft.data.loading import load_recipe_dataset, looks_local
+from goft.data.rows import RowCheck, dpo_row_problem, sft_row_problem
+from goft.data.stages import DPO, SFT
 from goft.errors import RecipeError
 from tests.support.data import dpo_rows, sft_rows, write_jsonl
 from tests.support.recipes import REPO
@@ -25,11 +27,11 @@ def assistant(text="ok"):
     return {"role": "assistant", "content": text}
 
 
-def load(path, columns=SFT_COLUMNS, **kwargs):
+def load(path, columns=SFT, **kwargs):
     return load_recipe_dataset(DataArguments(dataset_name=str(path), **kwargs), columns, seed=0)
 
 
-def refusal(path, columns=SFT_COLUMNS, **kwargs) -> str:
+def refusal(path, columns=SFT, **kwargs) -> str:
     with pytest.raises(RecipeError) as info:
         load(path, columns, **kwargs)
     return str(info.value)
@@ -48,7 +50,7 @@ pytestmark = pytest.mark.usefixtures("no_hub_datasets")  # local data never reac
 
 @pytest.mark.parametrize(
     "name, columns",
-    [("demo_sft.jsonl", SFT_COLUMNS), ("facts_sft.jsonl", SFT_COLUMNS), ("demo_dpo.jsonl", DPO_COLUMNS)],
+    [("demo_sft.jsonl", SFT), ("facts_sft.jsonl", SFT), ("demo_dpo.jsonl", DPO)],
 )
 def test_shipped_data_passes(name, columns):
     dataset = load(REPO / "data" / name, columns)
@@ -59,7 +61,7 @@ def test_shipped_data_passes(name, columns):
 def test_recipe_rows_pass_and_keep_their_split(tmp_path):
     sft = load(write_jsonl(sft_rows(16), tmp_path / "sft.jsonl"), dataset_test_size=0.25)
     assert (len(sft["train"]), len(sft["test"])) == (12, 4)
-    dpo = load(write_jsonl(dpo_rows(8), tmp_path / "dpo.jsonl"), DPO_COLUMNS)
+    dpo = load(write_jsonl(dpo_rows(8), tmp_path / "dpo.jsonl"), DPO)
     assert (len(dpo["train"]), len(dpo["test"])) == (7, 1)
 
 
@@ -77,7 +79,7 @@ def test_good_variants_pass(tmp_path):
     ]
     assert len(load(write_jsonl(rows * 2, tmp_path / "sft.jsonl"))["train"]) == 3
     strings = [{"prompt": "say", "chosen": "yes", "rejected": "no"}] * 4
-    assert len(load(write_jsonl(strings, tmp_path / "dpo.jsonl"), DPO_COLUMNS)["train"]) == 3
+    assert len(load(write_jsonl(strings, tmp_path / "dpo.jsonl"), DPO)["train"]) == 3
 
 
 def test_blank_lines_and_a_byte_order_mark_are_accepted(tmp_path):
@@ -89,7 +91,7 @@ def test_blank_lines_and_a_byte_order_mark_are_accepted(tmp_path):
 
 def test_evaluation_loads_without_checking_records(tmp_path):
     rows = sft_rows(4) + [{"messages": [{"role": "human", "content": "hi"}, assistant()]}]
-    assert len(load(write_jsonl(rows, tmp_path / "any.jsonl"), ())["train"]) == 4
+    assert len(load(write_jsonl(rows, tmp_path / "any.jsonl"), None)["train"]) == 4
 
 
 # ---- SFT records --------------------------------------------------------------------------------------------------
@@ -122,7 +124,7 @@ def test_evaluation_loads_without_checking_records(tmp_path):
         ({"messages": "hello"}, "`messages` is a string, not a list"),
         ({"messages": [user(), "ok"]}, "message 2 of `messages` is a string, not an object"),
         ({"messages": None}, "`messages` is missing or null"),
-        ({"text": "hello"}, "`messages` is missing or null"),
+        ({"text": "hello"}, "this record holds language modeling text (`text`), but 7 other records hold a `messages`"),
     ],
 )
 def test_bad_sft_record_is_named_by_file_and_line(tmp_path, bad, expected):
@@ -174,14 +176,15 @@ def test_json_file_must_hold_an_array_of_objects(tmp_path):
 def test_a_jsonl_line_that_is_no_object_is_refused_for_every_stage(tmp_path):
     path = tmp_path / "sft.jsonl"
     path.write_text(json.dumps(sft_rows(1)[0]) + "\n[1, 2]\n")
-    for columns in (SFT_COLUMNS, ()):
+    for columns in (SFT, None):
         assert f"{str(path)!r}, line 2: the record is a list, not a JSON object" in refusal(path, columns)
 
 
-def test_a_column_no_record_has_is_reported_as_a_column(tmp_path):
+def test_a_record_with_none_of_the_stages_columns_is_named_with_its_columns(tmp_path):
     path = write_jsonl([{"text": "hello", "label": 1}] * 4, tmp_path / "text.jsonl")
-    message = refusal(path)
-    assert "lacks the column(s) ['messages']" in message and "['text', 'label']" in message
+    message = refusal(path, DPO)
+    assert ", line 1: the record has none of the columns the DPO stage reads" in message
+    assert "`prompt`/`chosen`/`rejected`; `chosen`/`rejected`" in message and "['label', 'text']" in message
 
 
 def test_prompt_completion_pairs_are_checked_too():
@@ -226,9 +229,8 @@ def dpo(prompt, chosen, rejected):
         (dpo([user("say")], None, [assistant("no")]), "`chosen` is missing or null"),
         (dpo([user("say")], [assistant("yes")], [user("no")]), "the last turn of `rejected` is 'user'"),
         (
-            dpo("say", [assistant("yes")], [assistant("no")]),
-            "`prompt` is a string but `chosen`/`rejected` are conversations; make them all strings or all "
-            "conversations",
+            dpo("say", [assistant("yes")], [assistant("no")]),  # TRL reads the prompt out of the conversations
+            "`chosen` and `rejected` share no start, so there is no prompt",
         ),
         (
             dpo([user("say")], [{"role": "assistant", "content": None}], [assistant("no")]),
@@ -244,21 +246,21 @@ def dpo(prompt, chosen, rejected):
 )
 def test_bad_dpo_record_is_named_by_file_and_line(tmp_path, bad, expected):
     path = with_bad(dpo_rows(8), {7: bad}, tmp_path / "dpo.jsonl")
-    message = refusal(path, DPO_COLUMNS)
+    message = refusal(path, DPO)
     assert message.startswith(f"The dataset file {str(path)!r}, line 7: "), message
     assert expected in message, message
 
 
 def test_mixed_layouts_name_the_odd_record_out(tmp_path):
     path = with_bad(dpo_rows(8), {4: dpo("hi", "yes", "no")}, tmp_path / "dpo.jsonl")
-    message = refusal(path, DPO_COLUMNS)
+    message = refusal(path, DPO)
     assert message.startswith(
         f"The dataset file {str(path)!r}, line 4: this record holds plain strings, but 7 other "
         "records hold conversations"
     ), message
     # the first record is the odd one out: it is named, not the seven after it
     path = with_bad(dpo_rows(8), {1: dpo("hi", "yes", "no")}, tmp_path / "first.jsonl")
-    assert ", line 1: this record holds plain strings" in refusal(path, DPO_COLUMNS)
+    assert ", line 1: this record holds plain strings" in refusal(path, DPO)
 
 
 def test_mixed_layouts_and_bad_records_are_counted_once(tmp_path):
@@ -268,7 +270,7 @@ def test_mixed_layouts_and_bad_records_are_counted_once(tmp_path):
         {2: dpo("a", "b", "c"), 5: dpo("a", "b", "c"), 7: dpo([user()], [], [assistant()])},
         tmp_path / "dpo.jsonl",
     )
-    message = refusal(path, DPO_COLUMNS)
+    message = refusal(path, DPO)
     assert ", line 2: this record holds plain strings" in message and message.endswith(
         "2 more records have problems too."
     )
@@ -363,7 +365,7 @@ def test_hub_rows_are_named_by_split_and_row_index(monkeypatch):
     train = Dataset.from_list(dpo_rows(6) + [dpo([user("say")], [assistant("a")], [assistant("a")])])
     test = Dataset.from_list(dpo_rows(2))
     monkeypatch.setattr(data_module, "load_dataset", lambda path, **kwargs: DatasetDict({"train": train, "test": test}))
-    message = refusal("owner/prefs", DPO_COLUMNS)
+    message = refusal("owner/prefs", DPO)
     assert message.startswith(
         "The dataset 'owner/prefs', split 'train', row index 6: `chosen` and `rejected` are identical"
     ), message
@@ -381,11 +383,7 @@ def test_hub_rows_are_named_by_split_and_row_index(monkeypatch):
 def test_hub_rows_with_missing_keys_are_null():
     rows = Dataset.from_list([{"messages": [user(), assistant()]}, {"messages": [{"role": "user"}, assistant()]}])
     with pytest.raises(RecipeError, match=re.escape("row index 1: message 1 of `messages` (user) has `content` null")):
-        check_rows(rows, "sft", SFT_COLUMNS, "The dataset 'x', split 'train'")
-
-
-def test_record_stage_follows_the_required_columns():
-    assert row_stage(SFT_COLUMNS) == "sft" and row_stage(DPO_COLUMNS) == "dpo" and row_stage(()) is None
+        check_split(rows, SFT, "text", "The dataset 'x', split 'train'")
 
 
 def test_malformed_json_is_named_by_its_own_line(tmp_path):

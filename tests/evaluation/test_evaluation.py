@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 import goft
 from goft.data.arguments import DataArguments
-from goft.data.loading import SFT_COLUMNS, load_recipe_dataset
+from goft.data.loading import load_recipe_dataset
+from goft.data.stages import SFT
 from goft.errors import RecipeError
 from goft.evaluation import assets, runner
 from goft.evaluation.model_io import adapter_off, merged_for_scoring
@@ -398,7 +399,7 @@ def test_evaluate_adapters_rebuilds_each_runs_held_out_split(base, tiny_dir, tmp
     with_run = save_adapter(base, givens(), tmp_path / "with-run")
     write_run_record(with_run, data)
     without_run = save_adapter(base, lora(), tmp_path / "without-run")
-    expected = load_recipe_dataset(DataArguments(dataset_name=str(data), dataset_test_size=0.25), SFT_COLUMNS, 7)
+    expected = load_recipe_dataset(DataArguments(dataset_name=str(data), dataset_test_size=0.25), SFT, 7)
     assert held_out_split(with_run)["messages"] == expected["test"]["messages"]
     assert held_out_split(without_run) is None
     sets = EvaluationSets(

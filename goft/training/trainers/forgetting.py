@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from goft.data.dataset_types import is_conversation, row_form, row_type
+from goft.data.stages import LANGUAGE_MODELING, SFT
 from goft.errors import RecipeError
 from goft.evaluation import assets
 from goft.evaluation.knowledge import Question, knowledge_retention, known_questions, load_questions
@@ -71,6 +73,32 @@ def check_retention_arguments(args, training_args, stage: str) -> None:
             "`replay_share` and `anchor_weight` are not supported under DeepSpeed or FSDP (the base "
             "answers the replay prompts before training, unsharded); use one process (or DDP for "
             "replay), or turn them off with `--anchor_weight 0 --replay_share 0`."
+        )
+
+
+def check_data_type(args, train_dataset, text_field: str = "text", assistant_only_loss: bool = False) -> None:
+    """Replay adds conversations to the training rows, the task target scores their answers, and
+    `assistant_only_loss` trains on the assistant's turns: with SFT rows that cannot take the one or have none of the
+    others, they are refused before any model is loaded."""
+    if "chosen" in train_dataset.column_names or len(train_dataset) == 0:
+        return  # DPO: its keys are checked by `check_retention_arguments`
+    first = train_dataset[0]
+    kind = row_type(SFT, first, text_field)
+    if args.replay_share and not ("messages" in first or is_conversation(first.get("prompt"))):
+        raise RecipeError(
+            f"`replay_share` adds conversations (the base model's answers) to the training rows, but they are "
+            f"{row_form(SFT, first, text_field)}; drop `replay_share`, or train on conversational rows (`messages`, "
+            "or prompt-completion conversations)."
+        )
+    if assistant_only_loss and not ("messages" in first or is_conversation(first.get("prompt"))):
+        raise RecipeError(
+            f"`assistant_only_loss: true` trains on the assistant's turns, but the training rows are "
+            f"{row_form(SFT, first, text_field)}, which have none; drop it, or train on conversational rows."
+        )
+    if args.task_target_nll is not None and kind is LANGUAGE_MODELING:
+        raise RecipeError(
+            f"`task_target_nll` stops training at an NLL of the training rows' answers, but language modeling rows "
+            f"(`{text_field}`) have no answer; drop it, or train on conversational or prompt-completion rows."
         )
 
 

@@ -145,17 +145,18 @@ def mix_replay(train_dataset, answers: list[dict], share: float) -> tuple[object
             "The base model finished none of its replay answers within `replay_answer_tokens`; raise "
             "it, or give shorter requests in `replay_prompts`."
         )
-    if "messages" not in train_dataset.column_names:
-        raise RecipeError("Replay needs conversational SFT data (a `messages` column).")
     count = replay_row_count(share, len(train_dataset))
     rows = [finished[i % len(finished)] for i in range(count)]
-    replay = {
-        "messages": [
-            [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["answer"]}] for r in rows
-        ]
-    }
+    asked = [[{"role": "user", "content": r["prompt"]}] for r in rows]
+    answered = [[{"role": "assistant", "content": r["answer"]}] for r in rows]
+    if "messages" in train_dataset.column_names:
+        replay = {"messages": [prompt + answer for prompt, answer in zip(asked, answered)]}
+    elif "completion" in train_dataset.column_names:  # prompt-completion conversations (`check_data_type`)
+        replay = {"prompt": asked, "completion": answered}
+    else:
+        raise RecipeError("Replay needs conversational SFT data (`messages`, or prompt-completion conversations).")
     for column in train_dataset.column_names:  # the task's other columns, empty in replay rows
-        if column != "messages":
+        if column not in replay:
             replay[column] = [None] * count
     mixed = concatenate_datasets([train_dataset, Dataset.from_dict(replay).cast(train_dataset.features)])
     record = {

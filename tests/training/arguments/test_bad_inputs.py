@@ -88,7 +88,11 @@ def assets(tmp_path_factory) -> Assets:
     a.paths["empty"] = write_jsonl([], root / "empty.jsonl")
     a.paths["broken"] = root / "broken.jsonl"
     a.paths["broken"].write_text(json.dumps(sft_rows(1)[0]) + "\n" + '{"messages": [{"role": "user"\n')
-    a.paths["text_only"] = write_jsonl([{"text": "hello", "label": 1}] * 4, root / "text.jsonl")
+    a.paths["text_rows"] = write_jsonl([{"text": f"note {i}", "id": i} for i in range(8)], root / "notes.jsonl")
+    implicit = [{"chosen": f"Say {i}: yes", "rejected": f"Say {i}: no"} for i in range(6)]
+    implicit[2] = {"chosen": "Yes.", "rejected": "No."}
+    a.paths["implicit_bad"] = write_jsonl(implicit, root / "implicit.jsonl")
+    a.paths["text_only"] = write_jsonl([{"body": "hello", "label": 1}] * 4, root / "text.jsonl")
     # a copy of the model whose tokenizer has no chat template, and one with a template without generation markers
     no_template = Path(shutil.copytree(model, root / "no-template"))
     config = json.loads((no_template / "tokenizer_config.json").read_text())
@@ -239,12 +243,13 @@ def _interrupted_run(a: Assets, folder: Path, args: list[str], learning_rate=Non
     learning rate or the training data's fingerprint."""
     from trl import SFTConfig
 
-    from goft.data.loading import SFT_COLUMNS, load_recipe_dataset
+    from goft.data.loading import load_recipe_dataset
+    from goft.data.stages import SFT
     from goft.training.arguments.cli import make_recipe_parser, parse_recipe
     from goft.training.runs import checkpoints, run_spec
 
     parsed = parse_recipe(make_recipe_parser(SFTConfig), args + [str(folder)])[:5]
-    spec = run_spec.build_spec(parsed, load_recipe_dataset(parsed[0], SFT_COLUMNS, seed=parsed[1].seed))
+    spec = run_spec.build_spec(parsed, load_recipe_dataset(parsed[0], SFT, seed=parsed[1].seed))
     if learning_rate is not None:
         spec["recipe"]["learning_rate"] = learning_rate
     if data is not None:
@@ -308,8 +313,29 @@ CASES = {
     ),
     "dataset-empty": Case("sft", lambda a: base(a, "empty"), ("is empty",)),
     "dataset-malformed-json": Case("sft", lambda a: base(a, "broken"), ("not valid JSONL", "line 2")),
-    "dataset-missing-columns": Case("sft", lambda a: base(a, "text_only"), ("['messages']", "['text', 'label']")),
-    "dpo-dataset-missing-columns": Case("dpo", lambda a: base(a, "sft"), ("'prompt'", "'chosen'", "['messages']")),
+    "dataset-missing-columns": Case(
+        "sft", lambda a: base(a, "text_only"), ("none of the columns the SFT stage reads", "['body', 'label']")
+    ),
+    "dpo-dataset-missing-columns": Case(
+        "dpo",
+        lambda a: base(a, "sft"),
+        ("none of the columns the DPO stage reads", "`chosen`/`rejected`", "['messages']"),
+    ),
+    "task-samples-on-text-rows": Case(
+        "sft",
+        lambda a: base(a, "text_rows") + ["--task_eval_samples", "4"],
+        ("`task_eval_samples` 4", "language modeling rows (`text`) have no answer"),
+    ),
+    "dpo-implicit-row-without-a-shared-start": Case(
+        "dpo",
+        lambda a: base(a, "implicit_bad"),
+        ("implicit.jsonl', line 3:", "`chosen` and `rejected` share no start"),
+    ),
+    "replay-on-text-rows": Case(
+        "sft",
+        lambda a: base(a, "text_rows") + ["--replay_share", "0.2"],
+        ("`replay_share` adds conversations", "language modeling text"),
+    ),
     "no-chat-template": Case("sft", lambda a: base(a, model="no_template"), ("no chat template",)),
     "template-without-generation-markers": Case(
         "sft", with_flags(model="plain_template", assistant_only_loss=True), ("{% generation %}",)

@@ -122,11 +122,12 @@ def test_defaults_then_yaml_then_cli(tmp_path, data):
 
 
 def test_missing_dataset_columns_are_named(tmp_path):
-    wrong = write_jsonl([{"text": "hello", "label": 1}] * 4, tmp_path / "wrong.jsonl")
+    wrong = write_jsonl([{"body": "hello", "label": 1}] * 4, tmp_path / "wrong.jsonl")
     message = run_in_process(SFT, io_flags(MODEL, wrong, tmp_path / "out"))
-    assert "['messages']" in message and "['text', 'label']" in message
+    assert "none of the columns the SFT stage reads (`messages`; `prompt`/`completion`; `text`)" in message
+    assert "['body', 'label']" in message
     message = run_in_process(DPO, io_flags(MODEL, wrong, tmp_path / "out"))
-    assert "'prompt'" in message and "'rejected'" in message
+    assert "`prompt`/`chosen`/`rejected`; `chosen`/`rejected`" in message
 
 
 def test_missing_model_path(tmp_path, data):

@@ -1,6 +1,7 @@
 """SFT replay: the base model's own answers to everyday requests mixed into the training split."""
 
 import json
+import re
 from contextlib import nullcontext
 from types import SimpleNamespace
 
@@ -129,7 +130,7 @@ def test_mix_replay_adds_finished_answers_cycled_and_keeps_the_task_rows():
     }
     with pytest.raises(RecipeError, match="finished none of its replay answers"):
         mix_replay(task, [{"prompt": "b", "answer": "cut", "finished": False}], 0.25)
-    with pytest.raises(RecipeError, match="a `messages` column"):
+    with pytest.raises(RecipeError, match="`messages`, or prompt-completion conversations"):
         mix_replay(Dataset.from_list([{"text": "x"}]), answers, 0.25)
 
 
@@ -239,3 +240,30 @@ def test_replay_answers_are_reused_from_the_output_folder_or_the_run_continued(t
         args, None, None, tmp_path / "y", "other", lambda desc: nullcontext(), earlier_run=str(tmp_path / "sft")
     )
     assert calls == [8, 16, 8]
+
+
+def test_replay_rows_take_the_form_of_prompt_completion_conversations_and_text_rows_refuse_replay():
+    from goft.training.trainers.forgetting import check_data_type
+
+    pairs = [
+        {"prompt": [{"role": "user", "content": f"q{i}"}], "completion": [{"role": "assistant", "content": "a"}]}
+        for i in range(6)
+    ]
+    task = Dataset.from_list(pairs)
+    mixed, _ = mix_replay(task, [{"prompt": "b", "answer": "two", "finished": True}], 0.25)
+    assert mixed.features == task.features and mixed[-1] == {
+        "prompt": [{"role": "user", "content": "b"}],
+        "completion": [{"role": "assistant", "content": "two"}],
+    }
+    keys = SimpleNamespace(replay_share=0.2, task_target_nll=None)
+    check_data_type(keys, task)
+    for rows, what in (
+        ([{"text": "a note"}], "language modeling text (`text`)"),
+        ([{"prompt": "2 + 2 =", "completion": " 4"}], "a prompt/completion pair of strings"),
+    ):
+        with pytest.raises(RecipeError, match=re.escape(f"but they are {what}; drop `replay_share`")):
+            check_data_type(keys, Dataset.from_list(rows))
+    with pytest.raises(RecipeError, match=re.escape("`assistant_only_loss: true` trains on the assistant's turns")):
+        check_data_type(SimpleNamespace(replay_share=0, task_target_nll=None), Dataset.from_list(rows), "text", True)
+    with pytest.raises(RecipeError, match=re.escape("language modeling rows (`text`) have no answer")):
+        check_data_type(SimpleNamespace(replay_share=0, task_target_nll=1.0), Dataset.from_list([{"text": "a"}]))
