@@ -186,7 +186,7 @@ def compare(args: CompareArguments, scripts: dict[str, Path], parsers: dict) -> 
             "recipe": args.recipe,
             "model folder": source.path,
             "dataset": recipe.get("dataset_name"),
-            **mixture_locations(recipe.get("dataset_mixture"), recipe.get("datasets")),
+            **mixture_locations(recipe.get("dataset_mixture"), recipe.get("datasets"), recipe.get("dataset_mixer")),
         },
     )
     hold_output_lock(args.output_dir, "comparison")

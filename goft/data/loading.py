@@ -134,7 +134,7 @@ def _read(name: str, config, wanted: tuple[str, ...], rows: Rows, files=None, hu
     elif layouts.is_saved(local):
         dataset = _loaded(name, lambda: layouts.load_saved(local))
     elif local.exists():
-        splits = layouts.split_files(local, wanted[0])
+        splits = layouts.split_files(local, wanted[0], config)
     elif looks_local(name):
         raise RecipeError(
             f"The dataset {name!r} does not exist: there is no such file or folder ({os.path.abspath(local)}). Give "
@@ -233,9 +233,15 @@ def mixture_record(mixture: mixtures.Mixture) -> dict:
     return {mixtures.KEY: mixture.record()}
 
 
-def mixture_locations(dataset_mixture, datasets) -> dict[str, str]:
-    """{what: location} of every dataset a `dataset_mixture` or TRL's `datasets` names (unchecked)."""
-    return {**mixtures.member_locations(dataset_mixture), **trl_datasets.member_locations(datasets)}
+def mixture_locations(dataset_mixture, datasets, dataset_mixer=None) -> dict[str, str]:
+    """{what: location} of every dataset a `dataset_mixture`, TRL's `datasets` or a `dataset_mixer` names
+    (unchecked)."""
+    mixer = dataset_mixer if isinstance(dataset_mixer, dict) else {}
+    return {
+        **mixtures.member_locations(dataset_mixture),
+        **trl_datasets.member_locations(datasets),
+        **{f"dataset of `dataset_mixer` ({name!r})": name for name in mixer if isinstance(name, str)},
+    }
 
 
 SOURCES = (

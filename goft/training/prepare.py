@@ -80,7 +80,7 @@ def _read_locations(data_args, training_args, retention_args, source: ModelSourc
         "model folder": source.path,
         "adapter folder it continues": source.adapter_path,
         "dataset": data_args.dataset_name,
-        **mixture_locations(data_args.dataset_mixture, data_args.datasets),
+        **mixture_locations(data_args.dataset_mixture, data_args.datasets, data_args.dataset_mixer),
         "recipe file": recipe_config_path(sys.argv[1:]),
         "chat template": getattr(training_args, "chat_template_path", None),
         "retention questions": retention_args.retention_questions,

@@ -57,6 +57,15 @@ def write_text_rows(path):
     return path.parent
 
 
+def declared_configs(root):
+    """A folder whose README declares two configs, as the Hub's dataset cards do; `chat` has `train` and `test`."""
+    files("chat/train-00000-of-00001.parquet", "chat/test-00000-of-00001.parquet", "other/validation.parquet")(root)
+    card = ["---", "configs:", "- config_name: chat", "  data_files:", "  - split: train", "    path: chat/train-*"]
+    card += ["  - split: test", "    path: chat/test-*", "- config_name: other", "  data_files: other/*.parquet", "---"]
+    (root / "README.md").write_text("\n".join(card) + "\n")
+    return root
+
+
 def saved_dict(root):
     DatasetDict({s: Dataset.from_list(rows(s, 6)) for s in ("train", "test", "validation")}).save_to_disk(str(root))
     return root
@@ -90,6 +99,7 @@ LAYOUTS = {
         {"dataset_train_split": "train_prefs", "dataset_test_split": "test_prefs"},
         ("train_prefs", "test_prefs"),
     ),
+    "declared-configs": (declared_configs, {"dataset_config": "chat"}, ("train", "test")),
     "save-to-disk-dict": (saved_dict, {}, ("train", "test")),
     "save-to-disk-dataset": (saved_dataset, {}, ("train", "train")),  # its one split is `train`; a test is carved
 }
@@ -127,6 +137,9 @@ BAD_LAYOUTS = {
         "has no split 'train_prefs'; it has ['train_sft']",
     ),
     "no-data-files": (files("notes.txt"), {}, "holds no .json/.jsonl/.csv/.parquet files"),
+    "config-not-declared": (declared_configs, {"dataset_config": "chats"}, "declares the configs ['chat', 'other']"),
+    "config-not-named": (declared_configs, {}, "name one with `config` (`dataset_config`), not None"),
+    "config-without-card": (files("train.jsonl"), {"dataset_config": "chat"}, "declares no configs (README.md)"),
     "mixed-formats": (files("train.jsonl", "test.parquet"), {}, "mixes data formats (json, parquet)"),
     "splits-name-two-trains": (
         files("train.jsonl"),

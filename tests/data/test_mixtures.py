@@ -716,6 +716,17 @@ def test_an_output_folder_inside_a_members_folder_is_refused(model, tmp_path):
     assert not (folder / "run").exists()
 
 
+def test_an_output_folder_inside_a_dataset_mixer_folder_is_refused(model, tmp_path):
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    rows_file(folder, "train", 10)
+    recipe = tmp_path / "mixer.yaml"
+    recipe.write_text(yaml.safe_dump({"dataset_mixer": {str(folder): 1.0}, "dataset_splits": ["train"]}))
+    with pytest.raises(RecipeError, match=r"lies inside the dataset of `dataset_mixer`"):
+        SFT_RECIPE["main"](*parse_recipe(SFT_RECIPE["make_parser"](), run_args(model, recipe, folder / "run")))
+    assert not (folder / "run").exists()
+
+
 def test_a_run_on_trls_datasets_records_them_and_evaluation_rebuilds_its_held_out_split(model, tmp_path):
     facts = rows_file(tmp_path, "facts", 24, source="facts")
     folder = tmp_path / "chats"
