@@ -114,6 +114,7 @@ def prepare_run(
     source = resolve_model_source(model_args.model_name_or_path, model_args.gguf_file, check_available=False)
     if source.adapter_path:
         idle_keys.refuse_new_adapter_keys(keys, source.adapter_path)
+    idle_keys.refuse_local_revision(model_args.model_revision, source.path)
     adapter_config = source.adapter_config or adapters.build_adapter_config(adapter_args, model_args)
     waived = False
     if stage.alignment:

@@ -6,6 +6,7 @@ them count; otherwise the model card and run record would list them as if they h
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -116,4 +117,13 @@ def refuse_new_adapter_keys(keys, adapter_folder: str) -> None:
             f"{listed} shape{'s' if len(given) == 1 else ''} a new adapter, but `model_name_or_path` is the adapter "
             f"folder {adapter_folder!r}, which is continued with its own config: drop {listed}, or train a new "
             "adapter from the base model."
+        )
+
+
+def refuse_local_revision(revision: str | None, model_path: str) -> None:
+    """`model_revision` picks a revision of a Hub repo; a local model folder has only the files it holds."""
+    if revision not in (None, "", "main") and os.path.exists(model_path):
+        raise RecipeError(
+            f"`model_revision: {revision}` picks a revision of a Hub repo, but the model is read from the local "
+            f"folder {model_path!r}, which has one: drop `model_revision`, or check out that revision there."
         )

@@ -226,3 +226,10 @@ def test_dpo_rows_file_for_the_dpo_cases(tmp_path):
     ]
     with pytest.raises(RecipeError, match="`max_prompt_length` is 0"):
         dpo["main"](*parse_recipe(dpo["make_parser"](), argv))
+
+
+def test_a_revision_of_a_local_model_is_refused(tmp_path):
+    with pytest.raises(RecipeError, match="`model_revision: it-SFT` picks a revision of a Hub repo"):
+        idle_keys.refuse_local_revision("it-SFT", str(tmp_path))
+    idle_keys.refuse_local_revision("main", str(tmp_path))
+    idle_keys.refuse_local_revision("it-SFT", "owner/model")  # a Hub id: the revision is read
