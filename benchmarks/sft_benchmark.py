@@ -164,9 +164,7 @@ def benchmark_settings(args: SFTBenchmarkArguments, method: str, output_dir: str
         "task_eval_samples": 0,
         "eval_strategy": "no",
         "report_to": "none",
-        "lora_r": args.lora_r,
-        "lora_alpha": 2 * args.lora_r,
-        "lora_dropout": 0.0,
+        **({"lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r, "lora_dropout": 0.0} if method == "lora" else {}),
         "anchor_weight": 0,
         "replay_share": 0,
     }  # the adapters' own cost, nothing else
