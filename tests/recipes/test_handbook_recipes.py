@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.hub_datasets import smoltalk2_like, ultrachat_like, ultrafeedback_like
+from tests.support.hub_datasets import imdb_like, smoltalk2_like, ultrachat_like, ultrafeedback_like
 from tests.support.hub_server import LocalHub
 from tests.support.recipes import check_ok, launch, recipe_env, run_script
 
@@ -36,6 +36,7 @@ def data(tmp_path_factory) -> Path:
     ultrachat_like(root)
     ultrafeedback_like(root)
     smoltalk2_like(root)
+    imdb_like(root)
     return root
 
 
@@ -80,6 +81,7 @@ RUNS = [
         ["torch_dtype", "dataset_mixer", "dataset_splits", "preprocessing_num_workers", "evaluation_strategy"],
     ),
     ("dpo_apo.yaml", "dpo", [*NO_PUSH, "--use_liger_kernel", "false"], ["torch_dtype", "warmup_ratio"]),
+    ("trl_example_config.yaml", "sft", ["--output_dir", "@OUT@"], []),
 ]
 
 
@@ -88,6 +90,7 @@ RUNS = [
 def test_a_handbook_recipe_runs_unchanged_but_for_paths(data, tmp_path, recipe, stage, overrides, mapped):
     output_dir = tmp_path / "run"
     config = filled_recipe(recipe, data, output_dir)
+    overrides = [str(output_dir) if flag == "@OUT@" else flag for flag in overrides]  # TRL's CLI names it so
     result = launch(f"{stage}.py", ["--config", str(config), *CPU_SIZED, *overrides], env=recipe_env())
     check_ok(result)
     lines = migration_lines(result.stderr)

@@ -4,7 +4,8 @@ their recipes run on local copies: an UltraChat-like folder (`prompt`, `prompt_i
 conversations that repeat the user turn, scores; splits `train_prefs`, `test_prefs`), and a smoltalk2-like folder
 with configs declared in its README (`SFT` and `Preference`, each with named splits, rows carrying
 `chat_template_kwargs`). Every file is parquet under `data/` (or the config's folder), shards named
-`<split>-00000-of-00001.parquet`, as the Hub writes them. The rows are generated: nothing is downloaded.
+`<split>-00000-of-00001.parquet`, as the Hub writes them; and an IMDb-like folder of reviews (`text`, `label`; splits
+`train`, `test`, `unsupervised`). The rows are generated: nothing is downloaded.
 """
 
 from pathlib import Path
@@ -86,4 +87,16 @@ def smoltalk2_like(root: Path, rows_per_split: int = 16) -> Path:
             _write_split(folder / config, split, rows)
             metadata += [f"  - split: {split}", f"    path: {config}/{split}-*.parquet"]
     (folder / "README.md").write_text("\n".join([*metadata, "---", "", "Generated rows in smoltalk2's shape.", ""]))
+    return folder
+
+
+def imdb_like(root: Path, rows_per_split: int = 16) -> Path:
+    """`root/imdb` with `plain_text/{train,test,unsupervised}-*.parquet` of reviews and their labels."""
+    folder = root / "imdb"
+    for split in ("train", "test", "unsupervised"):
+        rows = [
+            {"text": f"A {split} review, number {i}: the film was {'fine' if i % 2 else 'dull'}.", "label": i % 2}
+            for i in range(rows_per_split)
+        ]
+        _write_split(folder / "plain_text", split, rows)
     return folder
