@@ -1,7 +1,7 @@
 """alignment-handbook's recipes and TRL's example command lines, run unchanged but for their paths (and CPU-sized
 overrides on the command line) on the embedded SmolLM2 and data generated in the shapes the recipes name. The recipes
-in `handbook/` are written afresh with every key the handbook's SFT and DPO recipes use (zephyr-7b-beta full and
-QLoRA, SmolLM2, SmolLM3); `@DATA@` and `@OUT@` are filled in here."""
+in `tests/support/handbook_recipes/` are written afresh with every key the handbook's SFT and DPO recipes use
+(zephyr-7b-beta full and QLoRA, SmolLM2, SmolLM3); `@DATA@` and `@OUT@` are filled in here."""
 
 import json
 from pathlib import Path
@@ -13,7 +13,7 @@ from tests.support.hub_datasets import imdb_like, smoltalk2_like, ultrachat_like
 from tests.support.hub_server import LocalHub
 from tests.support.recipes import check_ok, launch, recipe_env, run_script
 
-HERE = Path(__file__).parent / "handbook"
+HERE = Path(__file__).parents[1] / "support" / "handbook_recipes"
 MODEL = "smollm2-135m-instruct"
 # what a 2-core CPU needs instead of a GPU node: one short step, no flash attention, bf16, liger or W&B
 CPU_SIZED = [

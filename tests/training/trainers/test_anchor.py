@@ -137,7 +137,9 @@ def test_sft_with_the_anchor_moves_the_model_less_on_the_anchor_conversations(as
             "sft.py",
             common_args(model_dir, assets["sft"], output_dir, steps=8)
             + recipe_flags(
-                anchor_weight=weight, replay_prompts=prompts, replay_answer_tokens=4, lr_scheduler_type="constant"
+                anchor_weight=weight,
+                lr_scheduler_type="constant",
+                **({"replay_prompts": prompts, "replay_answer_tokens": 4} if weight else {}),  # no anchor: no prompts
             ),
         )
         check_ok(result)
