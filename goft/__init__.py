@@ -15,6 +15,7 @@ from goft.regularizers import (
 from goft.tuners.givens.config import GivensConfig
 from goft.tuners.givens.layer import GivensLayer
 from goft.tuners.givens.model import GivensModel
+from goft.tuners.givens.rotation_cache import drop_rotation_caches, rotations_rebuilt_each_call
 from goft.tuners.orthogonality import orthogonality_error
 from goft.tuners.sorsa import SorsaConfig, SorsaModel
 
@@ -38,4 +39,6 @@ __all__ = [
     "orthogonality_error",
     "orthogonality_penalty",
     "register",
+    "drop_rotation_caches",
+    "rotations_rebuilt_each_call",
 ]

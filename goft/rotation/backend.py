@@ -53,6 +53,11 @@ def requested_backend() -> str:
     return choice
 
 
+def backend_setting() -> tuple:
+    """What the backend choice depends on, read cheaply (no parsing): for caches of work done on one backend."""
+    return _override, os.environ.get(KERNEL_ENV)
+
+
 @contextlib.contextmanager
 def use_backend(choice: str):
     """Within the block, rotations run as ``GOFT_ROTATION_KERNEL=choice`` says, whatever the environment says (the
@@ -184,14 +189,19 @@ def _run_self_check(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     return None
 
 
-def rotate_rows(x: torch.Tensor, blocks: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``x R`` (``(x R) ⊙ scale`` for GOFT*) over the last dimension of ``x`` (any leading shape); differentiable in
-    ``x``, ``blocks`` and ``scale``."""
-    d = x.shape[-1]
+def check_rotation_shapes(d: int, blocks: torch.Tensor, scale: torch.Tensor | None) -> None:
+    """Refuse 2×2 blocks or a GOFT* scale that do not belong to width ``d``."""
     if blocks.shape != (d - 1, 2, 2):
         raise ValueError(f"Expected blocks of shape ({d - 1}, 2, 2) for width {d}, got {tuple(blocks.shape)}.")
     if scale is not None and scale.shape != (d,):
         raise ValueError(f"Expected a scale of shape ({d},) for width {d}, got {tuple(scale.shape)}.")
+
+
+def rotate_rows(x: torch.Tensor, blocks: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``x R`` (``(x R) ⊙ scale`` for GOFT*) over the last dimension of ``x`` (any leading shape); differentiable in
+    ``x``, ``blocks`` and ``scale``."""
+    d = x.shape[-1]
+    check_rotation_shapes(d, blocks, scale)
     x2d = x.reshape(-1, d)
     fused = fused_rotation_for(x2d)  # the Triton kernels on CUDA tensors, else PyTorch
     out = (fused or rotate_rows_torch)(x2d, blocks, scale)

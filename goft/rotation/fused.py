@@ -10,6 +10,8 @@ block gradients ``mid_bᵀ g_b`` reduced over tokens. The GOFT* scale folds into
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from goft.rotation.givens import Factors, Layout, blocks_grad, layout, path_values
@@ -63,22 +65,42 @@ def _factors(work_blocks: torch.Tensor, lay: Layout) -> tuple[Factors, list]:
     return Factors(*(None if e is None else e.prod(-1) for e in entries)), entries
 
 
+@dataclass(frozen=True)
+class ForwardMatrices:
+    """What the forward kernel multiplies by: Low's blocks packed (the GOFT* scale folded in) and Top, in float32."""
+
+    layout: Layout
+    packed: torch.Tensor  # (n_blocks, B, B)
+    top: torch.Tensor | None  # (n_blocks, n_blocks)
+
+
+def forward_matrices(blocks: torch.Tensor, scale: torch.Tensor | None, lay: Layout) -> ForwardMatrices:
+    """The forward's matrices from the 2×2 blocks (built in float32 whatever their dtype)."""
+    f, _ = _factors(blocks.float(), lay)
+    packed = _packed_blocks(f, lay)
+    if scale is not None:
+        packed = packed * _packed_scale(scale, lay)[:, None, :]
+    return ForwardMatrices(lay, packed, f.top)
+
+
+def rotate_with_matrices(x2d: torch.Tensor, matrices: ForwardMatrices) -> torch.Tensor:
+    """``(x R) ⊙ s`` for rows ``x2d`` on the kernels, from prepared matrices."""
+    f = Factors(None, None, matrices.top)
+    shift = _leader_shift(_leaders(x2d, matrices.layout), f) if matrices.top is not None else None
+    out, _ = block_rows(x2d, matrices.packed, shift)
+    return out
+
+
 class FusedRotateRows(torch.autograd.Function):
     """``x ↦ (x R) ⊙ s`` for ``x`` ``(T, d)`` in float32, bfloat16 or float16, 2×2 ``blocks`` ``(d − 1, 2, 2)`` and
     an optional GOFT* scale ``(d,)``; ``block`` is the diagonal block width. Saves only its inputs."""
 
     @staticmethod
     def forward(ctx, x2d, blocks, scale, block):
-        lay = layout(x2d.shape[-1], block)
         with torch.no_grad():
-            f, _ = _factors(blocks.float(), lay)
-            matrices = _packed_blocks(f, lay)
-            if scale is not None:
-                matrices = matrices * _packed_scale(scale, lay)[:, None, :]
-            shift = _leader_shift(_leaders(x2d, lay), f) if f.top is not None else None
-            out, _ = block_rows(x2d, matrices, shift)
+            out = rotate_with_matrices(x2d, forward_matrices(blocks, scale, layout(x2d.shape[-1], block)))
         ctx.save_for_backward(x2d, blocks, scale)
-        ctx.block = lay.block
+        ctx.block = block
         return out
 
     @staticmethod

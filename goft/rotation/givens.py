@@ -304,6 +304,15 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
+def rotate_with_factors(x2d: torch.Tensor, f: Factors, scale: torch.Tensor | None) -> torch.Tensor:
+    """``(x R) ⊙ s`` from factors built in ``compute_dtype(x2d.dtype)``, returned in the dtype of ``x2d``."""
+    work = compute_dtype(x2d.dtype)
+    out = apply_factors(x2d.to(work), f)
+    if scale is not None:
+        out.mul_(scale.to(work))  # GOFT* (§5.5): the rotated input scaled per coordinate
+    return out.to(x2d.dtype)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Autograd
 # ---------------------------------------------------------------------------------------------------------------
@@ -321,11 +330,7 @@ class _RotateRows(torch.autograd.Function):
     def forward(ctx, x2d, blocks, scale):
         work = compute_dtype(x2d.dtype)
         with torch.no_grad():
-            f = build_factors(blocks.to(work), x2d.shape[-1])
-            out = apply_factors(x2d.to(work), f)
-            if scale is not None:
-                out.mul_(scale.to(work))  # GOFT* (§5.5): the rotated input scaled per coordinate
-            out = out.to(x2d.dtype)
+            out = rotate_with_factors(x2d, build_factors(blocks.to(work), x2d.shape[-1]), scale)
         ctx.save_for_backward(x2d, blocks, scale)
         return out
 

@@ -12,9 +12,11 @@ from peft.utils.integrations import gather_params_ctx
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from goft.rotation.backend import rotate_rows
+from goft.rotation.backend import backend_setting, rotate_rows
+from goft.rotation.prepared import PreparedRotation, prepare_rotation
 from goft.rotation.givens import angles_from_raw, compute_dtype, givens_blocks, rotate_weight
 from goft.tuners.givens.config import GivensConfig
+from goft.tuners.givens import rotation_cache
 from goft.tuners.quantized import keep_standard_layout, quantization_kind, read_weight, write_weight
 from goft.tuners.sharded import whole
 
@@ -58,6 +60,7 @@ class GivensLayer(BaseTunerLayer):
         self.givens_max_angle: dict[str, float] = {}
         self._disable_adapters = False
         self.merged_adapters = []
+        self._rotation_cache = rotation_cache.RotationCache()  # rotations kept while the parameters stand still (rotation_cache)
         base = self.get_base_layer()
         keep_standard_layout(base)
         self.in_features, self.out_features = layer_features(base)  # as peft's own layers expose them
@@ -69,6 +72,7 @@ class GivensLayer(BaseTunerLayer):
 
     def update_layer(self, adapter_name: str, config: GivensConfig, inference_mode: bool = False, **kwargs) -> None:
         """Add the adapter `adapter_name` to this layer as `config` describes it (angles at zero: the identity)."""
+        self._rotation_cache.clear()
         d = self.in_features
         if d < 2:
             raise ValueError(f"A Givens adapter needs a layer with at least 2 input features, this one has {d}.")
@@ -123,9 +127,39 @@ class GivensLayer(BaseTunerLayer):
         return blocks.to(compute_dtype(blocks.dtype)), False
 
     def rotate_inputs(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
-        """``diag(s) Rᵀ x`` for column inputs, i.e. ``(x R) ⊙ s`` for the rows of ``x`` (GOFT Eq. 3, §5.5)."""
+        """``diag(s) Rᵀ x`` for column inputs, i.e. ``(x R) ⊙ s`` for the rows of ``x`` (GOFT Eq. 3, §5.5); with the
+        kept rotation where no gradient is wanted (see `rotation_cache`), equal to float rounding either way."""
+        return self._rotate(x, adapter_name, self.adapter_parameters(adapter_name))
+
+    def _rotate(self, x: torch.Tensor, adapter_name: str, parameters: list[nn.Parameter]) -> torch.Tensor:
+        prepared = self._kept_rotation(x, adapter_name, parameters)
+        if prepared is not None:
+            return prepared(x)
         blocks, _ = self.rotation_blocks(adapter_name)
         return rotate_rows(x, blocks, self.givens_scale.get(adapter_name))
+
+    def _kept_rotation(self, x: torch.Tensor, adapter_name: str, parameters) -> PreparedRotation | None:
+        """The adapter's prepared rotation when neither training nor a gradient needs it rebuilt, else None."""
+        if not rotation_cache.keeping() or (
+            torch.is_grad_enabled() and (self.training or x.requires_grad or any(p.requires_grad for p in parameters))
+        ):
+            return None
+        context = (x.device, x.dtype, backend_setting(), self.givens_max_angle.get(adapter_name))
+
+        def build() -> PreparedRotation:
+            with torch.inference_mode(False), torch.no_grad():
+                blocks, _ = self.rotation_blocks(adapter_name)
+                return prepare_rotation(x, blocks, self.givens_scale.get(adapter_name))
+
+        return self._rotation_cache.rotation(adapter_name, parameters, context, build)
+
+    def set_adapter(self, adapter_names, inference_mode: bool = False) -> None:
+        self._rotation_cache.clear()
+        super().set_adapter(adapter_names, inference_mode=inference_mode)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self._rotation_cache.clear()
+        super().delete_adapter(adapter_name)
 
     # ---- merging ----------------------------------------------------------------------------------------------
 
@@ -165,6 +199,7 @@ class GivensLayer(BaseTunerLayer):
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         """Merge active adapters into the base weight: ``W ← W diag(s) Rᵀ`` (``W_c ← R diag(s) W_c`` for Conv1D)."""
         adapter_names = check_adapters_to_merge(self, adapter_names)
+        self._rotation_cache.clear()
         for name in adapter_names:
             if name not in self._available_adapters:
                 continue
@@ -180,6 +215,7 @@ class GivensLayer(BaseTunerLayer):
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
+        self._rotation_cache.clear()
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             if name in self._available_adapters:
@@ -188,11 +224,9 @@ class GivensLayer(BaseTunerLayer):
 
     def adapter_parameters(self, adapter_name: str) -> list[nn.Parameter]:
         """The trainable tensors of the adapter `adapter_name` on this layer."""
-        return [
-            params[adapter_name]
-            for params in (self.givens_angles, self.givens_blocks, self.givens_scale)
-            if adapter_name in params
-        ]
+        # read from the ParameterDicts' own tables: this runs at every call of an unmerged layer
+        found = (self._modules[holder]._parameters.get(adapter_name) for holder in self.adapter_layer_names)
+        return [parameter for parameter in found if parameter is not None]
 
     def _gathered(self, adapter_name: str):
         """Under DeepSpeed ZeRO-3, the full base weight and adapter tensors (rank 0 writes the merged weight back)."""
@@ -218,8 +252,9 @@ class Linear(nn.Module, GivensLayer):
         elif not self.merged:
             # merging a, then b gives W Raᵀ Rbᵀ, so the last active adapter touches the input first
             for name in reversed(self.active_adapters):
-                if name in self._available_adapters:
-                    x = self.rotate_inputs(x, name)
+                parameters = self.adapter_parameters(name)
+                if parameters:  # this layer has the adapter
+                    x = self._rotate(x, name, parameters)
         return self.base_layer(x, *args, **kwargs)
 
     def _mixed_batch_inputs(self, x: torch.Tensor, adapter_names: list[str]) -> torch.Tensor:
@@ -235,6 +270,20 @@ class Linear(nn.Module, GivensLayer):
             rows = [i for i, n in enumerate(adapter_names) if n == name]
             out[rows] = self.rotate_inputs(x[rows], name)
         return out
+
+    # the kept rotations are dropped whenever the layer moves, loads weights or trains again (see rotation_cache)
+    def _apply(self, fn, recurse: bool = True):
+        self._rotation_cache.clear()
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._rotation_cache.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._rotation_cache.clear()
+        return super().train(mode)
 
     def __repr__(self) -> str:
         return "givens." + super().__repr__()
