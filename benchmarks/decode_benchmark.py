@@ -106,7 +106,7 @@ def build_cases(args: DecodeBenchmarkArguments, base, inputs, pad_token_id: int)
 
 
 def main(args: DecodeBenchmarkArguments) -> dict:
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device = torch.device(args.device)
     source = resolve_model_source(args.model)
     base = load_causal_lm(source, dtype=args.dtype).to(device).eval()
     tokenizer = load_tokenizer(source)

@@ -32,7 +32,7 @@ class BlockRotation:
     first_rows: torch.Tensor | None  # the first row of each full block, (n_full, B)
 
     @classmethod
-    def build(cls, blocks: torch.Tensor, scale: torch.Tensor | None, width: int) -> "BlockRotation":
+    def build(cls, blocks: torch.Tensor, scale: torch.Tensor | None, width: int) -> BlockRotation:
         lay = layout(width)
         f = build_factors(blocks, width)
         low_full, low_tail, lone_scale = f.low_full, f.low_tail, None

@@ -13,10 +13,10 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from goft.rotation.backend import backend_setting, rotate_rows
-from goft.rotation.prepared import PreparedRotation, prepare_rotation
 from goft.rotation.givens import angles_from_raw, compute_dtype, givens_blocks, rotate_weight
-from goft.tuners.givens.config import GivensConfig
+from goft.rotation.prepared import PreparedRotation, prepare_rotation
 from goft.tuners.givens import rotation_cache
+from goft.tuners.givens.config import GivensConfig
 from goft.tuners.quantized import keep_standard_layout, quantization_kind, read_weight, write_weight
 from goft.tuners.sharded import whole
 
@@ -60,7 +60,7 @@ class GivensLayer(BaseTunerLayer):
         self.givens_max_angle: dict[str, float] = {}
         self._disable_adapters = False
         self.merged_adapters = []
-        self._rotation_cache = rotation_cache.RotationCache()  # rotations kept while the parameters stand still (rotation_cache)
+        self._rotation_cache = rotation_cache.RotationCache()  # kept while the parameters stand still
         base = self.get_base_layer()
         keep_standard_layout(base)
         self.in_features, self.out_features = layer_features(base)  # as peft's own layers expose them
