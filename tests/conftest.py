@@ -3,8 +3,14 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import tempfile  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# the base models' replies are kept in a folder of this test session's own, never in the user's cache (subprocesses
+# inherit it); tests that check the store set their own
+os.environ["GOFT_REFERENCE_CACHE"] = tempfile.mkdtemp(prefix="goft-base-replies-")
 
 if not torch.cuda.is_available():  # the Triton kernels' tests run on CPU tensors through Triton's interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -9,9 +9,9 @@ import torch
 
 from goft.errors import RecipeError
 from goft.evaluation.assets import read_jsonl
+from goft.evaluation.base_replies import base_answers_to
 from goft.evaluation.model_io import (
     adapter_off,
-    as_base,
     greedy_answers,
     model_device,
     prompt_completion_ids,
@@ -57,11 +57,11 @@ def answer_lengths(model, tokenizer, instructions: list[str], batch_size: int = 
     return answers, [_token_count(tokenizer, a) for a in answers]
 
 
-def base_answers(model, tokenizer, instructions: list[str]) -> BaseAnswers:
-    """The base's greedy answers; `model` is the base itself or a peft model, whose adapter is switched off."""
-    with as_base(model):
-        answers, lengths = answer_lengths(model, tokenizer, instructions)
-    return BaseAnswers(list(instructions), answers, lengths)
+def base_answers(model, tokenizer, instructions: list[str], batch_size: int = 8) -> BaseAnswers:
+    """The base's greedy answers; `model` is the base itself or a peft model, whose adapter is switched off. Computed
+    once per base and instruction set (`base_replies`)."""
+    answers = base_answers_to(model, tokenizer, _conversations(instructions), ANSWER_TOKENS, batch_size)
+    return BaseAnswers(list(instructions), answers, [_token_count(tokenizer, a) for a in answers])
 
 
 @torch.no_grad()

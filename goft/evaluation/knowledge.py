@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from goft.errors import RecipeError
 from goft.evaluation.assets import read_jsonl
+from goft.evaluation.base_replies import base_answers_to
 from goft.evaluation.model_io import greedy_answers
 
 logger = logging.getLogger(__name__)
@@ -135,15 +136,19 @@ def load_questions(path) -> list[Question]:
 def answers_correct(model, tokenizer, questions: list[Question], batch_size: int = 32) -> list[bool]:
     """Whether the model's greedy answer to each question contains an accepted answer. The model runs as given:
     wrap the call in `adapter_off` to ask the base of a peft model."""
-    replies = greedy_answers(
-        model, tokenizer, [[{"role": "user", "content": q.question}] for q in questions], ANSWER_TOKENS, batch_size
-    )
+    replies = greedy_answers(model, tokenizer, _conversations(questions), ANSWER_TOKENS, batch_size)
     return [is_correct(reply, q.answers) for reply, q in zip(replies, questions)]
 
 
+def _conversations(questions: list[Question]) -> list[list[dict]]:
+    return [[{"role": "user", "content": q.question}] for q in questions]
+
+
 def known_questions(model, tokenizer, questions: list[Question], batch_size: int = 32) -> list[Question]:
-    """The questions `model` answers correctly: the ones whose retention is measured."""
-    return [q for q, ok in zip(questions, answers_correct(model, tokenizer, questions, batch_size)) if ok]
+    """The questions the base of `model` (a peft model with its adapter off) answers correctly: the ones whose
+    retention is measured. The base's answers are computed once per base and question set (`base_replies`)."""
+    replies = base_answers_to(model, tokenizer, _conversations(questions), ANSWER_TOKENS, batch_size)
+    return [q for q, reply in zip(questions, replies) if is_correct(reply, q.answers)]
 
 
 def knowledge_retention(model, tokenizer, known: list[Question], batch_size: int = 32) -> dict:
@@ -155,7 +160,16 @@ def knowledge_retention(model, tokenizer, known: list[Question], batch_size: int
             "measured (give a question set this model knows)."
         )
         return {"retention": float("nan"), "retained": 0, "known_to_base": 0, "retention_by_topic": {}, "lost": []}
-    correct = answers_correct(model, tokenizer, known, batch_size)
+    return _retention(known, answers_correct(model, tokenizer, known, batch_size))
+
+
+def full_retention(known: list[Question]) -> dict:
+    """What `knowledge_retention` reports for the base itself (or an adapter that is exactly the identity): every
+    question it knows, kept. Asking again would only measure how a batch's padding rounds."""
+    return _retention(known, [True] * len(known))
+
+
+def _retention(known: list[Question], correct: list[bool]) -> dict:
     per_topic, kept = Counter(q.topic for q in known), Counter(q.topic for q, ok in zip(known, correct) if ok)
     return {
         "retention": sum(correct) / len(known),

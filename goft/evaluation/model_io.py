@@ -115,21 +115,26 @@ def end_token_ids(model, tokenizer) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def rendered_prompts(tokenizer, conversations: list) -> list[str]:
+    """Each conversation rendered with the chat template, generation prompt added; a string prompt as it is."""
+    return [
+        c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+        for c in conversations
+    ]
+
+
 @torch.no_grad()
-def greedy_replies(
-    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 16
-) -> list[tuple[str, bool]]:
-    """(reply, finished) per conversation: the model's greedy reply (rendered with the chat template, generation
-    prompt added; a string prompt as it is, with the tokenizer's special tokens; decoded without special tokens) and
-    whether it ended within `max_new_tokens`."""
-    replies = []
+def greedy_reply_ids(
+    model, tokenizer, conversations: list, max_new_tokens: int, batch_size: int = 16
+) -> list[list[int]]:
+    """The token ids of the model's greedy reply to each conversation (rendered by `rendered_prompts`; a string prompt
+    gets the tokenizer's special tokens), up to and including the first end token: batches of `batch_size`, left
+    padding, the KV cache."""
+    generated_ids = []
     with scoring_mode(model, tokenizer, padding_side="left"):
         device = model_device(model)
-        ends = torch.tensor(sorted(end_token_ids(model, tokenizer)), device=device)
-        prompts = [
-            c if isinstance(c, str) else tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
-            for c in conversations
-        ]
+        ends = sorted(end_token_ids(model, tokenizer))
+        prompts = rendered_prompts(tokenizer, conversations)
         plain = bool(prompts) and isinstance(conversations[0], str)
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(
@@ -142,9 +147,22 @@ def greedy_replies(
                 use_cache=True,
                 pad_token_id=tokenizer.pad_token_id,
             )[:, batch["input_ids"].shape[1] :]
-            finished = torch.isin(generated, ends).any(dim=1).tolist()
-            replies += zip(tokenizer.batch_decode(generated, skip_special_tokens=True), finished)
-    return replies
+            for row in generated.tolist():
+                end = next((i for i, token in enumerate(row) if token in ends), None)
+                generated_ids.append(row if end is None else row[: end + 1])  # after it, only padding
+    return generated_ids
+
+
+def greedy_replies(
+    model, tokenizer, conversations: list[list[dict]], max_new_tokens: int, batch_size: int = 16
+) -> list[tuple[str, bool]]:
+    """(reply, finished) per conversation: the model's greedy reply (`greedy_reply_ids`), decoded without special
+    tokens, and whether it ended within `max_new_tokens`."""
+    ends = end_token_ids(model, tokenizer)
+    return [
+        (tokenizer.decode(ids, skip_special_tokens=True), bool(ids) and ids[-1] in ends)
+        for ids in greedy_reply_ids(model, tokenizer, conversations, max_new_tokens, batch_size)
+    ]
 
 
 def greedy_answers(

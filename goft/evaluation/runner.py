@@ -20,7 +20,7 @@ from goft.errors import RecipeError
 from goft.evaluation import assets
 from goft.evaluation.drift import BaseAnswers, answer_drift, base_answers, load_instructions
 from goft.evaluation.knowledge import Question, knowledge_retention, known_questions, load_questions
-from goft.evaluation.model_io import as_base, merged_for_scoring
+from goft.evaluation.model_io import merged_for_scoring
 from goft.evaluation.shift import BaseLogitsCache, general_text_shift, load_general_text
 from goft.evaluation.tasks import task_kind, task_metrics
 from goft.evaluation.weights import adapter_parameter_count, neuron_angle_changes, strict_orthogonality_error
@@ -72,8 +72,7 @@ class BaseReference:
 
     def known_questions(self, model, tokenizer) -> list[Question]:
         if self.known is None:
-            with as_base(model):
-                self.known = known_questions(model, tokenizer, self.questions)
+            self.known = known_questions(model, tokenizer, self.questions)
             logger.info("the base answers %d of %d retention questions correctly", len(self.known), len(self.questions))
         return self.known
 

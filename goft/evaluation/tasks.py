@@ -7,9 +7,9 @@ import torch
 
 from goft.data.stages import PREFERENCE
 from goft.errors import RecipeError
+from goft.evaluation.base_replies import base_answers_to
 from goft.evaluation.model_io import (
     adapter_off,
-    adapter_switch,
     completion_logps,
     greedy_answers,
     prompt_completion_ids,
@@ -42,9 +42,10 @@ def _text(answer) -> str:
     return answer if isinstance(answer, str) else answer[-1]["content"]
 
 
-def exact_match(model, tokenizer, dataset, batch_size: int = 16) -> float:
+def exact_match(model, tokenizer, dataset, batch_size: int = 16, of_base: bool = False) -> float:
     """Share of rows whose answer (the last assistant turn, or the completion) the model reproduces exactly when
-    answering greedily."""
+    answering greedily; with `of_base`, the base of the peft `model` answers (adapter off, its answers computed once
+    per base and rows: `base_replies`)."""
     rows = answer_pairs(dataset)
     if not rows:
         return float("nan")
@@ -53,7 +54,8 @@ def exact_match(model, tokenizer, dataset, batch_size: int = 16) -> float:
         batch = rows[start : start + batch_size]
         answers = [_text(answer) for _, answer in batch]
         longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
-        replies = greedy_answers(model, tokenizer, [prompt for prompt, _ in batch], longest + EXTRA_TOKENS, batch_size)
+        answer = base_answers_to if of_base else greedy_answers
+        replies = answer(model, tokenizer, [prompt for prompt, _ in batch], longest + EXTRA_TOKENS, batch_size)
         hits += sum(normalise_label(r) == normalise_label(a) for r, a in zip(replies, answers))
     return hits / len(rows)
 
@@ -119,8 +121,7 @@ def task_metrics(model, tokenizer, test_dataset, n: int, max_length: int = 256) 
         raise RecipeError("No held-out rows to score the task on.")
     if task_kind(test_dataset.column_names) == "sft":
         tuned = exact_match(model, tokenizer, rows)
-        with adapter_off(model):
-            base = exact_match(model, tokenizer, rows)
+        base = exact_match(model, tokenizer, rows, of_base=True)
         return {
             "task": "exact_match",
             "samples": len(rows),
@@ -134,8 +135,7 @@ def task_metrics(model, tokenizer, test_dataset, n: int, max_length: int = 256) 
 def sft_task_metrics(trainer, dataset, adapter_enabled: bool) -> dict:
     """Exact match on `dataset`, with the adapter on or off (off = the base model)."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    with adapter_switch(model, adapter_enabled):
-        return {"exact_match": exact_match(model, trainer.processing_class, dataset)}
+    return {"exact_match": exact_match(model, trainer.processing_class, dataset, of_base=not adapter_enabled)}
 
 
 def dpo_task_metrics(trainer, dataset) -> dict:

@@ -156,3 +156,52 @@ def strict_orthogonality_error(model, adapter_name: str = "default") -> float | 
     if is_exactly_orthogonal(config):
         return orthogonality_error(model, adapter_name)
     return None
+
+
+def _layer_is_identity(layer: BaseTunerLayer, name: str) -> bool | None:
+    """Whether the adapter `name` leaves this layer's outputs exactly as they are (bit for bit), as far as its
+    parameters show: strict angles at 0, quasi blocks at I, a GOFT* scale at 1; LoRA with B = 0 (no DoRA). None for
+    a method whose parameters do not show it."""
+    from peft.tuners.lora import LoraLayer
+
+    from goft.tuners.givens.layer import GivensLayer
+
+    def all_equal(tensor, value) -> bool:
+        return bool((tensor.detach() == value).all())
+
+    if isinstance(layer, GivensLayer):
+        if name in layer.givens_angles and not all_equal(layer.givens_angles[name], 0):
+            return False  # θ = θ_max tanh(0) = 0: cos 1, sin 0, so every pair is left exactly as it is
+        if name in layer.givens_blocks and not all_equal(layer.givens_blocks[name], torch.eye(2)):
+            return False
+        return not (name in layer.givens_scale and not all_equal(layer.givens_scale[name], 1))
+    if isinstance(layer, LoraLayer) and name in layer.lora_B:
+        if layer.use_dora.get(name) or getattr(layer, "lora_variant", {}).get(name) is not None:
+            return None  # DoRA rescales each column by a norm: not bit for bit
+        b = layer.lora_B[name]
+        return all_equal(b.weight, 0) and (b.bias is None or all_equal(b.bias, 0))  # x A Bᵀ s = 0 exactly
+    return None
+
+
+def adapter_is_identity(model: nn.Module, adapter_name: str = "default") -> bool:
+    """True only when the adapter `adapter_name` provably leaves every output of the peft `model` exactly as its
+    base computes it (e.g. an untrained Givens or LoRA adapter); False when it changes them or cannot be shown not to.
+    """
+    found = False
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and adapter_name in _adapter_names(module):
+            found = True
+            if _layer_is_identity(module, adapter_name) is not True:
+                return False
+        elif isinstance(module, ModulesToSaveWrapper):
+            return False  # a trained copy of a whole module
+    return found
+
+
+def _adapter_names(layer: BaseTunerLayer) -> set[str]:
+    names = set()
+    for attribute in layer.adapter_layer_names:
+        holder = getattr(layer, attribute, None)
+        if isinstance(holder, (nn.ModuleDict, nn.ParameterDict)):
+            names |= set(holder.keys())
+    return names

@@ -25,10 +25,10 @@ from goft.data.dataset_types import is_conversation, row_form, row_type
 from goft.data.stages import LANGUAGE_MODELING, SFT
 from goft.errors import RecipeError
 from goft.evaluation import assets
-from goft.evaluation.knowledge import Question, knowledge_retention, known_questions, load_questions
-from goft.evaluation.model_io import adapter_off
+from goft.evaluation.knowledge import Question, full_retention, knowledge_retention, known_questions, load_questions
 from goft.evaluation.shift import BaseLogitsCache, general_text_shift, load_general_text
 from goft.evaluation.tasks import answer_nll
+from goft.evaluation.weights import adapter_is_identity
 from goft.training.trainers.replay import check_replay_arguments
 
 logger = logging.getLogger(__name__)
@@ -127,8 +127,7 @@ class RetentionCheck:
         """Retention of the model as it is now (adapter on), on the questions its base answers correctly."""
         model, tokenizer = _peft_model(trainer), trainer.processing_class
         if self.known is None:
-            with adapter_off(model):
-                self.known = known_questions(model, tokenizer, self.questions)
+            self.known = known_questions(model, tokenizer, self.questions)
         if when == "before" and self.prior_retention is not None:
             return {
                 "retention": self.prior_retention,
@@ -136,6 +135,8 @@ class RetentionCheck:
                 "lost": [],
                 "from_previous_run": True,
             }
+        if when == "before" and self.known and adapter_is_identity(model, model.active_adapter):
+            return full_retention(self.known)  # the untrained adapter is exactly the base
         return knowledge_retention(model, tokenizer, self.known)
 
     def record(self, retention: float, lost: list[str]) -> dict:
