@@ -3,7 +3,7 @@
 Two measures: the KL(base ‖ tuned) per token along the base's own greedy answers (teacher-forced, so the tuned model
 is scored on exactly what the base would say), and the length of each model's greedy answer in tokens."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,18 +17,20 @@ from goft.evaluation.model_io import (
     prompt_completion_ids,
     scoring_mode,
 )
-from goft.evaluation.shift import token_divergence
+from goft.evaluation.shift import BaseLogitsCache, token_divergence
 
 ANSWER_TOKENS = 96  # long enough for a few sentences; a longer answer is cut at this many tokens
 
 
 @dataclass(frozen=True)
 class BaseAnswers:
-    """The base model's greedy answers to the instructions, computed once and reused for every adapter."""
+    """The base model's greedy answers to the instructions, computed once and reused for every adapter, with the
+    base's logits along them (kept for the next adapter while they fit in `logits`' budget)."""
 
     instructions: list[str]
     answers: list[str]
     lengths: list[int]
+    logits: BaseLogitsCache = field(default_factory=BaseLogitsCache, compare=False, repr=False)
 
 
 def load_instructions(path) -> list[str]:
@@ -51,13 +53,13 @@ def _token_count(tokenizer, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def answer_lengths(model, tokenizer, instructions: list[str], batch_size: int = 8) -> tuple[list[str], list[int]]:
+def answer_lengths(model, tokenizer, instructions: list[str], batch_size: int = 16) -> tuple[list[str], list[int]]:
     """The model's greedy answers (run as given) and their lengths in tokens."""
     answers = greedy_answers(model, tokenizer, _conversations(instructions), ANSWER_TOKENS, batch_size)
     return answers, [_token_count(tokenizer, a) for a in answers]
 
 
-def base_answers(model, tokenizer, instructions: list[str], batch_size: int = 8) -> BaseAnswers:
+def base_answers(model, tokenizer, instructions: list[str], batch_size: int = 16) -> BaseAnswers:
     """The base's greedy answers; `model` is the base itself or a peft model, whose adapter is switched off. Computed
     once per base and instruction set (`base_replies`)."""
     answers = base_answers_to(model, tokenizer, _conversations(instructions), ANSWER_TOKENS, batch_size)
@@ -70,15 +72,19 @@ def answer_drift(model, tokenizer, base: BaseAnswers, max_length: int = 256) -> 
     device = model_device(model)
     kl = tokens = 0.0
     with scoring_mode(model, tokenizer):
-        for instruction, answer in zip(base.instructions, base.answers):
+        for index, (instruction, answer) in enumerate(zip(base.instructions, base.answers)):
             prompt = [{"role": "user", "content": instruction}]
             ids, first = prompt_completion_ids(
                 tokenizer, prompt, [{"role": "assistant", "content": answer}], max_length
             )
             ids = torch.tensor([ids], device=device)
             tuned = model(input_ids=ids).logits[0, first - 1 : -1]
-            with adapter_off(model):
-                reference = model(input_ids=ids).logits[0, first - 1 : -1]
+
+            def base_logits(ids=ids, first=first):
+                with adapter_off(model):
+                    return model(input_ids=ids).logits[0, first - 1 : -1]
+
+            reference = base.logits.logits(index, ids, base_logits)
             kl += token_divergence(reference, tuned, ids[0, first:])[0]
             tokens += ids.shape[1] - first
     _, lengths = answer_lengths(model, tokenizer, base.instructions)

@@ -16,6 +16,9 @@ from goft.evaluation.model_io import greedy_answers
 logger = logging.getLogger(__name__)
 
 ANSWER_TOKENS = 48  # room for a sentence of lead-in before the answer; the key phrase must appear within these tokens
+# questions asked together: on the 354 questions, batches of 32, 64 and 128 give the embedded model's same replies,
+# token for token (batching changes only float sums); 64 costs a fifth less time than 32
+ANSWER_BATCH = 64
 QUESTION_KEYS = ("id", "topic", "question", "answers")
 
 UNITS = {
@@ -133,7 +136,7 @@ def load_questions(path) -> list[Question]:
     return questions
 
 
-def answers_correct(model, tokenizer, questions: list[Question], batch_size: int = 32) -> list[bool]:
+def answers_correct(model, tokenizer, questions: list[Question], batch_size: int = ANSWER_BATCH) -> list[bool]:
     """Whether the model's greedy answer to each question contains an accepted answer. The model runs as given:
     wrap the call in `adapter_off` to ask the base of a peft model."""
     replies = greedy_answers(model, tokenizer, _conversations(questions), ANSWER_TOKENS, batch_size)
@@ -144,14 +147,14 @@ def _conversations(questions: list[Question]) -> list[list[dict]]:
     return [[{"role": "user", "content": q.question}] for q in questions]
 
 
-def known_questions(model, tokenizer, questions: list[Question], batch_size: int = 32) -> list[Question]:
+def known_questions(model, tokenizer, questions: list[Question], batch_size: int = ANSWER_BATCH) -> list[Question]:
     """The questions the base of `model` (a peft model with its adapter off) answers correctly: the ones whose
     retention is measured. The base's answers are computed once per base and question set (`base_replies`)."""
     replies = base_answers_to(model, tokenizer, _conversations(questions), ANSWER_TOKENS, batch_size)
     return [q for q, reply in zip(questions, replies) if is_correct(reply, q.answers)]
 
 
-def knowledge_retention(model, tokenizer, known: list[Question], batch_size: int = 32) -> dict:
+def knowledge_retention(model, tokenizer, known: list[Question], batch_size: int = ANSWER_BATCH) -> dict:
     """Share of the base's correctly answered questions `known` that `model` still answers correctly, overall and
     per topic, with the ids of those it lost."""
     if not known:

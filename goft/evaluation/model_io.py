@@ -2,9 +2,11 @@
 log-probability of a completion given its prompt."""
 
 import contextlib
+import inspect
 
 import torch
 from torch import nn
+from transformers import DynamicCache
 
 from goft.errors import RecipeError
 
@@ -123,23 +125,97 @@ def rendered_prompts(tokenizer, conversations: list) -> list[str]:
     ]
 
 
+# generation-config settings that change greedy decoding beyond the argmax, and their neutral values
+GREEDY_NEUTRAL = {
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "num_beams": (None, 1),
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None,),
+    "sequence_bias": (None,),
+    "suppress_tokens": (None,),
+    "begin_suppress_tokens": (None,),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "exponential_decay_length_penalty": (None,),
+    "renormalize_logits": (None, False),
+    "remove_invalid_values": (None, False),
+    "stop_strings": (None,),
+    "guidance_scale": (None, 1.0),
+    "watermarking_config": (None,),
+    "penalty_alpha": (None,),
+}
+
+
+def _plain_greedy(model) -> bool:
+    """Whether the model's generation config asks for nothing beyond the argmax (else `generate` decodes)."""
+    config = getattr(model, "generation_config", None)
+    return config is not None and all(getattr(config, key, None) in values for key, values in GREEDY_NEUTRAL.items())
+
+
+def _keeps_last_logits(model) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (most causal LMs of transformers do)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _continue_greedily(model, batch, max_new_tokens: int, ends: torch.Tensor) -> list[list[int]]:
+    """Greedy decoding of a left-padded batch with the KV cache, each row dropped from the batch (and the cache) once
+    it ended: what `generate(do_sample=False)` computes for each row, without the steps a finished row would spend
+    on padding. The ids of each reply, up to and including its end token."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    cache = DynamicCache(config=model.config)
+    replies: list[list[int]] = [[] for _ in range(ids.shape[0])]
+    rows = torch.arange(ids.shape[0], device=ids.device)
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)  # as generate numbers a left-padded prompt
+    last_only = {"logits_to_keep": 1} if _keeps_last_logits(model) else {}  # the prompt's other logits are not needed
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, **last_only
+    ).logits[:, -1]
+    for step in range(max_new_tokens):
+        tokens = logits.argmax(-1)
+        for row, token in zip(rows.tolist(), tokens.tolist()):
+            replies[row].append(token)
+        going = ~torch.isin(tokens, ends)
+        if step == max_new_tokens - 1 or not bool(going.any()):
+            break
+        if not bool(going.all()):
+            kept = going.nonzero().squeeze(1)
+            rows, tokens, mask = rows[kept], tokens[kept], mask[kept]
+            cache.batch_select_indices(kept)
+        mask = torch.cat((mask, mask.new_ones(mask.shape[0], 1)), dim=1)
+        positions = mask.sum(-1, keepdim=True) - 1
+        logits = model(
+            input_ids=tokens[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache
+        ).logits[:, -1]
+    return replies
+
+
 @torch.no_grad()
 def greedy_reply_ids(
     model, tokenizer, conversations: list, max_new_tokens: int, batch_size: int = 16
 ) -> list[list[int]]:
     """The token ids of the model's greedy reply to each conversation (rendered by `rendered_prompts`; a string prompt
     gets the tokenizer's special tokens), up to and including the first end token: batches of `batch_size`, left
-    padding, the KV cache."""
+    padding, the KV cache, finished rows dropped from their batch (`generate` decodes instead when the model's
+    generation config asks for more than the argmax)."""
     generated_ids = []
     with scoring_mode(model, tokenizer, padding_side="left"):
         device = model_device(model)
         ends = sorted(end_token_ids(model, tokenizer))
+        end_ids = torch.tensor(ends, device=device)
         prompts = rendered_prompts(tokenizer, conversations)
         plain = bool(prompts) and isinstance(conversations[0], str)
+        own_loop = _plain_greedy(model)
         for start in range(0, len(prompts), batch_size):
             batch = tokenizer(
                 prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=plain
             ).to(device)
+            if own_loop:
+                generated_ids += _continue_greedily(model, batch, max_new_tokens, end_ids)
+                continue
             generated = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
