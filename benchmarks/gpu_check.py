@@ -11,6 +11,8 @@ Stages, each timed, each allowed to fail without stopping the others (the summar
 * ``layer``: the layer benchmark in bf16 at d = 1024, 4096 and 8192 (8192 tokens): GOFT with the kernels and with
   the PyTorch path, LoRA r = 16, OFT and RoAd, with peak memory per step;
 * ``kernel_blocks``: the kernels at every diagonal block width, d = 4096 (to choose the default);
+* ``decode``: greedy decoding on the embedded SmolLM2-135M-Instruct in bf16, one sequence and a batch of four, with
+  each adapter unmerged and merged beside the base (the kept rotations on the kernels' path);
 * ``sft``: the SFT benchmark, strict GOFT against LoRA on the embedded SmolLM2-135M-Instruct in bf16;
 * ``sft_4bit``: the same on a 4-bit (NF4) base, QLoRA-style, with bitsandbytes' CUDA kernels.
 
@@ -30,14 +32,14 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser
 
-from benchmarks import layer_benchmark, sft_benchmark
+from benchmarks import decode_benchmark, layer_benchmark, sft_benchmark
 from benchmarks.measure import machine
 from goft.io.formats import markdown_table, write_json
 from goft.rotation import backend as rotation_backend
 from goft.rotation.givens import KERNEL_DTYPES
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-STAGES = ("self_check", "tests", "layer", "kernel_blocks", "sft", "sft_4bit")
+STAGES = ("self_check", "tests", "layer", "kernel_blocks", "decode", "sft", "sft_4bit")
 LAYER_METHODS = [
     layer_benchmark.FROZEN,
     layer_benchmark.STRICT,
@@ -61,6 +63,9 @@ class GPUCheckArguments:
     )
     block_sweep_size: str = field(default="4096x8192", metadata={"help": "DxT for `kernel_blocks`."})
     layer_repeats: int = field(default=10, metadata={"help": "Timed rounds per layer measurement."})
+    decode_model: str = field(default="smollm2-135m-instruct", metadata={"help": "The base model of `decode`."})
+    decode_tokens: int = field(default=64, metadata={"help": "Tokens generated per sequence in `decode`."})
+    decode_repeats: int = field(default=5, metadata={"help": "Timed rounds per `decode` measurement."})
     sft_config: str = field(default="recipes/configs/smollm2/sft_givens.yaml", metadata={"help": "The SFT recipe."})
     sft_batch_size: int = field(default=8)
     sft_max_length: int = field(default=512)
@@ -174,6 +179,23 @@ def run_sft(args: GPUCheckArguments, out: Path, recipe_args: list[str], name: st
     return {"targets": summary["targets"]}
 
 
+def run_decode(args: GPUCheckArguments, out: Path) -> dict:
+    targets = []
+    for batch_size in (1, 4):
+        result = decode_benchmark.main(
+            decode_benchmark.DecodeBenchmarkArguments(
+                model=args.decode_model,
+                device=args.device,
+                batch_size=batch_size,
+                new_tokens=args.decode_tokens,
+                repeats=args.decode_repeats,
+                output=str(out / f"decode_batch{batch_size}.json"),
+            )
+        )
+        targets += [{**check, "target": f"{check['target']}, batch {batch_size}"} for check in result["targets"]]
+    return {"targets": targets}
+
+
 def stage_runners(args: GPUCheckArguments, out: Path) -> dict:
     blocks = list(layer_benchmark.KERNEL_BLOCK_METHODS)
     return {
@@ -181,6 +203,7 @@ def stage_runners(args: GPUCheckArguments, out: Path) -> dict:
         "tests": lambda: run_tests(args, out),
         "layer": lambda: run_layer(args, out, args.layer_sizes, LAYER_METHODS, "layer"),
         "kernel_blocks": lambda: run_layer(args, out, [args.block_sweep_size], blocks, "kernel_blocks"),
+        "decode": lambda: run_decode(args, out),
         "sft": lambda: run_sft(args, out, args.sft_recipe_args, "sft"),
         "sft_4bit": lambda: run_sft(args, out, args.sft_4bit_recipe_args, "sft_4bit"),
     }

@@ -313,6 +313,9 @@ def test_gpu_check_dry_run_on_cpu(tmp_path, monkeypatch):
         sft_steps=1,
         sft_recipe_args=["dtype=float32"],
         sft_4bit_recipe_args=["dtype=float32", "load_in_4bit=true"],
+        decode_model=str(model),
+        decode_tokens=3,
+        decode_repeats=1,
     )
     summary = gpu_check.main(args)
     failed = {name: stage["error"] for name, stage in summary["stages"].items() if not stage["ok"]}
@@ -323,6 +326,8 @@ def test_gpu_check_dry_run_on_cpu(tmp_path, monkeypatch):
         "cuda_tests.xml",
         "layer.json",
         "kernel_blocks.json",
+        "decode_batch1.json",
+        "decode_batch4.json",
         "sft.json",
         "sft_4bit.json",
     }
@@ -334,3 +339,26 @@ def test_gpu_check_dry_run_on_cpu(tmp_path, monkeypatch):
     sft_4bit = json.loads((out / "sft_4bit.json").read_text())
     assert sft_4bit["recipe_args"] == ["dtype=float32", "load_in_4bit=true"]
     assert {r["method"] for r in sft_4bit["results"]} == {"givens", "lora"}
+
+
+def test_decode_benchmark_rows_ratios_and_json(tmp_path):
+    """Every adapter unmerged and merged beside the base, each generating exactly the asked tokens; ratios from
+    the one run; the strict adapter also rebuilt at each call."""
+    from benchmarks import decode_benchmark
+
+    model = save_tiny_chat_model(tmp_path / "model")
+    args = decode_benchmark.DecodeBenchmarkArguments(
+        model=str(model), new_tokens=3, batch_size=2, repeats=1, warmup=0, output=str(tmp_path / "decode.json")
+    )
+    result = decode_benchmark.main(args)
+    cases = {row["case"]: row for row in result["rows"]}
+    expected = {"base", decode_benchmark.STRICT_REBUILT}
+    expected |= {f"{name}, {state}" for name in decode_benchmark.ADAPTERS for state in ("unmerged", "merged")}
+    assert set(cases) == expected
+    assert cases["base"]["vs_base"] == 1.0 and cases[decode_benchmark.LORA_UNMERGED]["vs_lora_unmerged"] == 1.0
+    assert result["targets"][0]["ratio"] == cases[decode_benchmark.STRICT_UNMERGED]["vs_lora_unmerged"]
+    assert json.loads((tmp_path / "decode.json").read_text())["rows"] == result["rows"]
+    with pytest.raises(ValueError, match="Unknown adapters"):
+        decode_benchmark.DecodeBenchmarkArguments(adapters=["GOFT strict", "DoRA"])
+    with pytest.raises(ValueError, match="batch_size"):
+        decode_benchmark.DecodeBenchmarkArguments(batch_size=9)

@@ -1,6 +1,5 @@
 """The base's replies kept on disk: the same replies as asking the base, read back while nothing they depend on
-changed, asked again after any change; batched generation equal to one-by-one; adapters that are exactly the
-identity recognised, and nothing else."""
+changed, asked again after any change; adapters that are exactly the identity recognised, and nothing else."""
 
 import copy
 import json
@@ -12,7 +11,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import goft
 from goft.evaluation import base_replies as store
-from goft.evaluation import model_io
 from goft.evaluation.model_io import greedy_replies, merged_for_scoring
 from goft.evaluation.weights import adapter_is_identity
 from tests.support.models import save_tiny_chat_model
@@ -97,14 +95,6 @@ def test_off_and_unreadable_entries(tiny, counted, monkeypatch, tmp_path):
     store.base_replies(base, tokenizer, QUESTIONS, 12, batch_size=4)
     store.base_replies(base, tokenizer, QUESTIONS, 12, batch_size=4)
     assert len(counted) == 4
-
-
-def test_batched_generation_equals_one_by_one(tiny):
-    base, tokenizer = tiny
-    prompts = QUESTIONS + [[{"role": "user", "content": "a much longer question, with more words in it?"}]]
-    batched = model_io.greedy_reply_ids(base, tokenizer, prompts, 10, batch_size=8)
-    alone = [model_io.greedy_reply_ids(base, tokenizer, [p], 10, batch_size=1)[0] for p in prompts]
-    assert batched == alone
 
 
 def test_identity_adapters_are_recognised(tiny):

@@ -154,10 +154,12 @@ class GivensLayer(BaseTunerLayer):
         return self._rotation_cache.rotation(adapter_name, parameters, context, build)
 
     def set_adapter(self, adapter_names, inference_mode: bool = False) -> None:
+        """Make `adapter_names` the active adapters (peft's), dropping the kept rotations."""
         self._rotation_cache.clear()
         super().set_adapter(adapter_names, inference_mode=inference_mode)
 
     def delete_adapter(self, adapter_name: str) -> None:
+        """Remove the adapter `adapter_name` from this layer (peft's), dropping the kept rotations."""
         self._rotation_cache.clear()
         super().delete_adapter(adapter_name)
 
