@@ -16,25 +16,33 @@ import torch
 from goft.rotation.backend import check_rotation_shapes, fused_rotation_for
 from goft.rotation.givens import Layout, build_factors, compute_dtype, layout
 
+PREPARED_BLOCK_CHOICES = (32, 64, 128)  # below 32, a batched matmul of one token costs more than its work
+
+
+def prepared_block_width(d: int) -> int:
+    """The diagonal block width of a prepared rotation: the smallest choice at least ``√d``, so that the blocks
+    (``d·B`` entries) and the leaders' rows (``(d / B)·d``) stay of one size, and one token's batched matmul of the
+    blocks is no slower than its product with the leaders' rows."""
+    return next((b for b in PREPARED_BLOCK_CHOICES if b * b >= d), PREPARED_BLOCK_CHOICES[-1])
+
 
 @dataclass(frozen=True)
 class BlockRotation:
-    """``(x R) ⊙ s`` as the PyTorch path of a prepared rotation applies it, per diagonal block ``b``:
-    ``x_b (Low_b diag s_b) + shift_b · (first row of Low_b diag s_b)``, where ``shift = x_leaders (Top − I)`` is how
-    far Top moves each block's leader (GOFT Eq. 2–3 multiplied out, the GOFT* scale of §5.5 folded into the blocks).
-    """
+    """``(x R) ⊙ s`` as the PyTorch path of a prepared rotation applies it: ``x_b (Low_b diag s_b)`` for every diagonal
+    block ``b``, plus ``x_leaders · Lead``, where row ``m`` of ``Lead`` holds, in block ``b``'s columns,
+    ``(Top − I)[m, b]`` times the first row of ``Low_b diag s_b`` (how far Top moves block ``b``'s leader, carried
+    through its block). GOFT Eq. 2–3 multiplied out, the GOFT* scale of §5.5 folded in."""
 
     layout: Layout
     low_full: torch.Tensor | None  # (n_full, B, B), columns scaled
     low_tail: torch.Tensor | None  # (tail, tail), columns scaled
-    top_shift: torch.Tensor | None  # Top − I, (n_top, n_top)
     lone_scale: torch.Tensor | None  # the scale of a lone last coordinate (a tail of 1)
-    first_rows: torch.Tensor | None  # the first row of each full block, (n_full, B)
+    lead: torch.Tensor | None  # (n_top, d)
 
     @classmethod
     def build(cls, blocks: torch.Tensor, scale: torch.Tensor | None, width: int) -> BlockRotation:
-        lay = layout(width)
-        f = build_factors(blocks, width)
+        lay = layout(width, prepared_block_width(width))
+        f = build_factors(blocks, width, block=lay.block)
         low_full, low_tail, lone_scale = f.low_full, f.low_tail, None
         if scale is not None:
             if low_full is not None:
@@ -43,39 +51,32 @@ class BlockRotation:
                 low_tail = low_tail * scale[lay.full_width :]
             elif lay.tail == 1:
                 lone_scale = scale[-1:]
-        top_shift = None
+        lead = None
         if f.top is not None:
-            top_shift = f.top - torch.eye(lay.n_top, dtype=f.top.dtype, device=f.top.device)
-        first_rows = None if low_full is None else low_full[:, 0, :].contiguous()
-        return cls(lay, low_full, low_tail, top_shift, lone_scale, first_rows)
+            first_rows = f.top.new_zeros(lay.n_top, lay.block)  # the first row of each block's Low, padded
+            if low_full is not None:
+                first_rows[: lay.n_full] = low_full[:, 0, :]
+            if low_tail is not None:
+                first_rows[lay.n_full, : lay.tail] = low_tail[0]
+            elif lay.tail == 1:
+                first_rows[lay.n_full, 0] = 1.0 if lone_scale is None else lone_scale[0]
+            shift = f.top - torch.eye(lay.n_top, dtype=f.top.dtype, device=f.top.device)
+            lead = (shift[:, :, None] * first_rows[None]).reshape(lay.n_top, -1)[:, :width].contiguous()
+        return cls(lay, low_full, low_tail, lone_scale, lead)
 
     def __call__(self, x2d: torch.Tensor) -> torch.Tensor:
         lay, tokens = self.layout, x2d.shape[0]
-        shift = x2d[:, :: lay.block] @ self.top_shift if self.top_shift is not None else None
         parts = []
         if self.low_full is not None:
-            parts.append(self._full_blocks(x2d[:, : lay.full_width], shift, tokens))
+            full = x2d[:, : lay.full_width] if lay.tail else x2d
+            per_block = full.reshape(tokens, lay.n_full, lay.block).transpose(0, 1)
+            parts.append(torch.bmm(per_block, self.low_full).transpose(0, 1).reshape(tokens, lay.full_width))
         if self.low_tail is not None:
-            tail = x2d[:, lay.full_width :] @ self.low_tail
-            if shift is not None:
-                tail.addmm_(shift[:, -1:], self.low_tail[:1, :])
-            parts.append(tail)
+            parts.append(x2d[:, lay.full_width :] @ self.low_tail)
         elif lay.tail == 1:
-            lone = x2d[:, -1:] if shift is None else x2d[:, -1:] + shift[:, -1:]
-            parts.append(lone if self.lone_scale is None else lone * self.lone_scale)
-        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
-
-    def _full_blocks(self, x_full: torch.Tensor, shift: torch.Tensor | None, tokens: int) -> torch.Tensor:
-        lay, low = self.layout, self.low_full
-        if tokens == 1:  # one token (decoding): a product and a sum cost less than a batched matmul's set-up
-            out = (x_full.reshape(lay.n_full, lay.block, 1) * low).sum(1)
-            if shift is not None:
-                out.addcmul_(shift.view(-1, 1)[: lay.n_full], self.first_rows)
-            return out.view(1, lay.full_width)
-        out = torch.bmm(x_full.reshape(tokens, lay.n_full, lay.block).transpose(0, 1), low)
-        if shift is not None:
-            out.addcmul_(shift[:, : lay.n_full].t()[:, :, None], low[:, :1, :])
-        return out.transpose(0, 1).reshape(tokens, lay.full_width)
+            parts.append(x2d[:, -1:] if self.lone_scale is None else x2d[:, -1:] * self.lone_scale)
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+        return out if self.lead is None else torch.addmm(out, x2d[:, :: lay.block], self.lead)
 
 
 @dataclass(frozen=True)

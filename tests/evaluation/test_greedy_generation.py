@@ -56,6 +56,7 @@ def test_batched_equals_one_by_one_and_generate(tiny, adapter):
 def test_finished_rows_leave_the_batch_and_the_rest_go_on(tiny):
     base, tokenizer = copy.deepcopy(tiny[0]), tiny[1]
     free = model_io.greedy_reply_ids(base, tokenizer, PROMPTS, 12, batch_size=8)
+
     # an end token that some replies reach at different steps and others never: rows leave the batch one by one
     def lengths_if_it_ended(token):
         return [reply.index(token) + 1 if token in reply else None for reply in free]
