@@ -5,8 +5,9 @@
 Two workloads, each run by both versions (the baseline from a temporary ``git worktree`` of that commit), in their
 own processes, on the embedded SmolLM2-135M-Instruct:
 
-* ``stage``: the SFT demo recipe (``sft_givens.yaml``, the anchor off, one training step), once with its before/after
-  measures (task metric, retention questions) and once without; the stage's evaluation time is the difference;
+* ``stage``: the SFT demo recipe without its anchor (``sft_compare.yaml``, one training step), once with its
+  before/after measures (task metric, retention questions) and once without; the stage's evaluation time is the
+  difference;
 * ``point``: a comparison of ``--points`` strict-GOFT points (the SFT comparison's recipe, one learning rate each):
   the seconds each point took, training and evaluation (the comparison's own timings).
 
@@ -35,7 +36,7 @@ from benchmarks.measure import machine
 from goft.io.formats import markdown_table, write_json
 
 REPOSITORY = Path(__file__).resolve().parent.parent
-STAGE_RECIPE = "recipes/configs/smollm2/sft_givens.yaml"
+STAGE_RECIPE = "recipes/configs/smollm2/sft_compare.yaml"  # the SFT demo without its anchor
 COMPARISON_RECIPE = "recipes/configs/smollm2/sft_compare.yaml"
 WORKLOADS = ("stage", "point")
 
@@ -61,7 +62,8 @@ def timed(command: list[str], tree: Path, store: str, log: Path) -> float:
     with open(log, "w") as out:
         finished = subprocess.run(command, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
     if finished.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed in {tree}; see {log}")
+        tail = "\n".join(log.read_text().strip().splitlines()[-8:])
+        raise RuntimeError(f"{' '.join(command)} failed in {tree}:\n{tail}")
     return time.perf_counter() - start
 
 
@@ -72,7 +74,7 @@ def stage(tree: Path, work: Path, store: str, name: str) -> dict:
         flags = [] if measures else ["--retention_eval", "false", "--task_eval_samples", "0"]
         out = work / f"{name}-stage-{'measured' if measures else 'bare'}"
         command = [sys.executable, "recipes/sft.py", "--config", STAGE_RECIPE, "--output_dir", str(out)]
-        command += ["--max_steps", "1", "--anchor_weight", "0", *flags]
+        command += ["--max_steps", "1", *flags]
         seconds["measured" if measures else "bare"] = timed(command, tree, store, work / f"{out.name}.log")
     return {**seconds, "evaluation": seconds["measured"] - seconds["bare"]}
 
