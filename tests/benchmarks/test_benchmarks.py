@@ -362,3 +362,19 @@ def test_decode_benchmark_rows_ratios_and_json(tmp_path):
         decode_benchmark.DecodeBenchmarkArguments(adapters=["GOFT strict", "DoRA"])
     with pytest.raises(ValueError, match="batch_size"):
         decode_benchmark.DecodeBenchmarkArguments(batch_size=9)
+
+
+def test_evaluation_benchmark_arguments_and_report():
+    from benchmarks import evaluation_benchmark
+
+    with pytest.raises(ValueError, match="Unknown workloads"):
+        evaluation_benchmark.EvaluationBenchmarkArguments(workloads=["stage", "sweep"])
+    with pytest.raises(ValueError, match="points"):
+        evaluation_benchmark.EvaluationBenchmarkArguments(points=0)
+    results = {
+        "stage": {"baseline x": {"evaluation": 200.0}, "this checkout, empty store": {"evaluation": 50.0}},
+        "point": {"baseline x": {"median_point": 300.0}, "this checkout, empty store": {"median_point": 150.0}},
+    }
+    table = evaluation_benchmark.report(results)
+    assert "| stage | evaluation | this checkout, empty store | 50 | 4.00 |" in table
+    assert "| point | median_point | this checkout, empty store | 150 | 2.00 |" in table
