@@ -21,7 +21,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import HfArgumentParser
 
-from benchmarks.measure import interleaved_medians, machine
+from benchmarks.measure import checked_device_and_dtype, interleaved_medians, machine
 from goft import GivensConfig, rotations_rebuilt_each_call
 from goft.io.formats import markdown_table, write_json
 from goft.io.model_source import load_causal_lm, load_tokenizer, resolve_model_source
@@ -58,13 +58,7 @@ class DecodeBenchmarkArguments:
     output: str = field(default="runs/benchmarks/decode.json", metadata={"help": "Where the JSON results go."})
 
     def __post_init__(self):
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"--device must be cpu or cuda, got {self.device!r}.")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but torch sees no CUDA device.")
-        self.dtype = self.dtype or ("bfloat16" if self.device == "cuda" else "float32")
-        if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
-            raise ValueError(f"--dtype {self.dtype!r} is not a torch dtype.")
+        self.dtype = checked_device_and_dtype(self.device, self.dtype)
         unknown = [name for name in (self.adapters or []) if name not in ADAPTERS]
         if unknown:
             raise ValueError(f"Unknown adapters {unknown}; choose from: {', '.join(ADAPTERS)}.")

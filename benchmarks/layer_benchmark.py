@@ -26,7 +26,7 @@ from peft import BOFTConfig, HRAConfig, LoraConfig, OFTConfig, RoadConfig, get_p
 from torch import nn
 from transformers import HfArgumentParser
 
-from benchmarks.measure import interleaved_medians, machine, saved_bytes
+from benchmarks.measure import checked_device_and_dtype, interleaved_medians, machine, saved_bytes
 from goft import GivensConfig
 from goft.io.formats import markdown_table, write_json
 from goft.rotation.backend import interpreting, use_backend
@@ -143,13 +143,7 @@ class LayerBenchmarkArguments:
     output: str = field(default="runs/benchmarks/layer.json", metadata={"help": "Where the JSON results go."})
 
     def __post_init__(self):
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"--device must be cpu or cuda, got {self.device!r}.")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but torch sees no CUDA device.")
-        self.dtype = self.dtype or ("bfloat16" if self.device == "cuda" else "float32")
-        if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
-            raise ValueError(f"--dtype {self.dtype!r} is not a torch dtype.")
+        self.dtype = checked_device_and_dtype(self.device, self.dtype)
         default_sizes = ["1024x8192", "4096x8192", "8192x8192"] if self.device == "cuda" else ["1024x4096", "4096x2048"]
         self.sizes = self.sizes or default_sizes
         self.parsed_sizes = [parse_size(size) for size in self.sizes]

@@ -11,6 +11,19 @@ from collections.abc import Callable
 import torch
 
 
+def checked_device_and_dtype(device: str, dtype: str | None) -> str:
+    """The dtype a benchmark runs in (default: float32 on CPU, bfloat16 on CUDA), after refusing a device this machine
+    lacks or a name that is not a torch dtype."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be cpu or cuda, got {device!r}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device.")
+    dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
+    if not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ValueError(f"--dtype {dtype!r} is not a torch dtype.")
+    return dtype
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from torch import nn
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -46,6 +47,17 @@ CHAT_TEMPLATE = (
     "{% else %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+
+class Block(nn.Module):
+    """One layer, `proj`, as a model: what a tuner wraps in the layer tests."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.proj = layer
+
+    def forward(self, x):
+        return self.proj(x)
 
 
 def tiny_config(arch: str = "llama", **changes) -> PretrainedConfig:

@@ -10,6 +10,7 @@ from benchmarks.measure import saved_bytes
 from goft import GivensConfig
 from goft.rotation.givens import dense_rotation, rotate_rows_reference
 from goft.tuners.givens.layer import GivensLayer
+from tests.support.models import Block
 
 MODES = {
     "strict": dict(),
@@ -17,15 +18,6 @@ MODES = {
     "scaled": dict(strict=False, scaling=True),
     "quasi+scaled": dict(strict=False, quasi=True, scaling=True),
 }
-
-
-class Block(nn.Module):
-    def __init__(self, layer):
-        super().__init__()
-        self.proj = layer
-
-    def forward(self, x):
-        return self.proj(x)
 
 
 def make_base(kind: str, d: int, n: int, dtype=torch.float32) -> Block:
