@@ -7,7 +7,10 @@ token of every layer. Where no gradient is wanted, the layer keeps, per adapter,
 * the parameter tensors themselves (held, so that no other tensor can take their place), their version counters
   (PyTorch bumps them at every in-place change: an optimiser step, ``load_state_dict``, ``copy_``), storages,
   devices and dtypes;
-* the inputs' device and dtype, the rotation backend asked for, and the bound on the angles.
+* the inputs' device and dtype, the rotation backend asked for, and the bound on the angles;
+* the number of optimizer steps taken in the process (counted by a hook on every ``torch.optim`` optimizer): fused
+  optimizers (``AdamW(fused=True)``, transformers' default ``adamw_torch_fused``) write their parameters without
+  bumping the version counters, so any step drops every kept rotation.
 
 Besides, the layer drops its whole cache when it merges or unmerges, adds, deletes or switches adapters, moves
 (``to``, ``half``), loads a state dict, or goes back to training (``train()``). Parameters whose writes a version
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from goft.rotation.prepared import PreparedRotation
 from goft.tuners.sharded import DTensor
@@ -50,9 +54,12 @@ class _Entry:
     context: tuple
     rotation: PreparedRotation
 
+    steps: int  # optimizer steps taken in the process when it was built
+
     def still_valid(self, parameters: list[torch.Tensor], context: tuple) -> bool:
         return (
-            context == self.context
+            self.steps == _optimizer_steps
+            and context == self.context
             and len(parameters) == len(self.parameters)
             and all(p is q and _state(p) == state for p, q, state in zip(parameters, self.parameters, self.states))
         )
@@ -78,7 +85,9 @@ class RotationCache:
         if not all(_tracked(p) for p in parameters):
             return None
         rotation = build()
-        self.entries[name] = _Entry(tuple(parameters), tuple(_state(p) for p in parameters), context, rotation)
+        self.entries[name] = _Entry(
+            tuple(parameters), tuple(_state(p) for p in parameters), context, rotation, _optimizer_steps
+        )
         self.builds += 1
         return rotation
 
@@ -87,6 +96,15 @@ class RotationCache:
 
 
 _keeping = True  # False inside `rotations_rebuilt_each_call`
+_optimizer_steps = 0  # every optimizer step of the process: fused optimizers write without bumping version counters
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_step)
 
 
 def keeping() -> bool:
