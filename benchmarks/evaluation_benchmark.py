@@ -11,9 +11,10 @@ own processes, on the embedded SmolLM2-135M-Instruct:
 * ``point``: a comparison of ``--points`` strict-GOFT points (the SFT comparison's recipe, one learning rate each):
   the seconds each point took, training and evaluation (the comparison's own timings).
 
-This checkout runs each workload twice: with an empty store of base replies (a first run on a machine) and with the
-store its first run filled (every later run on the same base). The baseline has no store. The table reports the
-seconds and the ratios baseline / this checkout.
+This checkout runs each workload twice: with empty stores of base replies and of dequantized GGUF copies (a first run
+on a machine) and with the stores its first run filled (every later run on the same base). The baseline has no
+store. The table reports the seconds and the ratios baseline / this checkout. The workloads' base is the embedded
+GGUF model, so the dequantized copy counts in both.
 """
 
 from __future__ import annotations
@@ -57,7 +58,13 @@ class EvaluationBenchmarkArguments:
 
 
 def timed(command: list[str], tree: Path, store: str, log: Path) -> float:
-    env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1", "GOFT_REFERENCE_CACHE": store}
+    env = {  # the stores of base replies and of dequantized GGUF copies: empty on a first run, then filled
+        **os.environ,
+        "PYTHONPATH": str(tree),
+        "HF_HUB_OFFLINE": "1",
+        "GOFT_REFERENCE_CACHE": os.path.join(store, "base_replies"),
+        "GOFT_DEQUANTIZED_CACHE": os.path.join(store, "dequantized"),
+    }
     start = time.perf_counter()
     with open(log, "w") as out:
         finished = subprocess.run(command, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -75,7 +82,8 @@ def stage(tree: Path, work: Path, store: str, name: str) -> dict:
         out = work / f"{name}-stage-{'measured' if measures else 'bare'}"
         command = [sys.executable, "recipes/sft.py", "--config", STAGE_RECIPE, "--output_dir", str(out)]
         command += ["--max_steps", "1", *flags]
-        seconds["measured" if measures else "bare"] = timed(command, tree, store, work / f"{out.name}.log")
+        kind = "measured" if measures else "bare"  # each its own stores: both start as a first or a later run
+        seconds[kind] = timed(command, tree, os.path.join(store, kind), work / f"{out.name}.log")
     return {**seconds, "evaluation": seconds["measured"] - seconds["bare"]}
 
 

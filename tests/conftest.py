@@ -9,8 +9,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # the base models' replies are kept in a folder of this test session's own, never in the user's cache (subprocesses
-# inherit it); tests that check the store set their own
+# inherit it); tests that check the store set their own;
 os.environ["GOFT_REFERENCE_CACHE"] = tempfile.mkdtemp(prefix="goft-base-replies-")
+# likewise the dequantized copies of GGUF models: made once per test session
+os.environ["GOFT_DEQUANTIZED_CACHE"] = tempfile.mkdtemp(prefix="goft-dequantized-")
 
 if not torch.cuda.is_available():  # the Triton kernels' tests run on CPU tensors through Triton's interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")

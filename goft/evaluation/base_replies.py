@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from goft.evaluation.model_io import as_base, end_token_ids, greedy_reply_ids, model_device, rendered_prompts
+from goft.io import cache_folders
 from goft.tuners.sharded import DTensor
 
 CACHE_ENV = "GOFT_REFERENCE_CACHE"
@@ -35,13 +36,7 @@ _fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model 
 
 def cache_folder() -> Path | None:
     """Where entries are kept, or None when the store is off."""
-    configured = os.environ.get(CACHE_ENV, "").strip()
-    if configured.lower() in ("off", "0", "false", "none"):
-        return None
-    if configured:
-        return Path(configured).expanduser()
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "goft" / "base_replies"
+    return cache_folders.cache_folder(CACHE_ENV, "base_replies")
 
 
 def _base_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

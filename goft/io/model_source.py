@@ -14,6 +14,7 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from goft.errors import RecipeError
+from goft.io.dequantized import dequantized_folder, forget_gguf_quantization
 from goft.io.paths import looks_like_local_path
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -189,6 +190,8 @@ def load_tokenizer(source: ModelSource, revision: str = "main", trust_remote_cod
     """The tokenizer saved with the adapter when there is one, else the base model's."""
     if source.adapter_path and os.path.isfile(os.path.join(source.adapter_path, "tokenizer_config.json")):
         tokenizer = AutoTokenizer.from_pretrained(source.adapter_path)
+    elif source.gguf_file and (kept := dequantized_folder(source.path, source.gguf_file)) is not None:
+        tokenizer = AutoTokenizer.from_pretrained(kept)
     else:
         tokenizer = AutoTokenizer.from_pretrained(
             source.path, gguf_file=source.gguf_file, revision=revision, trust_remote_code=trust_remote_code
@@ -229,22 +232,13 @@ def quantization_config(model_args):
     )
 
 
-def _forget_gguf_quantization(model) -> None:
-    """GGUF weights are dequantized on load, but the model still claims to be quantized, which makes training
-    and `save_pretrained` refuse it: drop those leftovers."""
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
-    model.__dict__.pop("quantization_method", None)
-
-
 def _quantized_from_gguf(source: ModelSource, kwargs: dict):
     """A GGUF model loaded 4-/8-bit: transformers cannot quantize while it dequantizes a GGUF file, so the GGUF is
-    dequantized first into a temporary safetensors copy (deleted afterwards), which is then loaded quantized."""
+    dequantized first into a temporary plain copy (deleted afterwards), which is then loaded quantized. Used only
+    when the store of dequantized folders (`goft.io.dequantized`) is off."""
     plain_kwargs = {key: value for key, value in kwargs.items() if key != "quantization_config"}
     plain = AutoModelForCausalLM.from_pretrained(source.path, gguf_file=source.gguf_file, **plain_kwargs)
-    _forget_gguf_quantization(plain)
+    forget_gguf_quantization(plain)
     with tempfile.TemporaryDirectory(prefix="goft-dequantized-") as folder:
         plain.save_pretrained(folder)
         del plain
@@ -266,14 +260,17 @@ def load_causal_lm(
         kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-    if source.gguf_file and quantization_config is not None:
+    kept = dequantized_folder(source.path, source.gguf_file) if source.gguf_file else None
+    if kept is not None:  # the GGUF file's dequantized copy, made once
+        model = AutoModelForCausalLM.from_pretrained(kept, **kwargs)
+    elif source.gguf_file and quantization_config is not None:
         model = _quantized_from_gguf(source, kwargs)
     else:
         if source.gguf_file:
             kwargs["gguf_file"] = source.gguf_file
         model = AutoModelForCausalLM.from_pretrained(source.path, **kwargs)
         if source.gguf_file:
-            _forget_gguf_quantization(model)
+            forget_gguf_quantization(model)
     # Adapters record this as `base_model_name_or_path`: the short name, not a machine-specific folder.
     model.config._name_or_path = source.name
     model.name_or_path = source.name

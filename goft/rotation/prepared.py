@@ -68,6 +68,9 @@ class BlockRotation:
 
     def __call__(self, x2d: torch.Tensor) -> torch.Tensor:
         lay, tokens = self.layout, x2d.shape[0]
+        if tokens == 1 and lay.tail == 0 and x2d.is_contiguous():  # one token: (n, 1, B) blocks are views, no copy
+            out = torch.bmm(x2d.view(lay.n_full, 1, lay.block), self.low_full).view(1, lay.d)
+            return out if self.lead is None else torch.addmm(out, x2d[:, :: lay.block], self.lead)
         parts = []
         if self.low_full is not None:
             full = x2d[:, : lay.full_width] if lay.tail else x2d

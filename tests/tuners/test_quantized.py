@@ -196,14 +196,18 @@ def test_bf16_adapter_weights_still_give_an_exact_rotation(tiny_llama):
 
 
 @pytest.mark.slow
-def test_the_embedded_gguf_model_loads_quantized(tmp_path):
-    """transformers refuses to quantize while it dequantizes GGUF; the recipe dequantizes to a temporary copy first,
-    and the 4-bit weights are then the GGUF model's own weights up to NF4's error."""
+@pytest.mark.parametrize("kept_copy", [True, False], ids=["kept-dequantized-copy", "temporary-copy"])
+def test_the_embedded_gguf_model_loads_quantized(tmp_path, monkeypatch, kept_copy):
+    """transformers refuses to quantize while it dequantizes GGUF; the recipe quantizes the kept dequantized copy
+    (or, with that store off, a temporary one), and the 4-bit weights are then the GGUF model's own weights up to
+    NF4's error."""
     import bitsandbytes.functional as bnb_functional
 
     from goft.io.model_source import load_causal_lm, quantization_config, resolve_model_source
     from goft.training.arguments.fields import ModelArguments
 
+    if not kept_copy:
+        monkeypatch.setenv("GOFT_DEQUANTIZED_CACHE", "off")
     source = resolve_model_source("smollm2-135m-instruct")
     assert source.gguf_file
     args = ModelArguments(model_name_or_path=source.name, load_in_4bit=True, dtype="float32")
