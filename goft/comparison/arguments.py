@@ -11,6 +11,7 @@ from goft.data.stages import STAGES
 from goft.errors import RecipeError
 from goft.evaluation.arguments import EvaluationSetArguments
 from goft.evaluation.report import TASK_LEVELS
+from goft.training.arguments.checks import SEED_LIMIT
 from goft.training.arguments.recipe_file import load_recipe_file
 
 
@@ -35,6 +36,15 @@ class CompareArguments(EvaluationSetArguments):
             "A list of learning rates sweeps them: one run per value."
         },
     )
+    seeds: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Seeds to train every (method, learning rate) with, one run each (default: the recipe's own "
+            "`seed`, one run). A run with the recipe's own seed keeps its usual folder, so a sweep made with one "
+            "seed counts as one of the seeds. The seed shapes the adapter's initialisation, the order of the "
+            "training rows and the held-out split."
+        },
+    )
     only: list[str] | None = field(default=None, metadata={"help": "Run just these methods from `methods`."})
     output_dir: str = field(default="runs/smollm2-compare", metadata={"help": "Runs, logs and the report go here."})
     task_levels: list[float] = field(
@@ -56,6 +66,30 @@ def check_recipe_changes(args: CompareArguments) -> None:
             "`recipe_changes` may not set `output_dir`: every run gets its own folder under the "
             "comparison's `output_dir`."
         )
+
+
+def check_seeds(args: CompareArguments) -> None:
+    """`seeds`: None, or a non-empty list of distinct non-negative integers, not also set by `recipe_changes`."""
+    if args.seeds is None:
+        return
+    seeds = args.seeds
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < SEED_LIMIT for s in seeds)
+    ):
+        raise RecipeError(
+            f"`seeds` must be a non-empty list of integers from 0 to {SEED_LIMIT - 1}, e.g. [42, 1, 2]; got {seeds!r}."
+        )
+    if len(set(seeds)) != len(seeds):
+        raise RecipeError(f"`seeds` lists a seed twice ({seeds}): each seed is one run per method and rate.")
+    if "seed" in args.recipe_changes:
+        raise RecipeError("Set the seeds once: `seeds` and `recipe_changes: {seed: ...}` are both given.")
+
+
+def recipe_seed(args: CompareArguments) -> int:
+    """The seed the shared recipe trains with (transformers' default, 42, when it sets none)."""
+    return int(shared_recipe(args).get("seed", 42))
 
 
 def shared_recipe(args: CompareArguments) -> dict:

@@ -6,10 +6,10 @@ keys passed as command-line flags (`as_flags`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from goft.comparison.arguments import CompareArguments, check_recipe_changes
+from goft.comparison.arguments import CompareArguments, check_recipe_changes, check_seeds, recipe_seed
 from goft.data.stages import STAGES
 from goft.errors import RecipeError
 from goft.training.arguments.recipe_file import check_recipe_values, load_recipe_file
@@ -40,10 +40,11 @@ MATCHED_KEYS = (
 
 @dataclass(frozen=True)
 class Run:
-    name: str  # the method's name, with "@lr=<value>" when the method sweeps learning rates
+    name: str  # the method's name, with "@lr=<value>" when it sweeps learning rates, ",seed=<s>" for another seed
     group: str  # the method's name
     overrides: dict
     output_dir: Path
+    seed: int | None = None  # the seed it trains with
 
     def flags(self) -> list[str]:
         return as_flags(self.overrides)
@@ -82,6 +83,27 @@ def _method_runs(name: str, overrides: dict, root: Path) -> list[Run]:
     ]
 
 
+def _seeded(run: Run, seeds: list[int] | None, own_seed: int) -> list[Run]:
+    """`run` once per seed. The recipe's own seed keeps the run's name and folder (a sweep made with one seed is
+    one of the seeds); another seed is passed as `--seed` and named in the run's name and folder."""
+    runs = []
+    for seed in seeds or [own_seed]:
+        if seed == own_seed:
+            runs.append(replace(run, seed=seed))
+            continue
+        joiner = "," if "@" in run.name else "@"
+        runs.append(
+            Run(
+                f"{run.name}{joiner}seed={seed}",
+                run.group,
+                {**run.overrides, "seed": seed},
+                run.output_dir.with_name(f"{run.output_dir.name}-seed{seed}"),
+                seed,
+            )
+        )
+    return runs
+
+
 def plan_runs(args: CompareArguments, parser) -> list[Run]:
     """The runs to make, each checked by parsing its full recipe with the stage's `parser`; refuses bad input before
     any training."""
@@ -94,6 +116,7 @@ def plan_runs(args: CompareArguments, parser) -> list[Run]:
     if not args.methods:
         raise RecipeError("`methods` is empty: give each method's recipe keys, e.g. `lora: {adapter: lora}`.")
     check_recipe_changes(args)
+    check_seeds(args)
     if args.recipe_changes:
         try:  # a bad shared key is named as such, not as a fault of the first method
             parser.parse_args_and_config(args=["--config", args.recipe, *as_flags(args.recipe_changes)])
@@ -131,7 +154,8 @@ def plan_runs(args: CompareArguments, parser) -> list[Run]:
         shared = [k for k in overrides if k in args.recipe_changes]
         if shared:
             raise RecipeError(f"Method {name!r} sets {shared}, which `recipe_changes` already sets for every method.")
-        for run in _method_runs(name, overrides, Path(args.output_dir) / "runs"):
+        method_runs = _method_runs(name, overrides, Path(args.output_dir) / "runs")
+        for run in [seeded for each in method_runs for seeded in _seeded(each, args.seeds, recipe_seed(args))]:
             try:  # unknown keys and bad values fail here, for every run, before anything trains
                 parser.parse_args_and_config(
                     args=["--config", args.recipe, *as_flags(args.recipe_changes), *run.flags()]

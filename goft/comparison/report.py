@@ -10,7 +10,9 @@ from pathlib import Path
 
 from goft.comparison.arguments import CompareArguments, shared_recipe
 from goft.comparison.plan import MATCHED_KEYS
-from goft.evaluation.report import plot_sweep, render_sweep, render_table, sweep_summary, task_axis_name
+from goft.evaluation.report import render_table
+from goft.evaluation.sweep import render_sweep, sweep_summary, task_axis_name
+from goft.evaluation.sweep_plot import plot_sweep
 from goft.io.formats import write_json
 
 RESULTS_FILE = "comparison.json"
@@ -56,4 +58,4 @@ def write_report(rows: list[dict], args: CompareArguments) -> None:
         f"{budget.get('model_name_or_path', 'model')}: {budget.get('max_steps', '?')} {args.stage.upper()} "
         "steps per run"
     )
-    plot_sweep(rows, folder / PLOT_FILE, title, args.task_levels)
+    plot_sweep(rows, summary, folder / PLOT_FILE, title, args.task_levels)

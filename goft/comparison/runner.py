@@ -106,6 +106,7 @@ class Comparison:
             "name": run.name,
             "group": run.group,
             "learning_rate": run.learning_rate,
+            "seed": run.seed,
             "overrides": run.overrides,
             "wall_seconds": self.timings.get(run.name),
             "train_runtime": training.get("train_runtime"),

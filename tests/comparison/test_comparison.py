@@ -12,6 +12,7 @@ from goft.comparison import CompareArguments, compare
 from goft.errors import RecipeError
 from goft.evaluation import assets as goft_assets
 from goft.evaluation.frontier import Point, forgetting_at, pareto_frontier
+from goft.evaluation.intervals import mean_interval
 from goft.training.arguments.cli import make_recipe_parser
 from tests.support.recipes import REPO, check_ok, run_script
 
@@ -106,7 +107,8 @@ def test_learning_rate_sweep_trains_evaluates_reports_and_reuses_finished_runs(c
     for group, runs in (("givens", givens), ("lora", lora)):
         points = [Point(r["task"]["answer_nll_tuned"], r["kl_base_tuned"], r["name"]) for r in runs]
         frontier = pareto_frontier(points)
-        assert [p["run"] for p in sweep["methods"][group]["frontier"]] == [p.label for p in frontier]
+        assert sweep["methods"][group]["seeds"] == [3]  # the recipe's own seed
+        assert [p["run"] for p in sweep["methods"][group]["frontiers"]["3"]] == [p.label for p in frontier]
         base = Point(runs[0]["task"]["answer_nll_base"], 0.0)
         for level, value in sweep["methods"][group]["at_level"].items():
             assert value == forgetting_at(frontier, float(level), base)
@@ -168,6 +170,56 @@ def test_learning_rate_sweep_trains_evaluates_reports_and_reuses_finished_runs(c
 
 
 @pytest.mark.slow
+def test_a_sweep_over_two_seeds_trains_each_seed_in_its_own_folder_and_reuses_them(comparison):
+    config = yaml.safe_load(comparison["config"].read_text())
+    config["seeds"] = [3, 5]  # 3 is the recipe's own seed: those runs keep their usual names and folders
+    config["methods"] = {"givens": {"adapter": "givens", "learning_rate": [0.02, 0.08]}}
+    seeded = comparison["tmp"] / "seeds.yaml"
+    seeded.write_text(yaml.safe_dump(config))
+    result = run_compare("--config", seeded)
+    check_ok(result)
+    assert "4 runs planned: 0 finished (reused), 4 to train" in result.stdout
+    out = comparison["out"]
+    report = json.loads((out / "comparison.json").read_text())
+    rows = report["rows"]
+    assert [(r["name"], r["seed"]) for r in rows] == [
+        ("givens@lr=0.02", 3),
+        ("givens@lr=0.02,seed=5", 5),
+        ("givens@lr=0.08", 3),
+        ("givens@lr=0.08,seed=5", 5),
+    ]
+    flags = json.loads((out / "runs" / "givens-lr0.02-seed5" / "compare_run.json").read_text())["flags"]
+    assert flags[-2:] == ["--seed", "5"]
+    assert "--seed" not in json.loads((out / "runs" / "givens-lr0.02" / "compare_run.json").read_text())["flags"]
+    recorded = json.loads((out / "runs" / "givens-lr0.02-seed5" / "goft_run.json").read_text())
+    assert recorded["data"]["seed"] == 5  # the held-out split the evaluation rebuilds is this seed's
+    weights = [
+        (out / "runs" / f / "adapter_model.safetensors").read_bytes() for f in ("givens-lr0.02", "givens-lr0.02-seed5")
+    ]
+    assert weights[0] != weights[1]  # another seed: other data order and held-out split, another adapter
+    # each seed's frontier from its own runs and base; the level's mean and interval over the two seeds
+    method = report["sweep"]["kl"]["methods"]["givens"]
+    assert method["seeds"] == [3, 5]
+    for level in ("0.5", "0.1", "0.02"):
+        per_seed = {}
+        for seed in (3, 5):
+            runs = [r for r in rows if r["seed"] == seed]
+            points = [Point(r["task"]["answer_nll_tuned"], r["kl_base_tuned"], r["name"]) for r in runs]
+            base = Point(runs[0]["task"]["answer_nll_base"], 0.0)
+            per_seed[str(seed)] = forgetting_at(pareto_frontier(points), float(level), base)
+        assert method["per_seed"][level] == per_seed
+        if None not in per_seed.values():
+            interval = mean_interval(list(per_seed.values()))
+            assert method["at_level"][level] == pytest.approx(interval.mean)
+            assert method["interval"][level] == pytest.approx([interval.low, interval.high])
+    assert "| givens | 2 |" in (out / "comparison.md").read_text()
+    assert (out / "comparison.png").read_bytes()[:8] == PNG_MAGIC
+    redo = run_compare("--config", seeded)
+    check_ok(redo)
+    assert "4 runs planned: 4 finished (reused), 0 to train" in redo.stdout and "[compare] training" not in redo.stdout
+
+
+@pytest.mark.slow
 def test_plan_only_prints_the_runs_and_trains_nothing(comparison):
     result = run_compare("--config", comparison["config"], "--plan_only", "true")
     check_ok(result)
@@ -190,6 +242,14 @@ def test_plan_only_prints_the_runs_and_trains_nothing(comparison):
         ({"retention_questions": "missing.jsonl"}, "retention question file"),
         ({"task_levels": [0.5, 0]}, "`task_levels` must be positive"),
         ({"stage": "ppo"}, "`stage` must be one of sft, dpo"),
+        ({"seeds": [1, 2, 1]}, "`seeds` lists a seed twice"),
+        ({"seeds": []}, "`seeds` must be a non-empty list of integers from 0 to 4294967295"),
+        ({"seeds": [1, -2]}, "`seeds` must be a non-empty list of integers"),
+        ({"seeds": [1, 2.5]}, "`seeds` must be a non-empty list of integers"),
+        ({"seeds": [True, 2]}, "`seeds` must be a non-empty list of integers"),
+        ({"seeds": "1 2"}, "`seeds` must be a non-empty list of integers"),
+        ({"seeds": [2**32]}, "`seeds` must be a non-empty list of integers"),
+        ({"seeds": [1, 2], "recipe_changes": {"seed": 7}}, "`seeds` and `recipe_changes: {seed: ...}` are both given"),
         ({"recipe": "missing.yaml"}, "does not exist"),
         ({"recipe_changes": {"output_dir": "elsewhere"}}, "may not set `output_dir`"),
         ({"recipe_changes": {"lr_schedule": "cosine"}}, "`recipe_changes` do not parse"),
@@ -252,7 +312,7 @@ def test_dpo_stage_comparison_strict_goft_against_a_lora_baseline(assets, tmp_pa
     assert all(r["task"]["preference_loss_base"] == pytest.approx(0.693147) for r in report["rows"])
     lora = [r for r in report["rows"] if r["group"] == "lora"]
     best = min(lora, key=lambda r: (r["task"]["preference_loss_tuned"], r["kl_base_tuned"]))
-    assert report["sweep"]["kl"]["methods"]["lora"]["frontier"][0] == {
+    assert report["sweep"]["kl"]["methods"]["lora"]["frontiers"][str(best["seed"])][0] == {
         "run": best["name"],
         "task_level": best["task"]["preference_loss_tuned"],
         "forgetting": best["kl_base_tuned"],

@@ -50,7 +50,7 @@ pytestmark = pytest.mark.usefixtures("no_hub_datasets")  # local data never reac
 
 @pytest.mark.parametrize(
     "name, columns",
-    [("demo_sft.jsonl", SFT), ("facts_sft.jsonl", SFT), ("demo_dpo.jsonl", DPO)],
+    [("demo_sft.jsonl", SFT), ("facts_sft.jsonl", SFT), ("overwrite_sft.jsonl", SFT), ("demo_dpo.jsonl", DPO)],
 )
 def test_shipped_data_passes(name, columns):
     dataset = load(REPO / "data" / name, columns)

@@ -25,7 +25,8 @@ from goft.evaluation.knowledge import (
     normalise_answer,
 )
 from goft.evaluation.model_io import greedy_answers
-from goft.evaluation.report import at_floor, axis_floor, plot_sweep, render_sweep, sweep_summary
+from goft.evaluation.sweep import render_sweep, sweep_summary
+from goft.evaluation.sweep_plot import at_floor, axis_floor, plot_sweep
 from tests.support.data import write_jsonl
 from tests.support.models import save_tiny_chat_model
 from tests.support.recipes import REPO
@@ -99,6 +100,7 @@ def jaccard(a: set, b: set) -> float:
         pytest.param("demo_sft.jsonl", False, marks=pytest.mark.slow),
         ("demo_dpo.jsonl", False),
         pytest.param("facts_sft.jsonl", True, marks=pytest.mark.slow),
+        ("overwrite_sft.jsonl", True),  # "What is the capital of <another country>?": the retention template
     ],
 )
 def test_no_shipped_training_prompt_is_a_retention_question(data_file, templates_shared):
@@ -283,7 +285,7 @@ def test_sweep_summary_and_its_table():
     assert summary["lost"]["methods"]["g"]["at_level"]["0.1"] == pytest.approx(0.3)
     table = render_sweep(summary, [0.5, 0.1])
     assert (
-        "| g | 0.16 | 0.3 |" in table and "| l | 0.12 | — |" in table
+        "| g | 1 | 0.16 | 0.3 |" in table and "| l | 1 | 0.12 | — |" in table
     )  # l@1 (0.2, 0.2) to the base (2, 0): 0.2 − 0.2·log 2.5 / log 10
 
 
@@ -304,7 +306,8 @@ def test_the_plot_clips_over_trained_runs_two_decades_past_the_smallest_level(tm
             "task": {"task": "preference", "preference_loss_base": 0.693, "preference_loss_tuned": loss},
         }
 
-    plot_sweep([row("a", 0.05, 1e-4), row("b", 1e-60, 0.1)], tmp_path / "plot.png", "t", [0.1, 0.01])
+    rows = [row("a", 0.05, 1e-4), row("b", 1e-60, 0.1)]
+    plot_sweep(rows, sweep_summary(rows, [0.1, 0.01]), tmp_path / "plot.png", "t", [0.1, 0.01])
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
